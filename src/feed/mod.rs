@@ -1,0 +1,49 @@
+//! Change feeds: one upstream subscription per source, turned into [`FeedEvent`]s.
+//!
+//! A feed owns its database connections and nothing else. It emits a [`FeedEvent::Snapshot`]
+//! (the full state at a boundary) whenever it (re)starts without a resumable position, then one
+//! [`Batch`] per closed upstream timestamp (PostgreSQL: per committed transaction), never
+//! splitting one. It acknowledges upstream only positions the hub reports as applied. It never
+//! panics on database errors: it reports them as status and retries with backoff.
+
+pub mod postgres;
+
+use crate::value::{Key, Row};
+
+/// An upstream position: a PostgreSQL commit LSN, a Materialize `mz_timestamp`, a RisingWave
+/// `rw_timestamp`. Totally ordered within one feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Position(pub u64);
+
+/// One change to one key, as the upstream reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// The key now has this row. `unchanged[i]` marks column `i` as "same as before" (PostgreSQL
+    /// sends unchanged TOASTed values that way); the hub takes those from its cache.
+    Upsert {
+        row: Row,
+        unchanged: Option<Box<[bool]>>,
+    },
+    /// The key no longer exists.
+    Delete { key: Key },
+}
+
+/// All changes of one closed upstream timestamp (one transaction), in upstream order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub position: Position,
+    pub changes: Vec<Change>,
+}
+
+/// What a feed tells its hub.
+#[derive(Debug)]
+pub enum FeedEvent {
+    /// The complete contents of the relation as of `position`. The hub replaces its cache with
+    /// it, publishing only the difference, so a re-snapshot after a reconnect is invisible to
+    /// clients.
+    Snapshot { position: Position, rows: Vec<Row> },
+    /// Changes after the previous snapshot or batch.
+    Batch(Batch),
+    /// The feed is (re)connecting or has lost its connection; `reason` says why.
+    Down { reason: String, permanent: bool },
+}

@@ -1,0 +1,3 @@
+//! The PostgreSQL feed: logical replication (pgoutput) of one table per source.
+
+pub mod pgoutput;

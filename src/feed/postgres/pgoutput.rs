@@ -1,0 +1,1 @@
+//! Decoding of pgoutput messages (protocol version 1, text mode).

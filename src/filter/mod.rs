@@ -1,0 +1,1 @@
+//! Hasura-style `where` filters, compiled once per distinct filter and evaluated on typed rows.
