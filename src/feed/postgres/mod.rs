@@ -1,3 +1,4 @@
-//! The PostgreSQL feed: logical replication (pgoutput) of one table per source.
+//! The Postgres feed: logical replication (pgoutput) of one table per source.
 
 pub mod pgoutput;
+pub mod relation;
