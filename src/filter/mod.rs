@@ -37,6 +37,8 @@ mod decimal;
 mod error;
 mod like;
 mod node;
+#[cfg(test)]
+mod tests;
 
 use std::sync::{Arc, LazyLock};
 
