@@ -6,13 +6,17 @@
 //! naming the file, line and column and saying what to change. This module never touches a
 //! database or the network.
 
+mod env;
 mod error;
+mod ident;
 mod load;
+pub mod names;
+mod spans;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use error::ConfigError;
+pub use error::{ConfigError, Location};
 pub use load::{load, load_str};
 
 /// A resolved `schema.yaml`.
@@ -155,7 +159,7 @@ pub enum ColumnType {
     String,
     /// uuid → GraphQL `ID`.
     Uuid,
-    /// timestamp/timestamptz → `String` in PostgreSQL's ISO text form.
+    /// timestamp/timestamptz → `String` in Postgres' ISO text form.
     Timestamp,
     /// date → `String`.
     Date,
@@ -165,7 +169,7 @@ pub enum ColumnType {
     Boolean,
     /// json/jsonb → `String` holding the JSON text (tycostream compatible).
     Json,
-    /// any array → `String` holding PostgreSQL's array text.
+    /// any array → `String` holding Postgres' array text.
     Array,
     /// numeric → scalar `Numeric`, serialized as a string with every digit kept.
     Numeric,
