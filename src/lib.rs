@@ -2,8 +2,15 @@
 //!
 //! See ARCHITECTURE.md for the data flow and the code map.
 
+pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod feed;
 pub mod filter;
+pub mod http;
+pub mod hub;
 pub mod pgcluster;
+pub mod schema;
+pub mod server;
+pub mod telemetry;
 pub mod value;

@@ -1,5 +1,5 @@
 //! Golden tests for configuration errors: every `tests/fixtures/invalid/<case>/schema.yaml`
-//! must fail to load, and its message (file:line:column, what is wrong, the hint) must match
+//! must fail to load, and its message (`file:line:column`, what is wrong, the hint) must match
 //! the accepted snapshot `tests/snapshots/config_errors__<case>.snap`. Also checks that the
 //! loader never panics, whatever the text.
 

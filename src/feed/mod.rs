@@ -26,6 +26,8 @@ pub enum Change {
     },
     /// The key no longer exists.
     Delete { key: Key },
+    /// Every key is gone (PostgreSQL `TRUNCATE`).
+    Truncate,
 }
 
 /// All changes of one closed upstream timestamp (one transaction), in upstream order.

@@ -123,3 +123,14 @@ impl Filter {
         &self.inner.canonical
     }
 }
+
+/// Orders two PostgreSQL numeric texts exactly (NaN last); unparseable text sorts after
+/// every number, by its bytes.
+pub fn compare_decimal(a: &str, b: &str) -> std::cmp::Ordering {
+    match (decimal::DecRef::parse(a), decimal::DecRef::parse(b)) {
+        (Some(x), Some(y)) => x.cmp(&y),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => a.cmp(b),
+    }
+}

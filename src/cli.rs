@@ -1,0 +1,176 @@
+//! Command-line interface: `serve`, `check`, `demo`. Every flag has an environment variable.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::feed::postgres::{PgFeedSettings, setup_sql};
+use crate::server::{ServeOptions, Server};
+
+/// Live GraphQL API over the views of a streaming database.
+///
+/// viewcast reads a schema.yaml naming sources (tables or views, their primary keys and typed
+/// columns), generates a GraphQL schema from it and serves, on /graphql, one-shot queries and
+/// subscriptions (a snapshot, then row changes, with Hasura-style `where` filters) over
+/// WebSocket (graphql-transport-ws and legacy graphql-ws) for Apollo, urql, graphql-ws and
+/// GraphiQL. /health, /ready and /metrics serve operators.
+#[derive(Debug, Parser)]
+#[command(name = "viewcast", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter (tracing env-filter syntax, e.g. `info` or `viewcast=debug,info`).
+    #[arg(long, global = true, env = "VIEWCAST_LOG", default_value = "info")]
+    pub log: String,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "VIEWCAST_LOG_JSON")]
+    pub log_json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the GraphQL API for the sources in a schema.yaml.
+    Serve(ServeArgs),
+    /// Validate a schema.yaml and print the GraphQL schema (SDL) it generates.
+    Check(CheckArgs),
+    /// Run a self-contained demo: a private PostgreSQL, a live trading dataset and the server.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The schema.yaml to serve.
+    #[arg(long, short, env = "VIEWCAST_CONFIG", default_value = "schema.yaml")]
+    pub config: PathBuf,
+    /// PostgreSQL URL for `backend: postgres` sources (postgres://user:password@host:port/db).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Address to listen on.
+    #[arg(long, env = "VIEWCAST_HOST", default_value = "0.0.0.0")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, short, env = "VIEWCAST_PORT", default_value_t = 4000)]
+    pub port: u16,
+    /// Name of this server in replication slot names; give each server on one database its own.
+    #[arg(long, env = "VIEWCAST_INSTANCE", default_value = "default")]
+    pub instance: String,
+    /// Create missing publications and fix replica identities instead of reporting them.
+    #[arg(long, env = "VIEWCAST_APPLY_SETUP")]
+    pub apply_setup: bool,
+    /// Seconds a WebSocket client has to send `connection_init`.
+    #[arg(long, env = "VIEWCAST_WS_INIT_TIMEOUT", default_value_t = 3)]
+    pub ws_init_timeout: u64,
+    /// Seconds between server keep-alives on WebSockets.
+    #[arg(long, env = "VIEWCAST_WS_KEEPALIVE", default_value_t = 12)]
+    pub ws_keepalive: u64,
+    /// Most concurrent operations on one WebSocket connection.
+    #[arg(long, env = "VIEWCAST_WS_MAX_OPERATIONS", default_value_t = 200)]
+    pub ws_max_operations: usize,
+    /// Batches each source keeps for subscribers that fall behind or resume with `after`.
+    #[arg(long, env = "VIEWCAST_HISTORY_BATCHES", default_value_t = 4096)]
+    pub history_batches: usize,
+    /// Seconds to wait for connections and feeds to stop on shutdown.
+    #[arg(long, env = "VIEWCAST_SHUTDOWN_TIMEOUT", default_value_t = 10)]
+    pub shutdown_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The schema.yaml to check.
+    #[arg(long, short, env = "VIEWCAST_CONFIG", default_value = "schema.yaml")]
+    pub config: PathBuf,
+    /// Print the SQL that prepares PostgreSQL for the postgres sources instead of the SDL.
+    #[arg(long)]
+    pub setup_sql: bool,
+    /// Instance name used in replication slot names (as for `serve`).
+    #[arg(long, env = "VIEWCAST_INSTANCE", default_value = "default")]
+    pub instance: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Address to listen on.
+    #[arg(long, env = "VIEWCAST_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on.
+    #[arg(long, short, env = "VIEWCAST_PORT", default_value_t = 4000)]
+    pub port: u16,
+    /// Price ticks per second from the generator.
+    #[arg(long, env = "VIEWCAST_DEMO_TICKS", default_value_t = 20)]
+    pub ticks_per_second: u32,
+}
+
+impl ServeArgs {
+    pub fn options(&self) -> ServeOptions {
+        let mut options = ServeOptions {
+            host: self.host.clone(),
+            port: self.port,
+            database_url: self.database_url.clone(),
+            instance: self.instance.clone(),
+            apply_setup: self.apply_setup,
+            shutdown_timeout: Duration::from_secs(self.shutdown_timeout),
+            ..ServeOptions::default()
+        };
+        options.ws.init_timeout = Duration::from_secs(self.ws_init_timeout);
+        options.ws.keepalive = Duration::from_secs(self.ws_keepalive.max(1));
+        options.ws.max_operations = self.ws_max_operations;
+        options.hub_limits.max_batches = self.history_batches.max(1);
+        options
+    }
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    crate::telemetry::init_logging(&cli.log, cli.log_json);
+    match cli.command {
+        Command::Serve(args) => {
+            let config = crate::config::load(&args.config)?;
+            let server = Server::start(config, args.options()).await?;
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            server.shutdown().await;
+            Ok(())
+        }
+        Command::Check(args) => {
+            let config = crate::config::load(&args.config)?;
+            if args.setup_sql {
+                let settings = PgFeedSettings {
+                    url: String::new(),
+                    prefix: "viewcast".into(),
+                    instance: args.instance,
+                    apply_setup: false,
+                };
+                print!("{}", setup_sql(&config, &settings));
+            } else {
+                let schema =
+                    crate::schema::build(&config, None, crate::schema::SchemaLimits::default())
+                        .context("the configuration is valid but its GraphQL schema is not")?;
+                print!("{}", schema.sdl());
+            }
+            Ok(())
+        }
+        Command::Demo(args) => crate::demo::run(args).await,
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            let _ = ctrl_c.await;
+            return;
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

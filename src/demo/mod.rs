@@ -1,0 +1,150 @@
+//! `viewcast demo`: a private PostgreSQL cluster, a live trading dataset and the server.
+//!
+//! Everything it starts it also stops: Ctrl-C (or SIGTERM) shuts the server down, stops the
+//! generator and the cluster, and removes the cluster's temporary directory.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rand::Rng as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::DemoArgs;
+use crate::pgcluster::{ClusterOptions, PgCluster};
+use crate::server::{ServeOptions, Server};
+
+/// The demo's schema.yaml.
+pub const SCHEMA_YAML: &str = include_str!("../../examples/demo/schema.yaml");
+/// The demo's tables and first rows.
+pub const SETUP_SQL: &str = include_str!("../../examples/demo/setup.sql");
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    eprintln!("starting a private PostgreSQL cluster …");
+    let cluster = PgCluster::start(ClusterOptions::default())
+        .await
+        .context("cannot start the demo's PostgreSQL")?;
+    let result = serve(&cluster, &args).await;
+    eprintln!("stopping PostgreSQL …");
+    cluster
+        .stop()
+        .await
+        .context("cannot stop the demo's PostgreSQL")?;
+    result
+}
+
+async fn serve(cluster: &PgCluster, args: &DemoArgs) -> anyhow::Result<()> {
+    let url = cluster.url("postgres");
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    let connection = tokio::spawn(connection);
+    client
+        .batch_execute(SETUP_SQL)
+        .await
+        .context("cannot create the demo tables")?;
+
+    let config = crate::config::load_str(
+        std::path::Path::new("examples/demo/schema.yaml"),
+        SCHEMA_YAML,
+    )?;
+    let options = ServeOptions {
+        host: args.host.clone(),
+        port: args.port,
+        database_url: Some(url.clone()),
+        instance: "demo".into(),
+        apply_setup: true,
+        ..ServeOptions::default()
+    };
+    let server = Server::start(config, options).await?;
+    let stop = CancellationToken::new();
+    let generator = tokio::spawn(generate(client, args.ticks_per_second.max(1), stop.clone()));
+    print_banner(server.addr(), &url);
+
+    crate::cli::wait_for_signal().await;
+    eprintln!("\nshutting down …");
+    stop.cancel();
+    let generated = generator.await;
+    server.shutdown().await;
+    connection.abort();
+    match generated {
+        Ok(result) => result,
+        Err(err) => Err(err.into()),
+    }
+}
+
+fn print_banner(addr: std::net::SocketAddr, url: &str) {
+    println!(
+        r"
+viewcast demo is running — live prices, trades and positions in a private PostgreSQL.
+
+  GraphiQL (open in a browser)   http://{addr}/graphql
+  GraphQL over WebSocket         ws://{addr}/graphql
+  Readiness / metrics            http://{addr}/ready   http://{addr}/metrics
+  PostgreSQL (write to it!)      psql {url}
+
+Try these in GraphiQL:
+
+  subscription {{ trades(where: {{side: {{_eq: buy}}, quantity: {{_gte: 500}}}}) {{
+      operation data {{ id symbol side quantity price executed_at }} fields cursor }} }}
+
+  subscription {{ positions {{ operation data {{ symbol net_quantity market_value unrealized_pnl }} fields }} }}
+
+  query {{ instruments(order_by: [{{price: desc}}]) {{ symbol price updated_at }} }}
+
+Ctrl-C stops everything.
+"
+    );
+}
+
+/// Random-walk price ticks and random trades; each trade commits together with its position.
+async fn generate(
+    client: tokio_postgres::Client,
+    ticks_per_second: u32,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut ticks = tokio::time::interval(Duration::from_secs(1) / ticks_per_second);
+    let mut trades = tokio::time::interval(Duration::from_millis(700));
+    let mut pruning = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            _ = ticks.tick() => {
+                let (instrument, bps) = {
+                    let mut rng = rand::rng();
+                    (rng.random_range(1..=6), rng.random_range(-25..=25))
+                };
+                client.execute(
+                    "WITH p AS (UPDATE instruments SET price = greatest(1, round(price * (1 + $2::int / 10000.0), 2)), updated_at = now() \
+                     WHERE id = $1 RETURNING id, price) \
+                     UPDATE positions SET market_value = net_quantity * p.price, unrealized_pnl = net_quantity * p.price - cost, updated_at = now() \
+                     FROM p WHERE positions.instrument_id = p.id",
+                    &[&instrument, &bps],
+                ).await.context("price tick failed")?;
+            }
+            _ = trades.tick() => {
+                let (instrument, buy, quantity) = {
+                    let mut rng = rand::rng();
+                    (rng.random_range(1..=6), rng.random_bool(0.5), rng.random_range(1..=10) * 100)
+                };
+                let side = if buy { "buy" } else { "sell" };
+                let signed: i32 = if buy { quantity } else { -quantity };
+                client.batch_execute("BEGIN").await?;
+                client.execute(
+                    "INSERT INTO trades (instrument_id, symbol, side, quantity, price) \
+                     SELECT id, symbol, $2, $3, price FROM instruments WHERE id = $1",
+                    &[&instrument, &side, &quantity],
+                ).await?;
+                client.execute(
+                    "UPDATE positions p SET net_quantity = p.net_quantity + $2, cost = p.cost + $2 * i.price::float8, \
+                     market_value = (p.net_quantity + $2) * i.price::float8, \
+                     unrealized_pnl = (p.net_quantity + $2) * i.price::float8 - (p.cost + $2 * i.price::float8), updated_at = now() \
+                     FROM instruments i WHERE i.id = p.instrument_id AND p.instrument_id = $1",
+                    &[&instrument, &signed],
+                ).await?;
+                client.batch_execute("COMMIT").await.context("trade failed")?;
+            }
+            _ = pruning.tick() => {
+                // Keep the trades table small: its oldest rows leave as DELETEs.
+                client.execute("DELETE FROM trades WHERE id <= (SELECT max(id) - 200 FROM trades)", &[]).await?;
+            }
+        }
+    }
+}

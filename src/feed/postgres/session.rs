@@ -1,0 +1,390 @@
+//! One replication session: connect, snapshot or resume, stream until an error.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
+use tokio_postgres::{NoTls, SimpleQueryMessage};
+use tokio_util::sync::CancellationToken;
+
+use super::pgoutput::{self, Message};
+use super::relation::{Mapped, RelationMap};
+use super::{Backoff, FeedError, PgFeedSettings, setup};
+use crate::config::SourceDef;
+use crate::feed::{Batch, Change, FeedEvent, Position};
+use crate::hub::Hub;
+use crate::value::{Row, Value, parse_text};
+
+/// Session settings that make PostgreSQL's text output identical on the snapshot and the
+/// replication connection (so a re-snapshot diff sees no spurious changes).
+const SESSION_SETTINGS: &[(&str, &str)] = &[
+    ("TimeZone", "UTC"),
+    ("DateStyle", "ISO, MDY"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "1"),
+];
+
+/// Where a feed can resume: the end LSN of the last transaction the hub applied.
+#[derive(Debug, Default)]
+pub(super) struct Resume {
+    applied: Option<Lsn>,
+}
+
+fn connection_error(context: &str, err: impl std::fmt::Display) -> FeedError {
+    FeedError::Connection(format!("{context}: {err}"))
+}
+
+/// Runs one session; returns `Ok` only when cancelled.
+pub(super) async fn run(
+    hub: &Arc<Hub>,
+    settings: &PgFeedSettings,
+    resume: &mut Resume,
+    cancel: &CancellationToken,
+    backoff: &mut Backoff,
+) -> Result<(), FeedError> {
+    let source = hub.source().clone();
+    let pg_config: tokio_postgres::Config = settings
+        .url
+        .parse()
+        .map_err(|e| FeedError::Setup(format!("invalid database URL: {e}")))?;
+    let (client, connection) = pg_config
+        .connect(NoTls)
+        .await
+        .map_err(|e| connection_error("cannot connect to postgres", e))?;
+    let connection = tokio::spawn(connection);
+    let result = stream(
+        hub, &source, settings, &pg_config, &client, resume, cancel, backoff,
+    )
+    .await;
+    drop(client);
+    connection.abort();
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stream(
+    hub: &Arc<Hub>,
+    source: &Arc<SourceDef>,
+    settings: &PgFeedSettings,
+    pg_config: &tokio_postgres::Config,
+    client: &tokio_postgres::Client,
+    resume: &mut Resume,
+    cancel: &CancellationToken,
+    backoff: &mut Backoff,
+) -> Result<(), FeedError> {
+    let table = setup::check(client, source, settings).await?;
+    let slot = settings.slot(&source.name);
+    let slot_exists = slot_exists(client, &slot).await?;
+    let resume_from = match resume.applied {
+        Some(lsn) if slot_exists => Some(lsn),
+        _ => None,
+    };
+    if resume_from.is_none() && slot_exists {
+        // A slot left by an earlier run of this instance: its position is not ours (the cache
+        // is new or the slot's history is unknown), so start over from a fresh snapshot.
+        client
+            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .await
+            .map_err(|e| FeedError::Setup(format!(
+                "cannot drop stale replication slot {slot}: {}; if another viewcast server uses it, give each server its own --instance",
+                db_message(&e)
+            )))?;
+    }
+
+    let mut config = replication_config(pg_config, settings, &source.name);
+    if let Some(lsn) = resume_from {
+        config = config.with_start_lsn(lsn);
+    }
+    let mut repl = ReplicationClient::connect_gated(config)
+        .await
+        .map_err(|e| connection_error("cannot open replication connection", e))?;
+    if resume_from.is_none() {
+        let rows = repl
+            .simple_query(&format!("CREATE_REPLICATION_SLOT \"{slot}\" LOGICAL pgoutput EXPORT_SNAPSHOT"))
+            .await
+            .map_err(|e| match e {
+                pgwire_replication::PgWireError::Server(msg) => FeedError::Setup(format!(
+                    "cannot create replication slot {slot}: {msg}; the database user needs the REPLICATION attribute and the server wal_level=logical with a free max_replication_slots entry"
+                )),
+                other => connection_error("cannot create replication slot", other),
+            })?;
+        let row = rows.first().ok_or_else(|| {
+            FeedError::Connection("CREATE_REPLICATION_SLOT returned no row".into())
+        })?;
+        let text = |i: usize| {
+            row.get(i)
+                .and_then(Option::as_ref)
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .ok_or_else(|| {
+                    FeedError::Connection(format!("CREATE_REPLICATION_SLOT: column {i} missing"))
+                })
+        };
+        let consistent_point = Lsn::parse(&text(1)?)
+            .map_err(|e| FeedError::Connection(format!("bad consistent point: {e}")))?;
+        let snapshot_name = text(2)?;
+        let rows = read_snapshot(client, source, &table, &snapshot_name).await?;
+        hub.apply(FeedEvent::Snapshot {
+            position: Position(consistent_point.as_u64()),
+            rows,
+        });
+        resume.applied = Some(consistent_point);
+        tracing::info!(source = %source.name, slot = %slot, lsn = %consistent_point.to_pg_string(), "postgres snapshot applied");
+    }
+    repl.start()
+        .await
+        .map_err(|e| connection_error("cannot start replication", e))?;
+    repl.wait_started()
+        .await
+        .map_err(|e| connection_error("replication did not start", e))?;
+    if let Some(lsn) = resume_from {
+        tracing::info!(source = %source.name, slot = %slot, lsn = %lsn.to_pg_string(), "postgres feed resumed");
+        // Nothing changed in the cache, so clients need no news; the status goes back to live.
+        hub.apply(FeedEvent::Batch(Batch {
+            position: Position(lsn.as_u64()),
+            changes: Vec::new(),
+        }));
+    }
+    backoff.reset();
+    consume(hub, source, &table, &mut repl, resume, cancel).await
+}
+
+/// Applies the replication stream, one batch per committed transaction, until an error or
+/// cancellation.
+async fn consume(
+    hub: &Arc<Hub>,
+    source: &Arc<SourceDef>,
+    table: &setup::Table,
+    repl: &mut ReplicationClient,
+    resume: &mut Resume,
+    cancel: &CancellationToken,
+) -> Result<(), FeedError> {
+    let mut map: Option<RelationMap> = None;
+    let mut changes: Vec<Change> = Vec::new();
+    let mut in_transaction = false;
+    loop {
+        let event = tokio::select! {
+            () = cancel.cancelled() => {
+                repl.stop();
+                return Ok(());
+            }
+            event = repl.recv() => event,
+        };
+        let event = event
+            .map_err(|e| connection_error("replication stream failed", e))?
+            .ok_or_else(|| FeedError::Connection("replication stream ended".into()))?;
+        match event {
+            ReplicationEvent::Begin { .. } => {
+                in_transaction = true;
+                changes.clear();
+            }
+            ReplicationEvent::XLogData { data, .. } => {
+                let message = pgoutput::decode(&data).map_err(|e| {
+                    FeedError::Connection(format!("undecodable pgoutput message: {e}"))
+                })?;
+                if let Message::Relation(relation) = &message {
+                    if relation.namespace == table.schema && relation.name == table.name {
+                        let new_map = RelationMap::new(source, relation)
+                            .map_err(|e| FeedError::Setup(e.to_string()))?;
+                        new_map
+                            .check_replica_identity()
+                            .map_err(|e| FeedError::Setup(e.to_string()))?;
+                        map = Some(new_map);
+                    }
+                    continue;
+                }
+                if let Some(map) = &map {
+                    match map
+                        .map(&message, &mut changes)
+                        .map_err(|e| FeedError::Setup(e.to_string()))?
+                    {
+                        Mapped::Truncated => changes.push(Change::Truncate),
+                        Mapped::Changes | Mapped::Unrelated => {}
+                    }
+                }
+            }
+            ReplicationEvent::Commit {
+                end_lsn,
+                commit_time_micros,
+                ..
+            } => {
+                in_transaction = false;
+                let already_applied = resume.applied.is_some_and(|applied| end_lsn <= applied);
+                if !already_applied {
+                    if !changes.is_empty() {
+                        let batch = Batch {
+                            position: Position(end_lsn.as_u64()),
+                            changes: std::mem::take(&mut changes),
+                        };
+                        hub.apply(FeedEvent::Batch(batch));
+                        hub.metrics().lag_ms.set(lag_ms(commit_time_micros));
+                    }
+                    resume.applied = Some(end_lsn);
+                }
+                changes.clear();
+                // Acknowledge only what the hub has applied (apply is synchronous).
+                repl.update_applied_lsn(end_lsn);
+            }
+            // With no transaction open and everything applied, the slot may advance past WAL
+            // that holds nothing for us.
+            ReplicationEvent::KeepAlive { wal_end, .. }
+                if !in_transaction && resume.applied.is_some_and(|applied| wal_end > applied) =>
+            {
+                resume.applied = Some(wal_end);
+                repl.update_applied_lsn(wal_end);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Milliseconds between a commit (PostgreSQL epoch 2000-01-01, microseconds) and now.
+fn lag_ms(commit_time_micros: i64) -> i64 {
+    const PG_EPOCH_UNIX_SECONDS: i64 = 946_684_800;
+    let now_micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    let commit_unix_micros = commit_time_micros + PG_EPOCH_UNIX_SECONDS * 1_000_000;
+    ((now_micros - commit_unix_micros) / 1000).max(0)
+}
+
+fn replication_config(
+    pg: &tokio_postgres::Config,
+    settings: &PgFeedSettings,
+    source: &str,
+) -> ReplicationConfig {
+    let host = match pg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        Some(tokio_postgres::config::Host::Unix(path)) => path.to_string_lossy().into_owned(),
+        None => "localhost".to_owned(),
+    };
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    let user = pg.get_user().map_or_else(
+        || std::env::var("USER").unwrap_or_else(|_| "postgres".into()),
+        str::to_owned,
+    );
+    let password = pg
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    let dbname = pg.get_dbname().map_or_else(|| user.clone(), str::to_owned);
+    let options = SESSION_SETTINGS
+        .iter()
+        .map(|(k, v)| format!("-c {k}={}", v.replace(' ', "\\ ")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    ReplicationConfig::new(
+        host,
+        user,
+        password,
+        dbname,
+        settings.slot(source),
+        settings.publication(source).as_str(),
+    )
+    .with_port(port)
+    .with_options(options)
+    .with_application_name(format!("viewcast {source}"))
+    .with_status_interval(Duration::from_secs(1))
+    .with_wakeup_interval(Duration::from_secs(5))
+}
+
+async fn slot_exists(client: &tokio_postgres::Client, slot: &str) -> Result<bool, FeedError> {
+    let row = client
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| connection_error("cannot read pg_replication_slots", db_message(&e)))?;
+    Ok(row.is_some())
+}
+
+/// Reads the whole table inside the slot's exported snapshot, as PostgreSQL text.
+async fn read_snapshot(
+    client: &tokio_postgres::Client,
+    source: &SourceDef,
+    table: &setup::Table,
+    snapshot_name: &str,
+) -> Result<Vec<Row>, FeedError> {
+    let columns = source
+        .columns
+        .iter()
+        .map(|c| crate::config::quote_ident(&c.sql_name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut sql = String::from("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;");
+    let _ = write!(
+        sql,
+        "SET TRANSACTION SNAPSHOT '{}';",
+        snapshot_name.replace('\'', "''")
+    );
+    for (name, value) in SESSION_SETTINGS {
+        let _ = write!(sql, "SET LOCAL {name} = '{value}';");
+    }
+    let _ = write!(sql, "SELECT {columns} FROM {};", table.qualified());
+    sql.push_str("COMMIT;");
+    let messages = client.simple_query(&sql).await.map_err(|e| {
+        let message = db_message(&e);
+        if e.as_db_error().is_some() {
+            FeedError::Setup(format!("cannot read {}: {message}", table.qualified()))
+        } else {
+            connection_error("snapshot read failed", message)
+        }
+    })?;
+    let mut rows = Vec::new();
+    for message in messages {
+        if let SimpleQueryMessage::Row(row) = message {
+            let mut values = Vec::with_capacity(source.columns.len());
+            for (i, column) in source.columns.iter().enumerate() {
+                values.push(match row.get(i) {
+                    None => Value::Null,
+                    Some(text) => parse_text(&column.ty, text).map_err(|e| {
+                        FeedError::Setup(format!(
+                            "column {} of source {}: {e}; change its type in schema.yaml",
+                            column.name, source.name
+                        ))
+                    })?,
+                });
+            }
+            rows.push(Row::new(values));
+        }
+    }
+    Ok(rows)
+}
+
+pub(super) fn db_message(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => db.message().to_owned(),
+        None => err.to_string(),
+    }
+}
+
+/// Drops this instance's slot for `source` so a stopped server pins no WAL.
+pub(super) async fn drop_slot_on_shutdown(settings: &PgFeedSettings, source: &str) {
+    let slot = settings.slot(source);
+    let Ok((client, connection)) = tokio_postgres::connect(&settings.url, NoTls).await else {
+        return;
+    };
+    let connection = tokio::spawn(connection);
+    // The walsender may take a moment to release the slot after the stream stops.
+    for _ in 0..50 {
+        match client
+            .execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active", &[&slot])
+            .await
+        {
+            Ok(_) => {
+                let still_there = client
+                    .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+                    .await
+                    .is_ok_and(|r| r.is_some());
+                if !still_there {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(client);
+    connection.abort();
+}

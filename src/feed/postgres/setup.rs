@@ -1,0 +1,214 @@
+//! What a PostgreSQL source needs in the database (a publication, a usable replica identity),
+//! checked at every session start, printed by `viewcast check --setup-sql`, and applied when
+//! the server runs with `--apply-setup`.
+
+use std::fmt::Write as _;
+
+use super::session::db_message;
+use super::{FeedError, PgFeedSettings};
+use crate::config::{Backend, Config, SourceDef, quote_ident};
+
+/// The resolved table of a source.
+#[derive(Debug, Clone)]
+pub(super) struct Table {
+    pub schema: String,
+    pub name: String,
+}
+
+impl Table {
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+/// A setup step failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SetupError(String);
+
+/// The SQL that prepares a database for the PostgreSQL sources of `config`.
+pub fn setup_sql(config: &Config, settings: &PgFeedSettings) -> String {
+    let mut sql = String::from(
+        "-- viewcast: setup for PostgreSQL sources (run as the tables' owner).\n\
+         -- The role viewcast connects as needs the REPLICATION attribute and SELECT on each table:\n\
+         --   ALTER ROLE <role> REPLICATION;  GRANT SELECT ON <table> TO <role>;\n\
+         -- The server needs wal_level = logical and one free replication slot per source and server.\n",
+    );
+    for source in config
+        .sources
+        .iter()
+        .filter(|s| s.backend == Backend::Postgres)
+    {
+        let publication = quote_ident(&settings.publication(&source.name));
+        let table = source.relation.sql();
+        let key = key_names(source).join(", ");
+        let _ = write!(
+            sql,
+            "\n-- source {name}\nCREATE PUBLICATION {publication} FOR TABLE {table};\n\
+             -- only if the table's primary key is not ({key}):\n-- ALTER TABLE {table} REPLICA IDENTITY FULL;\n",
+            name = source.name,
+        );
+    }
+    sql
+}
+
+fn key_names(source: &SourceDef) -> Vec<String> {
+    source
+        .primary_key
+        .iter()
+        .map(|&i| source.columns[i].sql_name.clone())
+        .collect()
+}
+
+/// Creates the publication and fixes the replica identity of one source, if needed.
+pub async fn apply_setup(
+    client: &tokio_postgres::Client,
+    source: &SourceDef,
+    settings: &PgFeedSettings,
+) -> Result<(), SetupError> {
+    let mut settings = settings.clone();
+    settings.apply_setup = true;
+    check(client, source, &settings)
+        .await
+        .map(|_| ())
+        .map_err(|e| SetupError(e.to_string()))
+}
+
+/// Verifies (or, with `apply_setup`, creates) what the feed of `source` needs.
+pub(super) async fn check(
+    client: &tokio_postgres::Client,
+    source: &SourceDef,
+    settings: &PgFeedSettings,
+) -> Result<Table, FeedError> {
+    let relation = source.relation.sql();
+    let row = client
+        .query_opt(
+            "SELECT n.nspname::text, c.relname::text, c.relkind::text, c.relreplident::text \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)",
+            &[&relation],
+        )
+        .await
+        .map_err(|e| setup_error("cannot look up the table", &e))?
+        .ok_or_else(|| {
+            FeedError::Setup(format!(
+                "table {relation} of source {} does not exist; create it or fix `table:` in schema.yaml",
+                source.name
+            ))
+        })?;
+    let table = Table {
+        schema: row.get(0),
+        name: row.get(1),
+    };
+    let kind: String = row.get(2);
+    let identity: String = row.get(3);
+    if kind != "r" && kind != "p" {
+        return Err(FeedError::Setup(format!(
+            "{relation} of source {} is not a table (relkind {kind}); PostgreSQL replicates only tables — use Materialize or RisingWave for views",
+            source.name
+        )));
+    }
+
+    let publication = settings.publication(&source.name);
+    let published = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
+            &[&publication, &table.schema, &table.name],
+        )
+        .await
+        .map_err(|e| setup_error("cannot read publications", &e))?
+        .is_some();
+    if !published {
+        if !settings.apply_setup {
+            return Err(FeedError::Setup(format!(
+                "table {} is not in publication {publication}; run the SQL from `viewcast check --setup-sql` or start the server with --apply-setup",
+                table.qualified()
+            )));
+        }
+        let exists = client
+            .query_opt(
+                "SELECT 1 FROM pg_publication WHERE pubname = $1",
+                &[&publication],
+            )
+            .await
+            .map_err(|e| setup_error("cannot read publications", &e))?
+            .is_some();
+        let sql = if exists {
+            format!(
+                "ALTER PUBLICATION {} ADD TABLE {}",
+                quote_ident(&publication),
+                table.qualified()
+            )
+        } else {
+            format!(
+                "CREATE PUBLICATION {} FOR TABLE {}",
+                quote_ident(&publication),
+                table.qualified()
+            )
+        };
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| setup_error("cannot create the publication", &e))?;
+        tracing::info!(source = %source.name, publication = %publication, "publication created");
+    }
+
+    ensure_replica_identity(client, source, settings, &table, &identity).await?;
+    Ok(table)
+}
+
+/// Makes sure deletes and key changes carry the configured primary key.
+async fn ensure_replica_identity(
+    client: &tokio_postgres::Client,
+    source: &SourceDef,
+    settings: &PgFeedSettings,
+    table: &Table,
+    identity: &str,
+) -> Result<(), FeedError> {
+    if identity != "f" {
+        let index_filter = if identity == "i" {
+            "i.indisreplident"
+        } else {
+            "i.indisprimary"
+        };
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a \
+                     ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+                     WHERE i.indrelid = to_regclass($1) AND {index_filter}"
+                ),
+                &[&table.qualified()],
+            )
+            .await
+            .map_err(|e| setup_error("cannot read the table's key", &e))?;
+        let mut identity_columns: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        identity_columns.sort();
+        let mut wanted = key_names(source);
+        wanted.sort();
+        if identity == "n" || identity_columns != wanted {
+            let sql = format!("ALTER TABLE {} REPLICA IDENTITY FULL", table.qualified());
+            if !settings.apply_setup {
+                return Err(FeedError::Setup(format!(
+                    "the replica identity of {} does not include the configured primary key ({}); run `{sql}` or start the server with --apply-setup",
+                    table.qualified(),
+                    wanted.join(", ")
+                )));
+            }
+            client
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| setup_error("cannot set the replica identity", &e))?;
+            tracing::info!(source = %source.name, "replica identity set to full");
+        }
+    }
+    Ok(())
+}
+
+/// A database error while checking or applying setup: the operator's if the server answered.
+fn setup_error(what: &str, e: &tokio_postgres::Error) -> FeedError {
+    if e.as_db_error().is_some() {
+        FeedError::Setup(format!("{what}: {}", db_message(e)))
+    } else {
+        FeedError::Connection(format!("{what}: {e}"))
+    }
+}

@@ -1,0 +1,238 @@
+//! HTTP and WebSocket transport: `/graphql` (POST, GET, WebSocket, GraphiQL), `/health`,
+//! `/ready`, `/metrics`.
+//!
+//! [`router`] is a plain function over [`AppState`], so tests drive it on a real socket. This
+//! module translates between wire formats and the GraphQL executor; it never reads hubs or
+//! databases except to report readiness.
+
+mod ws;
+
+pub use ws::ConnectionParams;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_graphql::dynamic::Schema;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::{HubStatus, Hubs};
+use crate::telemetry::Metrics;
+
+/// WebSocket protocol settings.
+#[derive(Debug, Clone, Copy)]
+pub struct WsSettings {
+    /// How long a client has to send `connection_init` (graphql-ws closes with 4408 after it).
+    pub init_timeout: Duration,
+    /// Interval of server keep-alives (`ping` on graphql-transport-ws, `ka` on legacy graphql-ws).
+    pub keepalive: Duration,
+    /// Largest accepted client message.
+    pub max_message_bytes: usize,
+    /// Most concurrent operations on one connection.
+    pub max_operations: usize,
+}
+
+impl Default for WsSettings {
+    fn default() -> Self {
+        WsSettings {
+            init_timeout: Duration::from_secs(3),
+            keepalive: Duration::from_secs(12),
+            max_message_bytes: 1 << 20,
+            max_operations: 200,
+        }
+    }
+}
+
+/// Everything a request handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub schema: Schema,
+    pub hubs: Arc<Hubs>,
+    pub metrics: Arc<Metrics>,
+    pub ws: WsSettings,
+    /// Cancelled at shutdown: WebSocket connections close with 1001.
+    pub shutdown: CancellationToken,
+}
+
+/// The HTTP application.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/graphql", get(graphql_get).post(graphql_post))
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn graphql_get(State(state): State<AppState>, request: axum::extract::Request) -> Response {
+    let (mut parts, _body) = request.into_parts();
+    if parts.headers.contains_key(header::UPGRADE) {
+        return match axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &state)
+            .await
+        {
+            Ok(upgrade) => ws::upgrade(upgrade, state),
+            Err(rejection) => rejection.into_response(),
+        };
+    }
+    let wants_html = parts
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    let query = Query::<GetParams>::try_from_uri(&parts.uri);
+    match query {
+        Ok(Query(params)) if params.query.is_some() => {
+            let request = match params.into_request() {
+                Ok(request) => request,
+                Err(message) => return graphql_error_response(StatusCode::BAD_REQUEST, &message),
+            };
+            execute(&state, request, true).await
+        }
+        _ if wants_html => Html(graphiql()).into_response(),
+        _ => graphql_error_response(
+            StatusCode::BAD_REQUEST,
+            "GET /graphql needs a `query` parameter (or open it in a browser for GraphiQL, or upgrade to a WebSocket)",
+        ),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GetParams {
+    query: Option<String>,
+    operation_name: Option<String>,
+    variables: Option<String>,
+}
+
+impl GetParams {
+    fn into_request(self) -> Result<async_graphql::Request, String> {
+        let mut request = async_graphql::Request::new(self.query.unwrap_or_default());
+        if let Some(name) = self.operation_name {
+            request = request.operation_name(name);
+        }
+        if let Some(variables) = self.variables {
+            let json: serde_json::Value = serde_json::from_str(&variables)
+                .map_err(|e| format!("`variables` is not valid JSON: {e}"))?;
+            request = request.variables(async_graphql::Variables::from_json(json));
+        }
+        Ok(request)
+    }
+}
+
+async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type.is_empty()
+        && !content_type.starts_with("application/json")
+        && !content_type.starts_with("application/graphql-response+json")
+    {
+        return graphql_error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "POST /graphql expects a JSON body (content-type: application/json)",
+        );
+    }
+    match serde_json::from_slice::<async_graphql::BatchRequest>(&body) {
+        Ok(async_graphql::BatchRequest::Single(request)) => execute(&state, request, false).await,
+        Ok(async_graphql::BatchRequest::Batch(requests)) => {
+            let mut responses = Vec::with_capacity(requests.len());
+            for request in requests {
+                state.metrics.http_requests.inc();
+                responses.push(state.schema.execute(request).await);
+            }
+            json_response(StatusCode::OK, &responses)
+        }
+        Err(err) => graphql_error_response(
+            StatusCode::BAD_REQUEST,
+            &format!("request body is not a GraphQL request: {err}"),
+        ),
+    }
+}
+
+async fn execute(state: &AppState, request: async_graphql::Request, via_get: bool) -> Response {
+    state.metrics.http_requests.inc();
+    if via_get && is_mutation(&request.query) {
+        return graphql_error_response(StatusCode::METHOD_NOT_ALLOWED, "mutations must use POST");
+    }
+    let response = state.schema.execute(request).await;
+    json_response(StatusCode::OK, &response)
+}
+
+fn is_mutation(query: &str) -> bool {
+    async_graphql::parser::parse_query(query).is_ok_and(|doc| {
+        doc.operations
+            .iter()
+            .any(|(_, op)| op.node.ty == async_graphql::parser::types::OperationType::Mutation)
+    })
+}
+
+fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+fn graphql_error_response(status: StatusCode, message: &str) -> Response {
+    json_response(
+        status,
+        &serde_json::json!({ "errors": [{ "message": message }] }),
+    )
+}
+
+fn graphiql() -> String {
+    async_graphql::http::GraphiQLSource::build()
+        .endpoint("/graphql")
+        .subscription_endpoint("/graphql")
+        .title("viewcast")
+        .finish()
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let mut ready = true;
+    let mut sources = serde_json::Map::new();
+    for (name, status) in state.hubs.statuses() {
+        let entry = match status {
+            None => {
+                serde_json::json!({ "status": "idle", "reason": "lazy source: starts with its first consumer" })
+            }
+            Some(HubStatus::Live) => serde_json::json!({ "status": "live" }),
+            Some(HubStatus::Starting) => {
+                ready = false;
+                serde_json::json!({ "status": "starting", "reason": "waiting for the first snapshot" })
+            }
+            Some(HubStatus::Down {
+                reason,
+                permanent,
+                synced,
+            }) => {
+                ready = false;
+                serde_json::json!({ "status": "down", "reason": reason, "permanent": permanent, "serving_cached_rows": synced })
+            }
+        };
+        sources.insert(name, entry);
+    }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(
+        status,
+        &serde_json::json!({ "ready": ready, "sources": sources }),
+    )
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,352 @@
+//! Source hubs: one per source, shared by every consumer of that source.
+//!
+//! A hub owns the keyed cache of a source's current rows and a short log of recently applied
+//! batches. Its feed pushes [`FeedEvent`]s in; the hub turns each into one [`AppliedBatch`] of
+//! row-level changes (consolidated per key, with the old row kept for updates and deletes),
+//! appends it to the log under the same lock that readers take, and wakes consumers.
+//! Consumers read the log from their own cursor, so a consumer that joins gets the cache as of
+//! a batch boundary and then exactly the batches after it, and a consumer that falls behind
+//! reads several batches at once and conflates them per key instead of queueing without bound.
+//!
+//! The hub never blocks on a consumer and never holds its lock across an `.await`.
+
+mod consumer;
+mod registry;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use tokio::sync::watch;
+
+use crate::config::SourceDef;
+use crate::feed::{Change, FeedEvent, Position};
+use crate::telemetry::SourceMetrics;
+use crate::value::{Key, Row};
+
+pub use consumer::{Cursor, CursorError, Event, EventKind, Reader};
+pub use registry::{Hubs, Starter};
+
+/// One row-level change, as a consumer sees it before filtering.
+#[derive(Debug, Clone)]
+pub enum RowChange {
+    Insert(Arc<Row>),
+    /// `changed` lists the indices of the columns whose values differ.
+    Update {
+        old: Arc<Row>,
+        new: Arc<Row>,
+        changed: Arc<[usize]>,
+    },
+    /// Carries the last known row.
+    Delete(Arc<Row>),
+}
+
+/// A feed event applied to the cache: the net change per key, in first-touched order.
+#[derive(Debug)]
+pub struct AppliedBatch {
+    /// Hub-local sequence number, contiguous from 1.
+    pub seq: u64,
+    /// The upstream position this batch brought the hub to.
+    pub position: Position,
+    pub changes: Vec<RowChange>,
+}
+
+/// Whether the hub can serve, and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HubStatus {
+    /// No snapshot yet; the feed has not started or is connecting.
+    Starting,
+    /// Serving live data.
+    Live,
+    /// The upstream is lost; the cache is kept and served, and updates resume on reconnect.
+    Down {
+        reason: String,
+        permanent: bool,
+        synced: bool,
+    },
+}
+
+impl HubStatus {
+    pub fn is_synced(&self) -> bool {
+        matches!(self, HubStatus::Live | HubStatus::Down { synced: true, .. })
+    }
+}
+
+/// How much history a hub keeps for readers that fall behind or resume.
+#[derive(Debug, Clone, Copy)]
+pub struct HubLimits {
+    /// Batches kept in the log.
+    pub max_batches: usize,
+    /// Row changes kept in the log, across batches.
+    pub max_changes: usize,
+}
+
+impl Default for HubLimits {
+    fn default() -> Self {
+        HubLimits {
+            max_batches: 4096,
+            max_changes: 200_000,
+        }
+    }
+}
+
+struct State {
+    cache: HashMap<Key, Arc<Row>>,
+    log: VecDeque<Arc<AppliedBatch>>,
+    logged_changes: usize,
+    /// Sequence number of the last applied batch (0 before the first).
+    head: u64,
+    position: Position,
+    status: HubStatus,
+}
+
+/// The shared state of one source.
+pub struct Hub {
+    source: Arc<SourceDef>,
+    limits: HubLimits,
+    /// Identifies this hub instance in cursors, so a cursor from another process is refused.
+    epoch: u64,
+    /// std Mutex: held only for in-memory work, never across an await.
+    state: Mutex<State>,
+    head_tx: watch::Sender<u64>,
+    status_tx: watch::Sender<HubStatus>,
+    applied_tx: watch::Sender<Position>,
+    metrics: Arc<SourceMetrics>,
+}
+
+impl Hub {
+    pub fn new(source: Arc<SourceDef>, limits: HubLimits, metrics: Arc<SourceMetrics>) -> Arc<Hub> {
+        Arc::new(Hub {
+            source,
+            limits,
+            epoch: rand::random::<u64>() >> 12,
+            state: Mutex::new(State {
+                cache: HashMap::new(),
+                log: VecDeque::new(),
+                logged_changes: 0,
+                head: 0,
+                position: Position::default(),
+                status: HubStatus::Starting,
+            }),
+            head_tx: watch::channel(0).0,
+            status_tx: watch::channel(HubStatus::Starting).0,
+            applied_tx: watch::channel(Position::default()).0,
+            metrics,
+        })
+    }
+
+    pub fn source(&self) -> &Arc<SourceDef> {
+        &self.source
+    }
+
+    pub fn status(&self) -> HubStatus {
+        self.status_tx.borrow().clone()
+    }
+
+    pub fn watch_status(&self) -> watch::Receiver<HubStatus> {
+        self.status_tx.subscribe()
+    }
+
+    /// The last upstream position applied; a feed acknowledges only what this reports.
+    pub fn watch_applied(&self) -> watch::Receiver<Position> {
+        self.applied_tx.subscribe()
+    }
+
+    pub fn metrics(&self) -> &Arc<SourceMetrics> {
+        &self.metrics
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock would be a bug in the hub itself; the state it guards
+        // is still consistent batch-by-batch, so keep serving rather than poisoning every reader.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Current rows (a consistent copy of the cache), or `None` before the first snapshot.
+    pub fn rows(&self) -> Option<Vec<Arc<Row>>> {
+        let state = self.lock();
+        state
+            .status
+            .is_synced()
+            .then(|| state.cache.values().cloned().collect())
+    }
+
+    /// Applies one feed event. Called only by the hub's feed task.
+    pub fn apply(&self, event: FeedEvent) {
+        match event {
+            FeedEvent::Snapshot { position, rows } => self.apply_snapshot(position, rows),
+            FeedEvent::Batch(batch) => self.apply_changes(batch.position, batch.changes),
+            FeedEvent::Down { reason, permanent } => {
+                let mut state = self.lock();
+                let synced = state.status.is_synced();
+                state.status = HubStatus::Down {
+                    reason,
+                    permanent,
+                    synced,
+                };
+                self.status_tx.send_replace(state.status.clone());
+            }
+        }
+    }
+
+    fn apply_snapshot(&self, position: Position, rows: Vec<Row>) {
+        let key_columns = self.source.primary_key.clone();
+        let mut state = self.lock();
+        let mut tracker = Tracker::default();
+        let mut seen = std::collections::HashSet::with_capacity(rows.len());
+        for row in rows {
+            let key = row.key(&key_columns);
+            seen.insert(key.clone());
+            tracker.set(&mut state.cache, key, Some(Arc::new(row)));
+        }
+        let gone: Vec<Key> = state
+            .cache
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            tracker.set(&mut state.cache, key, None);
+        }
+        self.commit(&mut state, position, tracker);
+        self.metrics.snapshots.inc();
+    }
+
+    fn apply_changes(&self, position: Position, changes: Vec<Change>) {
+        let key_columns = &self.source.primary_key;
+        let mut state = self.lock();
+        let mut tracker = Tracker::default();
+        let received = changes.len();
+        for change in changes {
+            match change {
+                Change::Upsert { row, unchanged } => {
+                    let key = row.key(key_columns);
+                    let row = match (unchanged, state.cache.get(&key)) {
+                        (Some(mask), Some(old)) => merge_unchanged(row, &mask, old),
+                        (Some(_), None) => {
+                            // PostgreSQL only omits TOASTed values for rows that exist; a
+                            // missing row here means the cache and the table disagree.
+                            tracing::error!(source = %self.source.name, "update of a row not in the cache carried unchanged values; keeping them null");
+                            self.metrics.errors.inc();
+                            row
+                        }
+                        (None, _) => row,
+                    };
+                    tracker.set(&mut state.cache, key, Some(Arc::new(row)));
+                }
+                Change::Delete { key } => tracker.set(&mut state.cache, key, None),
+                Change::Truncate => {
+                    let keys: Vec<Key> = state.cache.keys().cloned().collect();
+                    for key in keys {
+                        tracker.set(&mut state.cache, key, None);
+                    }
+                }
+            }
+        }
+        self.metrics.rows_received.add(received as u64);
+        self.commit(&mut state, position, tracker);
+    }
+
+    /// Turns the tracked before/after states into an [`AppliedBatch`], logs it and wakes readers.
+    fn commit(&self, state: &mut State, position: Position, tracker: Tracker) {
+        let changes = tracker.finish(&state.cache, &self.source);
+        state.position = position;
+        if !changes.is_empty() {
+            state.head += 1;
+            let batch = Arc::new(AppliedBatch {
+                seq: state.head,
+                position,
+                changes,
+            });
+            state.logged_changes += batch.changes.len();
+            self.metrics.batches.inc();
+            self.metrics.rows_published.add(batch.changes.len() as u64);
+            state.log.push_back(batch);
+            while state.log.len() > self.limits.max_batches
+                || (state.logged_changes > self.limits.max_changes && state.log.len() > 1)
+            {
+                if let Some(old) = state.log.pop_front() {
+                    state.logged_changes -= old.changes.len();
+                }
+            }
+        }
+        if state.status != HubStatus::Live {
+            state.status = HubStatus::Live;
+            self.status_tx.send_replace(HubStatus::Live);
+        }
+        self.metrics.cached_rows.set(state.cache.len() as i64);
+        if let Ok(now) = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
+            self.metrics.last_batch_unix_ms.set(now.as_millis() as i64);
+        }
+        self.head_tx.send_replace(state.head);
+        self.applied_tx.send_replace(position);
+    }
+}
+
+fn merge_unchanged(row: Row, unchanged: &[bool], old: &Row) -> Row {
+    let mut values = row.0.into_vec();
+    for (i, value) in values.iter_mut().enumerate() {
+        if unchanged.get(i).copied().unwrap_or(false) {
+            *value = old.get(i).clone();
+        }
+    }
+    Row::new(values)
+}
+
+/// Records, per key touched in one batch, the row before the batch, so that the batch's net
+/// effect per key can be published however many times the key changed inside it.
+#[derive(Default)]
+struct Tracker {
+    order: Vec<Key>,
+    before: HashMap<Key, Option<Arc<Row>>>,
+}
+
+impl Tracker {
+    fn set(&mut self, cache: &mut HashMap<Key, Arc<Row>>, key: Key, row: Option<Arc<Row>>) {
+        let previous = match row {
+            Some(row) => cache.insert(key.clone(), row),
+            None => cache.remove(&key),
+        };
+        if !self.before.contains_key(&key) {
+            self.order.push(key.clone());
+            self.before.insert(key, previous);
+        }
+    }
+
+    fn finish(mut self, cache: &HashMap<Key, Arc<Row>>, source: &SourceDef) -> Vec<RowChange> {
+        let mut changes = Vec::with_capacity(self.order.len());
+        for key in self.order {
+            let before = self.before.remove(&key).flatten();
+            let after = cache.get(&key).cloned();
+            if let Some(change) = diff(before, after, source) {
+                changes.push(change);
+            }
+        }
+        changes
+    }
+}
+
+/// The change that takes a key from `before` to `after`, if any.
+pub(crate) fn diff(
+    before: Option<Arc<Row>>,
+    after: Option<Arc<Row>>,
+    source: &SourceDef,
+) -> Option<RowChange> {
+    match (before, after) {
+        (None, None) => None,
+        (None, Some(new)) => Some(RowChange::Insert(new)),
+        (Some(old), None) => Some(RowChange::Delete(old)),
+        (Some(old), Some(new)) => {
+            let changed: Vec<usize> = (0..source.columns.len())
+                .filter(|&i| old.get(i) != new.get(i))
+                .collect();
+            (!changed.is_empty()).then(|| RowChange::Update {
+                old,
+                new,
+                changed: changed.into(),
+            })
+        }
+    }
+}

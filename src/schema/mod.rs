@@ -1,0 +1,415 @@
+//! The GraphQL schema, generated from the resolved configuration alone.
+//!
+//! Names follow tycostream (`S`, `SUpdate`, `SExpression`, `subscription S(where:)`) so its
+//! clients keep working; everything viewcast adds is additive: the one-shot query
+//! `S(where, order_by, limit, offset)`, the `cursor`/`timestamp` fields of `SUpdate`, the
+//! `after`/`snapshot_end` subscription arguments and the `SNAPSHOT_END`/`RESET` operations that
+//! only clients who ask for them ever see. Resolvers find the hubs in the schema data
+//! ([`Hubs`]); building the schema touches no database.
+
+mod output;
+
+use std::sync::Arc;
+
+use async_graphql::dynamic::{
+    Enum, Field, FieldFuture, FieldValue, InputObject, InputValue, Object, Scalar, Schema,
+    SchemaError, Subscription, SubscriptionField, SubscriptionFieldFuture, TypeRef,
+};
+use async_graphql::{ErrorExtensions, Value as GqlValue};
+use futures::StreamExt;
+
+use crate::config::{ColumnType, Config, SourceDef};
+use crate::filter::{self, Filter};
+use crate::hub::{Cursor, Event, EventKind, Hubs, Reader};
+pub use output::RowView;
+
+/// Limits applied to every operation.
+#[derive(Debug, Clone, Copy)]
+pub struct SchemaLimits {
+    pub max_depth: usize,
+    pub max_complexity: usize,
+}
+
+impl Default for SchemaLimits {
+    fn default() -> Self {
+        SchemaLimits {
+            max_depth: 16,
+            max_complexity: 5_000,
+        }
+    }
+}
+
+/// Builds the schema for `config`; `hubs` is attached as schema data (absent for `check`).
+pub fn build(
+    config: &Config,
+    hubs: Option<Arc<Hubs>>,
+    limits: SchemaLimits,
+) -> Result<Schema, SchemaError> {
+    let mut query = Object::new("Query");
+    let mut subscription = Subscription::new("Subscription");
+    let mut builder_types = global_types(config);
+    for source in &config.sources {
+        builder_types.extend(source_types(source));
+        query = query.field(query_field(source));
+        subscription = subscription.field(subscription_field(source));
+    }
+
+    let mut builder = Schema::build("Query", None, Some("Subscription"))
+        .register(query)
+        .register(subscription)
+        .limit_depth(limits.max_depth)
+        .limit_complexity(limits.max_complexity);
+    for ty in builder_types {
+        builder = builder.register(ty);
+    }
+    if let Some(hubs) = hubs {
+        builder = builder.data(hubs);
+    }
+    builder.finish()
+}
+
+/// Types shared by every source: operations, ordering, scalars and comparison inputs.
+fn global_types(config: &Config) -> Vec<async_graphql::dynamic::Type> {
+    let mut types: Vec<async_graphql::dynamic::Type> = vec![
+        Enum::new("RowOperation")
+            .description("What happened to a row, as seen through the subscriber's filter.")
+            .item("INSERT")
+            .item("UPDATE")
+            .item("DELETE")
+            .item(async_graphql::dynamic::EnumItem::new("SNAPSHOT_END").description(
+                "The snapshot is complete (only sent when the subscription asks with snapshot_end: true).",
+            ))
+            .item(async_graphql::dynamic::EnumItem::new("RESET").description(
+                "The `after` cursor was too old: drop all rows, a fresh snapshot follows (only sent to subscriptions with `after`).",
+            ))
+            .into(),
+        Enum::new("order_by")
+            .items(["asc", "asc_nulls_first", "asc_nulls_last", "desc", "desc_nulls_first", "desc_nulls_last"])
+            .into(),
+        Scalar::new("Numeric")
+            .description("An exact decimal number, serialized as a string with every digit kept.")
+            .into(),
+        Scalar::new("JSONValue").description("Any JSON value.").into(),
+    ];
+    for (name, operand, ordered, text) in [
+        ("StringComparison", TypeRef::STRING, true, true),
+        ("IntComparison", TypeRef::INT, true, false),
+        ("FloatComparison", TypeRef::FLOAT, true, false),
+        ("BooleanComparison", TypeRef::BOOLEAN, false, false),
+        ("NumericComparison", "Numeric", true, false),
+    ] {
+        types.push(comparison(name, operand, ordered, text).into());
+    }
+    for def in &config.enums {
+        types.push(
+            Enum::new(&def.name)
+                .items(def.values.iter().map(String::as_str))
+                .into(),
+        );
+        types.push(comparison(&format!("{}Comparison", def.name), &def.name, true, false).into());
+    }
+    types
+}
+
+fn comparison(name: &str, operand: &str, ordered: bool, text: bool) -> InputObject {
+    let mut input = InputObject::new(name)
+        .field(InputValue::new("_eq", TypeRef::named(operand)))
+        .field(InputValue::new("_neq", TypeRef::named(operand)))
+        .field(InputValue::new("_in", TypeRef::named_nn_list(operand)))
+        .field(InputValue::new("_nin", TypeRef::named_nn_list(operand)))
+        .field(InputValue::new(
+            "_is_null",
+            TypeRef::named(TypeRef::BOOLEAN),
+        ));
+    if ordered {
+        for op in ["_gt", "_gte", "_lt", "_lte"] {
+            input = input.field(InputValue::new(op, TypeRef::named(operand)));
+        }
+    }
+    if text {
+        for op in [
+            "_like", "_nlike", "_ilike", "_nilike", "_regex", "_nregex", "_iregex", "_niregex",
+        ] {
+            input = input.field(InputValue::new(op, TypeRef::named(TypeRef::STRING)));
+        }
+    }
+    input
+}
+
+/// The GraphQL output type of a column.
+pub fn output_type(ty: &ColumnType) -> &str {
+    match ty {
+        ColumnType::Integer => TypeRef::INT,
+        ColumnType::Float => TypeRef::FLOAT,
+        ColumnType::Boolean => TypeRef::BOOLEAN,
+        ColumnType::Uuid => TypeRef::ID,
+        ColumnType::Numeric => "Numeric",
+        ColumnType::JsonValue => "JSONValue",
+        ColumnType::Enum(def) => &def.name,
+        ColumnType::BigInt
+        | ColumnType::String
+        | ColumnType::Timestamp
+        | ColumnType::Date
+        | ColumnType::Time
+        | ColumnType::Json
+        | ColumnType::Array => TypeRef::STRING,
+    }
+}
+
+/// The `where` input type of a column.
+fn comparison_type(ty: &ColumnType) -> String {
+    match ty {
+        ColumnType::Integer => "IntComparison".into(),
+        ColumnType::Float => "FloatComparison".into(),
+        ColumnType::Boolean => "BooleanComparison".into(),
+        ColumnType::Numeric => "NumericComparison".into(),
+        ColumnType::Enum(def) => format!("{}Comparison", def.name),
+        _ => "StringComparison".into(),
+    }
+}
+
+fn source_types(source: &Arc<SourceDef>) -> Vec<async_graphql::dynamic::Type> {
+    let name = &source.name;
+    let mut object = Object::new(name);
+    let mut expression = InputObject::new(format!("{name}Expression"));
+    let mut order_by = InputObject::new(format!("{name}_order_by"));
+    for (index, column) in source.columns.iter().enumerate() {
+        let ty = output_type(&column.ty);
+        let type_ref = if source.is_key_column(index) {
+            TypeRef::named_nn(ty)
+        } else {
+            TypeRef::named(ty)
+        };
+        let column_type = column.ty.clone();
+        object = object.field(Field::new(&column.name, type_ref, move |ctx| {
+            let view = match ctx.parent_value.try_downcast_ref::<RowView>() {
+                Ok(view) => view,
+                Err(err) => {
+                    return FieldFuture::new(async move { Err::<Option<FieldValue<'_>>, _>(err) });
+                }
+            };
+            match view.value(index, &column_type) {
+                Ok(value) => FieldFuture::from_value(value),
+                Err(err) => FieldFuture::new(async move { Err::<Option<FieldValue<'_>>, _>(err) }),
+            }
+        }));
+        expression = expression.field(InputValue::new(
+            &column.name,
+            TypeRef::named(comparison_type(&column.ty)),
+        ));
+        order_by = order_by.field(InputValue::new(&column.name, TypeRef::named("order_by")));
+    }
+    let expr_name = format!("{name}Expression");
+    expression = expression
+        .field(InputValue::new("_and", TypeRef::named_nn_list(&expr_name)))
+        .field(InputValue::new("_or", TypeRef::named_nn_list(&expr_name)))
+        .field(InputValue::new("_not", TypeRef::named(&expr_name)));
+
+    let update = Object::new(format!("{name}Update"))
+        .field(Field::new("operation", TypeRef::named_nn("RowOperation"), |ctx| {
+            let event = ctx.parent_value.try_downcast_ref::<Event>();
+            FieldFuture::new(async move {
+                let event = event?;
+                Ok(Some(FieldValue::value(GqlValue::Enum(async_graphql::Name::new(operation_name(event.kind))))))
+            })
+        }))
+        .field({
+            let key: Arc<[usize]> = source.primary_key.clone().into();
+            Field::new("data", TypeRef::named(name), move |ctx| {
+                let event = ctx.parent_value.try_downcast_ref::<Event>();
+                let key = key.clone();
+                FieldFuture::new(async move {
+                    let event = event?;
+                    // An UPDATE carries the key and the changed columns; the rest read as null.
+                    let visible = event.columns.as_ref().map(|changed| -> Arc<[usize]> {
+                        key.iter().chain(changed.iter()).copied().collect()
+                    });
+                    Ok(event.row.as_ref().map(|row| FieldValue::owned_any(RowView::new(row.clone(), visible))))
+                })
+            })
+        })
+        .field({
+            let source = source.clone();
+            Field::new("fields", TypeRef::named_nn_list_nn(TypeRef::STRING), move |ctx| {
+                let names = ctx.parent_value.try_downcast_ref::<Event>().map(|event| event_fields(&source, event));
+                FieldFuture::new(async move { Ok(Some(GqlValue::List(names?))) })
+            })
+        })
+        .field(
+            Field::new("cursor", TypeRef::named(TypeRef::STRING), |ctx| {
+                let event = ctx.parent_value.try_downcast_ref::<Event>();
+                FieldFuture::new(async move { Ok(event?.cursor.map(|c| GqlValue::String(c.to_string()))) })
+            })
+            .description("Set on the last update of each upstream transaction: pass it as `after` to resume there."),
+        )
+        .field(
+            Field::new("timestamp", TypeRef::named(TypeRef::STRING), |ctx| {
+                let event = ctx.parent_value.try_downcast_ref::<Event>();
+                FieldFuture::new(async move { Ok(Some(GqlValue::String(event?.position.0.to_string()))) })
+            })
+            .description("The upstream position (PostgreSQL commit LSN, Materialize mz_timestamp) of this update, as a decimal string."),
+        );
+    vec![
+        object.into(),
+        expression.into(),
+        order_by.into(),
+        update.into(),
+    ]
+}
+
+fn operation_name(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Insert => "INSERT",
+        EventKind::Update => "UPDATE",
+        EventKind::Delete => "DELETE",
+        EventKind::SnapshotEnd => "SNAPSHOT_END",
+        EventKind::Reset => "RESET",
+    }
+}
+
+fn event_fields(source: &SourceDef, event: &Event) -> Vec<GqlValue> {
+    match (&event.kind, &event.columns) {
+        (EventKind::Update, Some(changed)) => changed
+            .iter()
+            .map(|&i| GqlValue::String(source.columns[i].name.clone()))
+            .collect(),
+        (EventKind::Insert | EventKind::Update | EventKind::Delete, _) => source
+            .columns
+            .iter()
+            .map(|c| GqlValue::String(c.name.clone()))
+            .collect(),
+        (EventKind::SnapshotEnd | EventKind::Reset, _) => Vec::new(),
+    }
+}
+
+/// A GraphQL error with a machine-readable `extensions.code`.
+pub fn user_error(message: impl Into<String>, code: &'static str) -> async_graphql::Error {
+    async_graphql::Error::new(message).extend_with(|_, e| e.set("code", code))
+}
+
+fn hubs<'a>(ctx: &async_graphql::Context<'a>) -> async_graphql::Result<&'a Arc<Hubs>> {
+    ctx.data::<Arc<Hubs>>().map_err(|_| {
+        user_error(
+            "this server has no live sources (schema built for checking only)",
+            "INTERNAL_SERVER_ERROR",
+        )
+    })
+}
+
+fn compile_where(
+    source: &SourceDef,
+    arg: Option<async_graphql::dynamic::ValueAccessor<'_>>,
+) -> async_graphql::Result<Filter> {
+    match arg {
+        Some(value) if !value.is_null() => filter::compile(source, value.as_value())
+            .map_err(|e| user_error(e.to_string(), "BAD_USER_INPUT")),
+        _ => Ok(Filter::always()),
+    }
+}
+
+fn query_field(source: &Arc<SourceDef>) -> Field {
+    let name = source.name.clone();
+    let field_source = source.clone();
+    Field::new(&name, TypeRef::named_nn_list_nn(&name), move |ctx| {
+        let source = field_source.clone();
+        FieldFuture::new(async move {
+            let filter = compile_where(&source, ctx.args.get("where"))?;
+            let order = output::parse_order_by(&source, ctx.args.get("order_by"))?;
+            let limit = non_negative(ctx.args.get("limit"), "limit")?;
+            let offset = non_negative(ctx.args.get("offset"), "offset")?.unwrap_or(0);
+            let hub = hubs(ctx.ctx)?
+                .get(&source.name)
+                .ok_or_else(|| user_error("unknown source", "INTERNAL_SERVER_ERROR"))?;
+            let Some(mut rows) = hub.rows() else {
+                let reason = match hub.status() {
+                    crate::hub::HubStatus::Down { reason, .. } => reason,
+                    _ => "its feed is still starting".into(),
+                };
+                return Err(user_error(
+                    format!("source {} is not ready: {reason}", source.name),
+                    "SOURCE_UNAVAILABLE",
+                ));
+            };
+            rows.retain(|row| filter.matches(row));
+            output::sort_rows(&source, &order, &mut rows);
+            let rows = rows
+                .into_iter()
+                .skip(offset)
+                .take(limit.unwrap_or(usize::MAX));
+            Ok(Some(FieldValue::list(rows.map(|row| {
+                FieldValue::owned_any(RowView::new(row, None))
+            }))))
+        })
+    })
+    .description(format!("Current rows of {name}."))
+    .argument(InputValue::new(
+        "where",
+        TypeRef::named(format!("{name}Expression")),
+    ))
+    .argument(InputValue::new(
+        "order_by",
+        TypeRef::named_nn_list(format!("{name}_order_by")),
+    ))
+    .argument(InputValue::new("limit", TypeRef::named(TypeRef::INT)))
+    .argument(InputValue::new("offset", TypeRef::named(TypeRef::INT)))
+}
+
+fn non_negative(
+    arg: Option<async_graphql::dynamic::ValueAccessor<'_>>,
+    name: &str,
+) -> async_graphql::Result<Option<usize>> {
+    match arg {
+        Some(v) if !v.is_null() => {
+            let n = v.i64()?;
+            usize::try_from(n)
+                .map(Some)
+                .map_err(|_| user_error(format!("{name} must not be negative"), "BAD_USER_INPUT"))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn subscription_field(source: &Arc<SourceDef>) -> SubscriptionField {
+    let name = source.name.clone();
+    let field_source = source.clone();
+    SubscriptionField::new(&name, TypeRef::named_nn(format!("{name}Update")), move |ctx| {
+        let source = field_source.clone();
+        SubscriptionFieldFuture::new(async move {
+            let filter = compile_where(&source, ctx.args.get("where"))?;
+            let after = match ctx.args.get("after") {
+                Some(v) if !v.is_null() => Some(
+                    v.string()?
+                        .parse::<Cursor>()
+                        .map_err(|e| user_error(e.to_string(), "BAD_USER_INPUT"))?,
+                ),
+                _ => None,
+            };
+            let snapshot_end = match ctx.args.get("snapshot_end") {
+                Some(v) if !v.is_null() => v.boolean()?,
+                _ => false,
+            };
+            let hub = hubs(ctx.ctx)?.get(&source.name).ok_or_else(|| user_error("unknown source", "INTERNAL_SERVER_ERROR"))?;
+            let reader = Reader::open(hub, filter, after, snapshot_end)
+                .await
+                .map_err(|e| user_error(e.to_string(), "SOURCE_UNAVAILABLE"))?;
+            Ok(futures::stream::unfold(Some(reader), |reader| async move {
+                let mut reader = reader?;
+                match reader.next().await {
+                    Ok(event) => Some((Ok(FieldValue::owned_any(event)), Some(reader))),
+                    Err(err) => Some((Err(user_error(err.to_string(), "SUBSCRIPTION_ENDED")), None)),
+                }
+            })
+            .boxed())
+        })
+    })
+    .description(format!("Rows of {name}: a snapshot as INSERTs, then live changes."))
+    .argument(InputValue::new("where", TypeRef::named(format!("{name}Expression"))))
+    .argument(
+        InputValue::new("after", TypeRef::named(TypeRef::STRING))
+            .description("Resume after this cursor (from a previous update's `cursor`) instead of taking a snapshot."),
+    )
+    .argument(
+        InputValue::new("snapshot_end", TypeRef::named(TypeRef::BOOLEAN))
+            .description("Send one SNAPSHOT_END update once the snapshot is complete."),
+    )
+}

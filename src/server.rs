@@ -1,0 +1,191 @@
+//! Wiring: configuration → hubs and feeds → schema → HTTP server, and ordered shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::config::{Backend, Config};
+use crate::feed::FeedEvent;
+use crate::feed::postgres::PgFeedSettings;
+use crate::http::{AppState, WsSettings};
+use crate::hub::{Hub, HubLimits, Hubs, Starter};
+use crate::schema::SchemaLimits;
+use crate::telemetry::Metrics;
+
+/// How to run a server.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub host: String,
+    pub port: u16,
+    /// PostgreSQL URL for `postgres` sources.
+    pub database_url: Option<String>,
+    /// Names this server's replication slots (several servers on one database need distinct ones).
+    pub instance: String,
+    pub apply_setup: bool,
+    pub ws: WsSettings,
+    pub hub_limits: HubLimits,
+    pub schema_limits: SchemaLimits,
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            host: "127.0.0.1".into(),
+            port: 4000,
+            database_url: None,
+            instance: "default".into(),
+            apply_setup: false,
+            ws: WsSettings::default(),
+            hub_limits: HubLimits::default(),
+            schema_limits: SchemaLimits::default(),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot build the GraphQL schema: {0}")]
+    Schema(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    hubs: Arc<Hubs>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    timeout: Duration,
+}
+
+impl Server {
+    /// Starts feeds (eager sources), binds and serves. Returns once the socket is listening.
+    pub async fn start(config: Config, options: ServeOptions) -> Result<Server, ServerError> {
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let metrics = Arc::new(Metrics::default());
+        let starter = feed_starter(&options, shutdown.clone(), tasks.clone());
+        let hubs = Hubs::new(&config, options.hub_limits, &metrics, starter);
+        let schema = crate::schema::build(&config, Some(hubs.clone()), options.schema_limits)
+            .map_err(|e| ServerError::Schema(e.to_string()))?;
+        let addr = format!("{}:{}", options.host, options.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        let state = AppState {
+            schema,
+            hubs: hubs.clone(),
+            metrics: metrics.clone(),
+            ws: options.ws,
+            shutdown: shutdown.clone(),
+        };
+        let app = crate::http::router(state);
+        let stop = shutdown.clone();
+        tasks.spawn(
+            async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+                if let Err(err) = served {
+                    tracing::error!(error = %err, "http server failed");
+                }
+            }
+            .instrument(tracing::info_span!("http")),
+        );
+        tracing::info!(addr = %local, "viewcast listening");
+        Ok(Server {
+            addr: local,
+            hubs,
+            metrics,
+            shutdown,
+            tasks,
+            timeout: options.shutdown_timeout,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn hubs(&self) -> &Arc<Hubs> {
+        &self.hubs
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Stops accepting, closes client connections (1001), stops feeds (dropping their
+    /// replication slots) and waits for it all, up to the shutdown timeout.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(self.timeout, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = self.tasks.len(),
+                "shutdown deadline passed with tasks still running"
+            );
+        }
+    }
+}
+
+/// Spawns a hub's feed according to its backend.
+fn feed_starter(
+    options: &ServeOptions,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) -> Starter {
+    let pg = options.database_url.as_ref().map(|url| {
+        Arc::new(PgFeedSettings {
+            url: url.clone(),
+            prefix: "viewcast".into(),
+            instance: options.instance.clone(),
+            apply_setup: options.apply_setup,
+        })
+    });
+    Arc::new(move |hub: Arc<Hub>| {
+        let source = hub.source().clone();
+        let span =
+            tracing::info_span!("feed", source = %source.name, backend = source.backend.as_str());
+        match (source.backend, &pg) {
+            (Backend::Postgres, Some(settings)) => {
+                tasks.spawn(
+                    crate::feed::postgres::run(hub, settings.clone(), shutdown.clone())
+                        .instrument(span),
+                );
+            }
+            (Backend::Postgres, None) => hub.apply(FeedEvent::Down {
+                reason: "no PostgreSQL URL: set DATABASE_URL or pass --database-url".into(),
+                permanent: true,
+            }),
+            (backend, _) => hub.apply(FeedEvent::Down {
+                reason: format!(
+                    "the {} backend is not available in this version of viewcast yet",
+                    backend.as_str()
+                ),
+                permanent: true,
+            }),
+        }
+    })
+}

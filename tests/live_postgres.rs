@@ -1,0 +1,432 @@
+//! Live views against a real PostgreSQL: snapshot and live changes, transactions as batches,
+//! filters moving rows in and out, late joiners during a write burst, a database restart.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{ClientRows, TestDb, Ws, eventually, start_server};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+const SCHEMA: &str = r"
+backend: postgres
+enums:
+  rank: [bronze, silver, gold]
+sources:
+  items:
+    primary_key: id
+    columns:
+      id: Integer
+      name: String
+      score: Integer
+      active: Boolean
+      rank: rank
+";
+
+const TABLE: &str = "CREATE TABLE items (id integer PRIMARY KEY, name text, score integer, active boolean, rank text)";
+
+const SELECTION: &str = "operation data { id name score active rank } fields cursor timestamp";
+
+fn subscription(args: &str) -> String {
+    if args.is_empty() {
+        format!("subscription {{ items {{ {SELECTION} }} }}")
+    } else {
+        format!("subscription {{ items({args}) {{ {SELECTION} }} }}")
+    }
+}
+
+/// The table's rows as the client would hold them (filtered by `keep`).
+async fn table_rows(
+    client: &tokio_postgres::Client,
+    keep: impl Fn(&Value) -> bool,
+) -> BTreeMap<String, serde_json::Map<String, Value>> {
+    let rows = client
+        .query("SELECT json_build_object('id', id, 'name', name, 'score', score, 'active', active, 'rank', rank)::text FROM items", &[])
+        .await
+        .expect("read items");
+    rows.iter()
+        .map(|r| serde_json::from_str::<Value>(&r.get::<_, String>(0)).expect("json"))
+        .filter(|v| keep(v))
+        .map(|v| (v["id"].to_string(), v.as_object().cloned().expect("object")))
+        .collect()
+}
+
+#[tokio::test]
+async fn snapshot_then_live_insert_update_delete() {
+    let db = TestDb::new().await;
+    let sql = db.client().await;
+    sql.batch_execute(TABLE).await.unwrap();
+    sql.batch_execute(
+        "INSERT INTO items VALUES (1, 'a', 10, true, 'gold'), (2, 'b', 20, false, NULL)",
+    )
+    .await
+    .unwrap();
+    let server = start_server(&db, SCHEMA).await;
+    let mut ws = Ws::connect(server.addr(), "graphql-transport-ws").await;
+    ws.subscribe("1", &subscription("snapshot_end: true")).await;
+
+    let mut snapshot = Vec::new();
+    for _ in 0..2 {
+        let update = ws.next_payload("1").await["data"]["items"].clone();
+        assert_eq!(update["operation"], "INSERT");
+        assert_eq!(
+            update["fields"],
+            json!(["id", "name", "score", "active", "rank"])
+        );
+        assert!(
+            update["cursor"].is_null(),
+            "only the batch's last update carries the cursor"
+        );
+        snapshot.push(update["data"].clone());
+    }
+    snapshot.sort_by_key(|d| d["id"].as_i64());
+    assert_eq!(
+        snapshot,
+        vec![
+            json!({"id": 1, "name": "a", "score": 10, "active": true, "rank": "gold"}),
+            json!({"id": 2, "name": "b", "score": 20, "active": false, "rank": null}),
+        ]
+    );
+    let end = ws.next_payload("1").await["data"]["items"].clone();
+    assert_eq!(end["operation"], "SNAPSHOT_END");
+    assert!(end["cursor"].is_string());
+
+    sql.batch_execute("INSERT INTO items VALUES (3, 'c', 30, true, 'silver')")
+        .await
+        .unwrap();
+    let insert = ws.next_payload("1").await["data"]["items"].clone();
+    assert_eq!(insert["operation"], "INSERT");
+    assert_eq!(
+        insert["data"],
+        json!({"id": 3, "name": "c", "score": 30, "active": true, "rank": "silver"})
+    );
+    assert!(insert["cursor"].is_string());
+
+    sql.batch_execute("UPDATE items SET score = 11 WHERE id = 1")
+        .await
+        .unwrap();
+    let update = ws.next_payload("1").await["data"]["items"].clone();
+    assert_eq!(update["operation"], "UPDATE");
+    assert_eq!(update["fields"], json!(["score"]));
+    assert_eq!(
+        update["data"],
+        json!({"id": 1, "name": null, "score": 11, "active": null, "rank": null})
+    );
+
+    sql.batch_execute("DELETE FROM items WHERE id = 2")
+        .await
+        .unwrap();
+    let delete = ws.next_payload("1").await["data"]["items"].clone();
+    assert_eq!(delete["operation"], "DELETE");
+    assert_eq!(
+        delete["data"],
+        json!({"id": 2, "name": "b", "score": 20, "active": false, "rank": null}),
+        "DELETE carries the last known row"
+    );
+
+    // The one-shot query reads the same state.
+    let result = common::graphql(
+        server.addr(),
+        "{ items(order_by: [{id: asc}]) { id score } }",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        result["data"]["items"],
+        json!([{"id": 1, "score": 11}, {"id": 3, "score": 30}])
+    );
+    server.shutdown().await;
+    db.stop().await;
+}
+
+#[tokio::test]
+async fn a_transaction_arrives_as_one_batch() {
+    let db = TestDb::new().await;
+    let sql = db.client().await;
+    sql.batch_execute(TABLE).await.unwrap();
+    let server = start_server(&db, SCHEMA).await;
+    let mut ws = Ws::connect(server.addr(), "graphql-transport-ws").await;
+    ws.subscribe("t", &subscription("snapshot_end: true")).await;
+    assert_eq!(
+        ws.next_payload("t").await["data"]["items"]["operation"],
+        "SNAPSHOT_END"
+    );
+
+    sql.batch_execute(
+        "BEGIN; INSERT INTO items SELECT g, 'n' || g, g, true, 'bronze' FROM generate_series(1, 10) g; \
+         UPDATE items SET score = 100 WHERE id = 3; DELETE FROM items WHERE id = 4; COMMIT;",
+    )
+    .await
+    .unwrap();
+    let mut updates = Vec::new();
+    for _ in 0..9 {
+        updates.push(ws.next_payload("t").await["data"]["items"].clone());
+    }
+    let timestamps: Vec<&Value> = updates.iter().map(|u| &u["timestamp"]).collect();
+    assert!(
+        timestamps.iter().all(|t| *t == timestamps[0]),
+        "one commit position: {timestamps:?}"
+    );
+    assert!(updates[..8].iter().all(|u| u["cursor"].is_null()));
+    assert!(
+        updates[8]["cursor"].is_string(),
+        "the batch's last update carries the cursor"
+    );
+    // Changes of one key inside the transaction are merged: row 3 arrives once, already updated,
+    // and row 4 (inserted then deleted) not at all.
+    assert!(updates.iter().all(|u| u["operation"] == "INSERT"));
+    let three = updates
+        .iter()
+        .find(|u| u["data"]["id"] == 3)
+        .expect("row 3");
+    assert_eq!(three["data"]["score"], 100);
+    assert!(updates.iter().all(|u| u["data"]["id"] != 4));
+    server.shutdown().await;
+    db.stop().await;
+}
+
+#[tokio::test]
+async fn filters_move_rows_in_and_out() {
+    let db = TestDb::new().await;
+    let sql = db.client().await;
+    sql.batch_execute(TABLE).await.unwrap();
+    sql.batch_execute(
+        "INSERT INTO items VALUES (1, 'a', 10, true, 'gold'), (2, 'b', 90, true, 'bronze')",
+    )
+    .await
+    .unwrap();
+    let server = start_server(&db, SCHEMA).await;
+    let mut ws = Ws::connect(server.addr(), "graphql-transport-ws").await;
+    ws.subscribe(
+        "f",
+        &subscription("where: {score: {_gte: 50}, rank: {_gte: silver}}, snapshot_end: true"),
+    )
+    .await;
+    assert_eq!(
+        ws.next_payload("f").await["data"]["items"]["operation"],
+        "SNAPSHOT_END",
+        "nothing matches yet"
+    );
+
+    sql.batch_execute("UPDATE items SET score = 60 WHERE id = 1")
+        .await
+        .unwrap();
+    let enter = ws.next_payload("f").await["data"]["items"].clone();
+    assert_eq!(
+        enter["operation"], "INSERT",
+        "a row entering the filter arrives as INSERT"
+    );
+    assert_eq!(
+        enter["data"],
+        json!({"id": 1, "name": "a", "score": 60, "active": true, "rank": "gold"})
+    );
+    assert_eq!(
+        enter["fields"],
+        json!(["id", "name", "score", "active", "rank"])
+    );
+
+    sql.batch_execute("UPDATE items SET name = 'a2' WHERE id = 1")
+        .await
+        .unwrap();
+    let inside = ws.next_payload("f").await["data"]["items"].clone();
+    assert_eq!(inside["operation"], "UPDATE");
+    assert_eq!(inside["fields"], json!(["name"]));
+
+    sql.batch_execute("UPDATE items SET rank = NULL WHERE id = 1")
+        .await
+        .unwrap();
+    let leave = ws.next_payload("f").await["data"]["items"].clone();
+    assert_eq!(
+        leave["operation"], "DELETE",
+        "NULL never compares: the row leaves"
+    );
+    assert_eq!(
+        leave["data"],
+        json!({"id": 1, "name": "a2", "score": 60, "active": true, "rank": "gold"}),
+        "with its last known values"
+    );
+
+    // Changes outside the filter send nothing; the next thing the client sees is row 2 entering.
+    sql.batch_execute("UPDATE items SET score = 5 WHERE id = 1")
+        .await
+        .unwrap();
+    sql.batch_execute("UPDATE items SET rank = 'silver' WHERE id = 2")
+        .await
+        .unwrap();
+    let next = ws.next_payload("f").await["data"]["items"].clone();
+    assert_eq!(
+        (next["operation"].clone(), next["data"]["id"].clone()),
+        (json!("INSERT"), json!(2))
+    );
+    server.shutdown().await;
+    db.stop().await;
+}
+
+/// Collects one subscriber's updates in a task; publishes its rows after each update.
+fn spawn_collector(
+    mut ws: Ws,
+    id: &'static str,
+) -> (
+    watch::Receiver<ClientRows>,
+    tokio::task::JoinHandle<Vec<Value>>,
+) {
+    let (tx, rx) = watch::channel(ClientRows::default());
+    let handle = tokio::spawn(async move {
+        let mut rows = ClientRows::default();
+        let mut log = Vec::new();
+        loop {
+            let Ok(message) = ws.recv_skipping_keepalives().await else {
+                return log;
+            };
+            assert_eq!(message["id"], id, "{message}");
+            assert!(
+                matches!(message["type"].as_str(), Some("next" | "data")),
+                "{message}"
+            );
+            let update = message["payload"]["data"]["items"].clone();
+            rows.apply(&update, "id");
+            log.push(update);
+            if tx.send(rows.clone()).is_err() {
+                return log;
+            }
+        }
+    });
+    (rx, handle)
+}
+
+#[tokio::test]
+async fn late_joiners_during_a_burst_lose_nothing_and_see_nothing_twice() {
+    let db = TestDb::new().await;
+    let sql = db.client().await;
+    sql.batch_execute(TABLE).await.unwrap();
+    let server = start_server(&db, SCHEMA).await;
+    let addr = server.addr();
+
+    // Two early clients with the same filter, then late joiners while the burst runs.
+    let filter = "where: {active: {_eq: true}}";
+    let mut clients = Vec::new();
+    for id in ["same-a", "same-b"] {
+        let mut ws = Ws::connect(addr, "graphql-transport-ws").await;
+        ws.subscribe("1", &subscription(filter)).await;
+        clients.push((id, true, spawn_collector(ws, "1")));
+    }
+    let mut rng_state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        rng_state
+    };
+    for step in 0..400u32 {
+        let id = (next() % 60) as i32;
+        let score = (next() % 100) as i32;
+        let active = next() % 3 != 0;
+        let statement = match next() % 4 {
+            0 => format!("DELETE FROM items WHERE id = {id}"),
+            1 => format!(
+                "BEGIN; INSERT INTO items VALUES ({id}, 'x{step}', {score}, {active}, 'silver') ON CONFLICT (id) DO UPDATE SET score = {score}; \
+                 UPDATE items SET active = NOT active WHERE id = {}; COMMIT;",
+                (id + 7) % 60
+            ),
+            _ => format!(
+                "INSERT INTO items VALUES ({id}, 'n{step}', {score}, {active}, 'gold') ON CONFLICT (id) DO UPDATE SET score = {score}, active = {active}, name = 'u{step}'"
+            ),
+        };
+        sql.batch_execute(&statement).await.unwrap();
+        if step % 40 == 20 {
+            let filtered = step % 80 == 20;
+            let mut ws = Ws::connect(
+                addr,
+                if step % 120 == 20 {
+                    "graphql-ws"
+                } else {
+                    "graphql-transport-ws"
+                },
+            )
+            .await;
+            ws.subscribe("1", &subscription(if filtered { filter } else { "" }))
+                .await;
+            clients.push(("late", filtered, spawn_collector(ws, "1")));
+        }
+    }
+    let all = table_rows(&sql, |_| true).await;
+    let active = table_rows(&sql, |v| v["active"] == true).await;
+    for (_, filtered, (rx, _)) in &mut clients {
+        let expected = if *filtered { &active } else { &all };
+        let mut rx = rx.clone();
+        eventually(
+            || {
+                let rows = rx.borrow_and_update().rows.clone();
+                async move { rows }
+            },
+            |rows| rows == expected,
+        )
+        .await;
+    }
+    server.shutdown().await;
+    let mut logs = Vec::new();
+    for (name, _, (_, handle)) in clients {
+        logs.push((name, handle.await.expect("collector did not panic")));
+    }
+    assert_eq!(
+        logs[0].1, logs[1].1,
+        "two clients with the same filter from the same point see the same updates"
+    );
+    db.stop().await;
+}
+
+#[tokio::test]
+async fn a_database_restart_is_invisible_to_clients() {
+    let mut db = TestDb::private().await;
+    let sql = db.client().await;
+    sql.batch_execute(TABLE).await.unwrap();
+    sql.batch_execute(
+        "INSERT INTO items SELECT g, 'n', g, true, 'gold' FROM generate_series(1, 20) g",
+    )
+    .await
+    .unwrap();
+    let server = start_server(&db, SCHEMA).await;
+    let mut ws = Ws::connect(server.addr(), "graphql-transport-ws").await;
+    ws.subscribe("r", &subscription("")).await;
+    let (rx, handle) = spawn_collector(ws, "r");
+    sql.batch_execute("UPDATE items SET score = score + 1000 WHERE id <= 10")
+        .await
+        .unwrap();
+    drop(sql);
+
+    db.cluster
+        .as_mut()
+        .expect("private cluster")
+        .restart()
+        .await
+        .expect("restart postgres");
+    let sql = db.client().await;
+    sql.batch_execute("INSERT INTO items VALUES (100, 'after', 1, false, NULL)")
+        .await
+        .unwrap();
+    sql.batch_execute("DELETE FROM items WHERE id = 5")
+        .await
+        .unwrap();
+    sql.batch_execute("UPDATE items SET name = 'renamed' WHERE id = 7")
+        .await
+        .unwrap();
+
+    let expected = table_rows(&sql, |_| true).await;
+    let mut rx2 = rx.clone();
+    eventually(
+        || {
+            let rows = rx2.borrow_and_update().rows.clone();
+            async move { rows }
+        },
+        |rows| rows == &expected,
+    )
+    .await;
+    common::wait_ready(server.addr()).await;
+    server.shutdown().await;
+    let log = handle
+        .await
+        .expect("no duplicate, no unknown key, no reset");
+    assert!(log.iter().all(|u| u["operation"] != "RESET"));
+    db.stop().await;
+}
