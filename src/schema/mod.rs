@@ -18,7 +18,7 @@ use async_graphql::dynamic::{
 use async_graphql::{ErrorExtensions, Value as GqlValue};
 use futures::StreamExt;
 
-use crate::config::{ColumnType, Config, SourceDef};
+use crate::config::{ColumnType, Config, SourceDef, names};
 use crate::filter::{self, Filter};
 use crate::hub::{Cursor, Event, EventKind, Hubs, Reader};
 pub use output::RowView;
@@ -106,7 +106,15 @@ fn global_types(config: &Config) -> Vec<async_graphql::dynamic::Type> {
                 .items(def.values.iter().map(String::as_str))
                 .into(),
         );
-        types.push(comparison(&format!("{}Comparison", def.name), &def.name, true, false).into());
+        types.push(
+            comparison(
+                &names::enum_comparison_type(&def.name),
+                &def.name,
+                true,
+                false,
+            )
+            .into(),
+        );
     }
     types
 }
@@ -163,7 +171,7 @@ fn comparison_type(ty: &ColumnType) -> String {
         ColumnType::Float => "FloatComparison".into(),
         ColumnType::Boolean => "BooleanComparison".into(),
         ColumnType::Numeric => "NumericComparison".into(),
-        ColumnType::Enum(def) => format!("{}Comparison", def.name),
+        ColumnType::Enum(def) => names::enum_comparison_type(&def.name),
         _ => "StringComparison".into(),
     }
 }
@@ -171,8 +179,8 @@ fn comparison_type(ty: &ColumnType) -> String {
 fn source_types(source: &Arc<SourceDef>) -> Vec<async_graphql::dynamic::Type> {
     let name = &source.name;
     let mut object = Object::new(name);
-    let mut expression = InputObject::new(format!("{name}Expression"));
-    let mut order_by = InputObject::new(format!("{name}_order_by"));
+    let mut expression = InputObject::new(names::source_expression_type(&name));
+    let mut order_by = InputObject::new(names::source_order_by_type(&name));
     for (index, column) in source.columns.iter().enumerate() {
         let ty = output_type(&column.ty);
         let type_ref = if source.is_key_column(index) {
@@ -199,13 +207,13 @@ fn source_types(source: &Arc<SourceDef>) -> Vec<async_graphql::dynamic::Type> {
         ));
         order_by = order_by.field(InputValue::new(&column.name, TypeRef::named("order_by")));
     }
-    let expr_name = format!("{name}Expression");
+    let expr_name = names::source_expression_type(name);
     expression = expression
         .field(InputValue::new("_and", TypeRef::named_nn_list(&expr_name)))
         .field(InputValue::new("_or", TypeRef::named_nn_list(&expr_name)))
         .field(InputValue::new("_not", TypeRef::named(&expr_name)));
 
-    let update = Object::new(format!("{name}Update"))
+    let update = Object::new(names::source_update_type(&name))
         .field(Field::new("operation", TypeRef::named_nn("RowOperation"), |ctx| {
             let event = ctx.parent_value.try_downcast_ref::<Event>();
             FieldFuture::new(async move {
@@ -344,11 +352,11 @@ fn query_field(source: &Arc<SourceDef>) -> Field {
     .description(format!("Current rows of {name}."))
     .argument(InputValue::new(
         "where",
-        TypeRef::named(format!("{name}Expression")),
+        TypeRef::named(names::source_expression_type(&name)),
     ))
     .argument(InputValue::new(
         "order_by",
-        TypeRef::named_nn_list(format!("{name}_order_by")),
+        TypeRef::named_nn_list(names::source_order_by_type(&name)),
     ))
     .argument(InputValue::new("limit", TypeRef::named(TypeRef::INT)))
     .argument(InputValue::new("offset", TypeRef::named(TypeRef::INT)))
@@ -372,7 +380,7 @@ fn non_negative(
 fn subscription_field(source: &Arc<SourceDef>) -> SubscriptionField {
     let name = source.name.clone();
     let field_source = source.clone();
-    SubscriptionField::new(&name, TypeRef::named_nn(format!("{name}Update")), move |ctx| {
+    SubscriptionField::new(&name, TypeRef::named_nn(names::source_update_type(&name)), move |ctx| {
         let source = field_source.clone();
         SubscriptionFieldFuture::new(async move {
             let filter = compile_where(&source, ctx.args.get("where"))?;
@@ -403,7 +411,7 @@ fn subscription_field(source: &Arc<SourceDef>) -> SubscriptionField {
         })
     })
     .description(format!("Rows of {name}: a snapshot as INSERTs, then live changes."))
-    .argument(InputValue::new("where", TypeRef::named(format!("{name}Expression"))))
+    .argument(InputValue::new("where", TypeRef::named(names::source_expression_type(&name))))
     .argument(
         InputValue::new("after", TypeRef::named(TypeRef::STRING))
             .description("Resume after this cursor (from a previous update's `cursor`) instead of taking a snapshot."),

@@ -1,0 +1,79 @@
+//! The binary's command line: help, check, setup SQL, errors and exit codes.
+
+use std::process::Command;
+
+fn viewcast(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_viewcast"))
+        .args(args)
+        .env_remove("VIEWCAST_CONFIG")
+        .output()
+        .expect("run viewcast");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_lists_commands_and_environment_variables() {
+    let (code, out, _) = viewcast(&["--help"]);
+    assert_eq!(code, 0);
+    for command in ["serve", "check", "demo"] {
+        assert!(out.contains(command), "{out}");
+    }
+    let (code, out, _) = viewcast(&["serve", "--help"]);
+    assert_eq!(code, 0);
+    for env in [
+        "DATABASE_URL",
+        "VIEWCAST_PORT",
+        "VIEWCAST_HOST",
+        "VIEWCAST_CONFIG",
+        "VIEWCAST_INSTANCE",
+    ] {
+        assert!(out.contains(env), "serve --help names {env}:\n{out}");
+    }
+}
+
+#[test]
+fn check_prints_the_sdl() {
+    let (code, out, err) = viewcast(&["check", "--config", "examples/demo/schema.yaml"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("type tradesUpdate {"), "{out}");
+    assert!(out.contains("): tradesUpdate!"), "{out}");
+}
+
+#[test]
+fn check_prints_setup_sql() {
+    let (code, out, err) = viewcast(&[
+        "check",
+        "--config",
+        "examples/demo/schema.yaml",
+        "--setup-sql",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(r#"CREATE PUBLICATION "viewcast_trades" FOR TABLE "trades";"#),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_reports_config_errors_with_their_position() {
+    let (code, out, err) = viewcast(&[
+        "check",
+        "--config",
+        "tests/fixtures/invalid/unknown_type/schema.yaml",
+    ]);
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    assert!(
+        err.starts_with("error: tests/fixtures/invalid/unknown_type/schema.yaml:"),
+        "{err}"
+    );
+    assert!(err.contains("unknown type"), "{err}");
+
+    let (code, _, err) = viewcast(&["check", "--config", "does/not/exist.yaml"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("does/not/exist.yaml"), "{err}");
+}
