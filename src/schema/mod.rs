@@ -179,8 +179,8 @@ fn comparison_type(ty: &ColumnType) -> String {
 fn source_types(source: &Arc<SourceDef>) -> Vec<async_graphql::dynamic::Type> {
     let name = &source.name;
     let mut object = Object::new(name);
-    let mut expression = InputObject::new(names::source_expression_type(&name));
-    let mut order_by = InputObject::new(names::source_order_by_type(&name));
+    let mut expression = InputObject::new(names::source_expression_type(name));
+    let mut order_by = InputObject::new(names::source_order_by_type(name));
     for (index, column) in source.columns.iter().enumerate() {
         let ty = output_type(&column.ty);
         let type_ref = if source.is_key_column(index) {
@@ -213,7 +213,7 @@ fn source_types(source: &Arc<SourceDef>) -> Vec<async_graphql::dynamic::Type> {
         .field(InputValue::new("_or", TypeRef::named_nn_list(&expr_name)))
         .field(InputValue::new("_not", TypeRef::named(&expr_name)));
 
-    let update = Object::new(names::source_update_type(&name))
+    let update = Object::new(names::source_update_type(name))
         .field(Field::new("operation", TypeRef::named_nn("RowOperation"), |ctx| {
             let event = ctx.parent_value.try_downcast_ref::<Event>();
             FieldFuture::new(async move {
