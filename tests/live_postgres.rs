@@ -554,3 +554,45 @@ sources:
     server.shutdown().await;
     db.stop().await;
 }
+
+#[tokio::test]
+async fn a_lazy_source_starts_with_its_first_consumer() {
+    let db = TestDb::new().await;
+    let sql = db.client().await;
+    sql.batch_execute(TABLE).await.unwrap();
+    sql.batch_execute("INSERT INTO items VALUES (1, 'a', 10, true, 'gold')")
+        .await
+        .unwrap();
+    let server = start_server(
+        &db,
+        &SCHEMA.replace("  items:\n", "  items:\n    start: lazy\n"),
+    )
+    .await;
+    let (status, body) = common::http_get(server.addr(), "/ready").await.unwrap();
+    assert_eq!(
+        status, 200,
+        "an idle lazy source does not make the server unready"
+    );
+    assert!(
+        body.contains(
+            r#""items":{"reason":"lazy source: starts with its first consumer","status":"idle"}"#
+        ),
+        "{body}"
+    );
+    let slots = sql
+        .query(
+            "SELECT 1 FROM pg_replication_slots WHERE database = current_database()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(slots.is_empty(), "no feed before the first consumer");
+
+    let mut ws = Ws::connect(server.addr(), "graphql-transport-ws").await;
+    ws.subscribe("l", &subscription("")).await;
+    assert_eq!(ws.next_payload("l").await["data"]["items"]["data"]["id"], 1);
+    let (_, body) = common::http_get(server.addr(), "/ready").await.unwrap();
+    assert!(body.contains(r#""items":{"status":"live"}"#), "{body}");
+    server.shutdown().await;
+    db.stop().await;
+}
