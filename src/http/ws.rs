@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::AppState;
+use crate::hub::Reader;
+use crate::schema::PlanSlot;
 
 const MODERN: &str = "graphql-transport-ws";
 const LEGACY: &str = "graphql-ws";
@@ -326,7 +328,7 @@ impl Connection {
     }
 
     /// Runs one operation in its own task.
-    async fn start(&mut self, id: String, request: async_graphql::Request) {
+    async fn start(&mut self, id: String, mut request: async_graphql::Request) {
         if self.operations.len() >= self.state.ws.max_operations {
             let limit = self.state.ws.max_operations;
             self.send_error(
@@ -340,41 +342,28 @@ impl Connection {
         }
         self.generation += 1;
         let generation = self.generation;
-        let mut responses = self
+        // Subscriptions without directives run on the fast path: the executor validates them
+        // and records a plan instead of streaming (see schema::encode).
+        let slot = PlanSlot::default();
+        if !request.query.contains('@') {
+            request = request.data(slot.clone());
+        }
+        let responses = self
             .state
             .schema
             .execute_stream_with_session_data(request, self.session.clone());
         let out = self.out.clone();
         let done = self.done_tx.clone();
-        let protocol = self.protocol;
+        let data_kind = if self.protocol == Protocol::Modern {
+            "next"
+        } else {
+            "data"
+        };
         let op_id = id.clone();
         let task = tokio::spawn(async move {
-            let data_kind = if protocol == Protocol::Modern {
-                "next"
-            } else {
-                "data"
-            };
-            let mut first = true;
-            while let Some(response) = responses.next().await {
-                // Errors before any result (parse, validation, a rejected argument) end the
-                // operation with an `error` message, as both protocols specify.
-                if first && response.is_err() && response.data == async_graphql::Value::Null {
-                    let _ = out
-                        .send(text("error", Some(&op_id), Some(&response.errors)))
-                        .await;
-                    let _ = done.send((op_id, generation));
-                    return;
-                }
-                first = false;
-                if out
-                    .send(text(data_kind, Some(&op_id), Some(&response)))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
+            if run_operation(&op_id, data_kind, responses, &slot, &out).await {
+                let _ = out.send(text::<()>("complete", Some(&op_id), None)).await;
             }
-            let _ = out.send(text::<()>("complete", Some(&op_id), None)).await;
             let _ = done.send((op_id, generation));
         });
         self.operations.insert(
@@ -384,6 +373,84 @@ impl Connection {
                 task: task.abort_handle(),
             },
         );
+    }
+}
+
+/// Sends an operation's results; `false` if it ended with an `error` message or the
+/// connection is gone (so no `complete` follows).
+async fn run_operation(
+    id: &str,
+    data_kind: &'static str,
+    mut responses: futures::stream::BoxStream<'static, async_graphql::Response>,
+    slot: &PlanSlot,
+    out: &mpsc::Sender<Message>,
+) -> bool {
+    let mut first = true;
+    while let Some(response) = responses.next().await {
+        // Errors before any result (parse, validation, a rejected argument) end the operation
+        // with an `error` message, as both protocols specify.
+        if first && response.is_err() && response.data == async_graphql::Value::Null {
+            let _ = out
+                .send(text("error", Some(id), Some(&response.errors)))
+                .await;
+            return false;
+        }
+        first = false;
+        if out
+            .send(text(data_kind, Some(id), Some(&response)))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+    drop(responses);
+    let Some(plan) = slot.take() else {
+        return true;
+    };
+    let root = plan.hub.source().name.clone();
+    let mut reader = match Reader::open_encoded(
+        plan.hub,
+        plan.filter,
+        plan.encoder,
+        plan.after,
+        plan.snapshot_end,
+    )
+    .await
+    {
+        Ok(reader) => reader,
+        Err(err) => {
+            let errors = serde_json::json!([{ "message": err.to_string(), "path": [root], "extensions": { "code": "SOURCE_UNAVAILABLE" } }]);
+            let _ = out.send(text("error", Some(id), Some(errors))).await;
+            return false;
+        }
+    };
+    let prefix = format!(
+        "{{\"id\":{},\"type\":\"{data_kind}\",\"payload\":",
+        serde_json::to_string(id).unwrap_or_default()
+    );
+    loop {
+        match reader.next().await {
+            Ok(body) => {
+                let mut message = String::with_capacity(prefix.len() + body.len() + 1);
+                message.push_str(&prefix);
+                message.push_str(&body);
+                message.push('}');
+                if out.send(Message::Text(message.into())).await.is_err() {
+                    return false;
+                }
+            }
+            Err(err) => {
+                let payload = serde_json::json!({
+                    "data": null,
+                    "errors": [{ "message": err.to_string(), "path": [root], "extensions": { "code": "SUBSCRIPTION_ENDED" } }],
+                });
+                return out
+                    .send(text(data_kind, Some(id), Some(payload)))
+                    .await
+                    .is_ok();
+            }
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Reading a hub: snapshot at a batch boundary, then the following batches through a filter.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::{AppliedBatch, Hub, HubStatus, RowChange, diff};
 use crate::feed::Position;
@@ -70,24 +70,111 @@ pub struct Event {
     pub position: Position,
 }
 
-/// A subscriber's view of a hub: its filter and its cursor into the log.
-pub struct Reader {
+/// Turns a subscriber's events into what it sends (the events themselves, or serialized
+/// responses). Readers with the same filter and the same encoder `key` share the encoded
+/// batches, so each batch is filtered and encoded once per distinct (filter, encoder).
+pub trait Encoder: Send + Sync + 'static {
+    type Item: Clone + Send + Sync + 'static;
+    /// Identifies the encoding: equal keys must encode every event identically.
+    fn key(&self) -> &str;
+    fn encode(&self, event: &Event) -> Self::Item;
+}
+
+/// The identity encoder: readers that hand events to the GraphQL executor.
+pub struct Events;
+
+impl Encoder for Events {
+    type Item = Event;
+
+    fn key(&self) -> &'static str {
+        "events"
+    }
+
+    fn encode(&self, event: &Event) -> Event {
+        event.clone()
+    }
+}
+
+/// Encoded batches shared by the readers of one (filter, encoder).
+pub(super) struct SharedBatches<T> {
+    /// std Mutex: held only to look up or insert a batch, never across an await.
+    recent: Mutex<VecDeque<(u64, Arc<[T]>)>>,
+}
+
+impl<T> Default for SharedBatches<T> {
+    fn default() -> Self {
+        SharedBatches {
+            recent: Mutex::new(VecDeque::new()),
+        }
+    }
+}
+
+/// How many recent batches a shared view keeps encoded for readers a little behind.
+const SHARED_BATCHES: usize = 64;
+
+impl<T: Clone + Send + Sync + 'static> SharedBatches<T> {
+    fn get_or_encode(&self, seq: u64, encode: impl FnOnce() -> Vec<T>) -> Arc<[T]> {
+        if let Some(found) = self
+            .lock()
+            .iter()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, items)| items.clone())
+        {
+            return found;
+        }
+        // Encoded outside the lock; two readers racing on one batch both encode it, which is
+        // correct and rare (the second insert is dropped).
+        let items: Arc<[T]> = encode().into();
+        let mut recent = self.lock();
+        if !recent.iter().any(|(s, _)| *s == seq) {
+            recent.push_back((seq, items.clone()));
+            while recent.len() > SHARED_BATCHES {
+                recent.pop_front();
+            }
+        }
+        items
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, Arc<[T]>)>> {
+        self.recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A subscriber's view of a hub: its filter, its encoder and its cursor into the log.
+pub struct Reader<E: Encoder = Events> {
     hub: Arc<Hub>,
     filter: Filter,
+    encoder: Arc<E>,
+    shared: Arc<SharedBatches<E::Item>>,
     seq: u64,
-    pending: VecDeque<Event>,
+    pending: VecDeque<E::Item>,
     head_rx: tokio::sync::watch::Receiver<u64>,
 }
 
-impl Reader {
-    /// Opens a reader: waits for the hub's first snapshot, then queues the filtered rows (or,
-    /// with a usable `after` cursor, nothing: reading resumes after it).
+impl Reader<Events> {
+    /// Opens a reader of events (see [`Reader::open_encoded`]).
     pub async fn open(
         hub: Arc<Hub>,
         filter: Filter,
         after: Option<Cursor>,
         snapshot_end: bool,
-    ) -> Result<Reader, CursorError> {
+    ) -> Result<Reader<Events>, CursorError> {
+        Reader::open_encoded(hub, filter, Arc::new(Events), after, snapshot_end).await
+    }
+}
+
+impl<E: Encoder> Reader<E> {
+    /// Opens a reader: waits for the hub's first snapshot, then queues the filtered rows (or,
+    /// with a usable `after` cursor, nothing: reading resumes after it).
+    pub async fn open_encoded(
+        hub: Arc<Hub>,
+        filter: Filter,
+        encoder: Arc<E>,
+        after: Option<Cursor>,
+        snapshot_end: bool,
+    ) -> Result<Reader<E>, CursorError> {
         let mut status_rx = hub.watch_status();
         loop {
             let status = status_rx.borrow_and_update().clone();
@@ -132,13 +219,13 @@ impl Reader {
             epoch: hub.epoch,
             seq: head,
         };
-        let mut pending = VecDeque::new();
+        let mut events = Vec::new();
         if !resumed {
             if after.is_some() {
-                pending.push_back(marker(EventKind::Reset, None, position));
+                events.push(marker(EventKind::Reset, None, position));
             }
             for row in rows.into_iter().filter(|r| filter.matches(r)) {
-                pending.push_back(Event {
+                events.push(Event {
                     kind: EventKind::Insert,
                     row: Some(row),
                     columns: None,
@@ -148,25 +235,29 @@ impl Reader {
             }
         }
         if snapshot_end {
-            pending.push_back(marker(EventKind::SnapshotEnd, Some(cursor), position));
-        } else if let Some(last) = pending.back_mut() {
+            events.push(marker(EventKind::SnapshotEnd, Some(cursor), position));
+        } else if let Some(last) = events.last_mut() {
             last.cursor = Some(cursor);
         }
+        let pending = events.iter().map(|e| encoder.encode(e)).collect();
+        let shared = hub.shared_batches(&filter, encoder.key());
         hub.metrics.subscriptions.add(1);
         Ok(Reader {
             hub,
             filter,
+            encoder,
+            shared,
             seq: head,
             pending,
             head_rx,
         })
     }
 
-    /// The next event; waits for the hub when there is none.
-    pub async fn next(&mut self) -> Result<Event, CursorError> {
+    /// The next item; waits for the hub when there is none.
+    pub async fn next(&mut self) -> Result<E::Item, CursorError> {
         loop {
-            if let Some(event) = self.pending.pop_front() {
-                return Ok(event);
+            if let Some(item) = self.pending.pop_front() {
+                return Ok(item);
             }
             let batches = self.pending_batches()?;
             if batches.is_empty() {
@@ -205,60 +296,69 @@ impl Reader {
             epoch: self.hub.epoch,
             seq: last.seq,
         };
-        let before = self.pending.len();
-        if batches.len() == 1 {
-            for change in &last.changes {
-                self.push(change, last.position);
-            }
+        if let [batch] = batches {
+            // The common case, a reader keeping up: shared with every reader of this view.
+            let (filter, encoder) = (&self.filter, &self.encoder);
+            let items = self.shared.get_or_encode(batch.seq, || {
+                let events = filter_changes(filter, &batch.changes, batch.position, cursor);
+                events.iter().map(|e| encoder.encode(e)).collect()
+            });
+            self.pending.extend(items.iter().cloned());
         } else {
             let merged = conflate(batches, &self.hub.source);
-            let conflated: usize =
-                batches.iter().map(|b| b.changes.len()).sum::<usize>() - merged.len();
-            self.hub.metrics.conflated.add(conflated as u64);
-            for change in &merged {
-                self.push(change, last.position);
-            }
-        }
-        if self.pending.len() > before
-            && let Some(event) = self.pending.back_mut()
-        {
-            event.cursor = Some(cursor);
+            let received: usize = batches.iter().map(|b| b.changes.len()).sum();
+            self.hub
+                .metrics
+                .conflated
+                .add((received - merged.len()) as u64);
+            let events = filter_changes(&self.filter, &merged, last.position, cursor);
+            self.pending
+                .extend(events.iter().map(|e| self.encoder.encode(e)));
         }
     }
+}
 
-    /// Applies the filter to one change: rows entering the filter arrive as INSERT, rows leaving
-    /// it as DELETE with their last known values.
-    fn push(&mut self, change: &RowChange, position: Position) {
-        let event = |kind, row: &Arc<Row>, columns| Event {
-            kind,
-            row: Some(row.clone()),
-            columns,
-            cursor: None,
-            position,
-        };
-        let event = match change {
-            RowChange::Insert(new) => self
-                .filter
+/// Applies a filter to changes: rows entering it arrive as INSERT, rows leaving it as DELETE
+/// with their last known values; the last event carries the cursor.
+fn filter_changes(
+    filter: &Filter,
+    changes: &[RowChange],
+    position: Position,
+    cursor: Cursor,
+) -> Vec<Event> {
+    let event = |kind, row: &Arc<Row>, columns| Event {
+        kind,
+        row: Some(row.clone()),
+        columns,
+        cursor: None,
+        position,
+    };
+    let mut events: Vec<Event> = changes
+        .iter()
+        .filter_map(|change| match change {
+            RowChange::Insert(new) => filter
                 .matches(new)
                 .then(|| event(EventKind::Insert, new, None)),
-            RowChange::Delete(old) => self
-                .filter
+            RowChange::Delete(old) => filter
                 .matches(old)
                 .then(|| event(EventKind::Delete, old, None)),
             RowChange::Update { old, new, changed } => {
-                match (self.filter.matches(old), self.filter.matches(new)) {
+                match (filter.matches(old), filter.matches(new)) {
                     (true, true) => Some(event(EventKind::Update, new, Some(changed.clone()))),
                     (false, true) => Some(event(EventKind::Insert, new, None)),
                     (true, false) => Some(event(EventKind::Delete, old, None)),
                     (false, false) => None,
                 }
             }
-        };
-        self.pending.extend(event);
+        })
+        .collect();
+    if let Some(last) = events.last_mut() {
+        last.cursor = Some(cursor);
     }
+    events
 }
 
-impl Drop for Reader {
+impl<E: Encoder> Drop for Reader<E> {
     fn drop(&mut self) {
         self.hub.metrics.subscriptions.add(-1);
     }

@@ -24,7 +24,8 @@ use crate::feed::{Change, FeedEvent, Position};
 use crate::telemetry::SourceMetrics;
 use crate::value::{Key, Row};
 
-pub use consumer::{Cursor, CursorError, Event, EventKind, Reader};
+use consumer::SharedBatches;
+pub use consumer::{Cursor, CursorError, Encoder, Event, EventKind, Events, Reader};
 pub use registry::{Hubs, Starter};
 
 /// One row-level change, as a consumer sees it before filtering.
@@ -112,6 +113,9 @@ pub struct Hub {
     status_tx: watch::Sender<HubStatus>,
     applied_tx: watch::Sender<Position>,
     metrics: Arc<SourceMetrics>,
+    /// Encoded batches shared by readers with the same (filter, encoder), held weakly so a
+    /// view disappears with its last reader. std Mutex: never held across an await.
+    views: Mutex<HashMap<(String, String), std::sync::Weak<dyn std::any::Any + Send + Sync>>>,
 }
 
 impl Hub {
@@ -132,6 +136,7 @@ impl Hub {
             status_tx: watch::channel(HubStatus::Starting).0,
             applied_tx: watch::channel(Position::default()).0,
             metrics,
+            views: Mutex::new(HashMap::new()),
         })
     }
 
@@ -162,6 +167,31 @@ impl Hub {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The shared view of readers with this filter and encoding (created on first use).
+    fn shared_batches<T: Clone + Send + Sync + 'static>(
+        &self,
+        filter: &crate::filter::Filter,
+        encoding: &str,
+    ) -> Arc<SharedBatches<T>> {
+        let key = (filter.canonical().to_owned(), encoding.to_owned());
+        let mut views = self
+            .views
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(shared) = views
+            .get(&key)
+            .and_then(std::sync::Weak::upgrade)
+            .and_then(|any| any.downcast::<SharedBatches<T>>().ok())
+        {
+            return shared;
+        }
+        views.retain(|_, weak| weak.strong_count() > 0);
+        let shared = Arc::new(SharedBatches::default());
+        let any: Arc<dyn std::any::Any + Send + Sync> = shared.clone();
+        views.insert(key, Arc::downgrade(&any));
+        shared
     }
 
     /// Current rows (a consistent copy of the cache), or `None` before the first snapshot.

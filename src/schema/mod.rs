@@ -7,6 +7,7 @@
 //! only clients who ask for them ever see. Resolvers find the hubs in the schema data
 //! ([`Hubs`]); building the schema touches no database.
 
+mod encode;
 mod output;
 
 use std::sync::Arc;
@@ -20,7 +21,8 @@ use futures::StreamExt;
 
 use crate::config::{ColumnType, Config, SourceDef, names};
 use crate::filter::{self, Filter};
-use crate::hub::{Cursor, Event, EventKind, Hubs, Reader};
+use crate::hub::{Cursor, Event, Hubs, Reader};
+pub use encode::{JsonEncoder, PlanSlot, SubscriptionPlan};
 pub use output::RowView;
 
 /// Limits applied to every operation.
@@ -218,7 +220,7 @@ fn source_types(source: &Arc<SourceDef>) -> Vec<async_graphql::dynamic::Type> {
             let event = ctx.parent_value.try_downcast_ref::<Event>();
             FieldFuture::new(async move {
                 let event = event?;
-                Ok(Some(FieldValue::value(GqlValue::Enum(async_graphql::Name::new(operation_name(event.kind))))))
+                Ok(Some(FieldValue::value(GqlValue::Enum(async_graphql::Name::new(encode::operation_name(event.kind))))))
             })
         }))
         .field({
@@ -239,7 +241,11 @@ fn source_types(source: &Arc<SourceDef>) -> Vec<async_graphql::dynamic::Type> {
         .field({
             let source = source.clone();
             Field::new("fields", TypeRef::named_nn_list_nn(TypeRef::STRING), move |ctx| {
-                let names = ctx.parent_value.try_downcast_ref::<Event>().map(|event| event_fields(&source, event));
+                let names = ctx.parent_value.try_downcast_ref::<Event>().map(|event| {
+                        encode::event_field_names(&source, event)
+                            .map(|name| GqlValue::String(name.to_owned()))
+                            .collect::<Vec<_>>()
+                    });
                 FieldFuture::new(async move { Ok(Some(GqlValue::List(names?))) })
             })
         })
@@ -263,31 +269,6 @@ fn source_types(source: &Arc<SourceDef>) -> Vec<async_graphql::dynamic::Type> {
         order_by.into(),
         update.into(),
     ]
-}
-
-fn operation_name(kind: EventKind) -> &'static str {
-    match kind {
-        EventKind::Insert => "INSERT",
-        EventKind::Update => "UPDATE",
-        EventKind::Delete => "DELETE",
-        EventKind::SnapshotEnd => "SNAPSHOT_END",
-        EventKind::Reset => "RESET",
-    }
-}
-
-fn event_fields(source: &SourceDef, event: &Event) -> Vec<GqlValue> {
-    match (&event.kind, &event.columns) {
-        (EventKind::Update, Some(changed)) => changed
-            .iter()
-            .map(|&i| GqlValue::String(source.columns[i].name.clone()))
-            .collect(),
-        (EventKind::Insert | EventKind::Update | EventKind::Delete, _) => source
-            .columns
-            .iter()
-            .map(|c| GqlValue::String(c.name.clone()))
-            .collect(),
-        (EventKind::SnapshotEnd | EventKind::Reset, _) => Vec::new(),
-    }
 }
 
 /// A GraphQL error with a machine-readable `extensions.code`.
@@ -397,6 +378,13 @@ fn subscription_field(source: &Arc<SourceDef>) -> SubscriptionField {
                 _ => false,
             };
             let hub = hubs(ctx.ctx)?.get(&source.name).ok_or_else(|| user_error("unknown source", "INTERNAL_SERVER_ERROR"))?;
+            if let Some(slot) = ctx.ctx.data_opt::<PlanSlot>()
+                && let Some(encoder) = JsonEncoder::compile(&source, &ctx.ctx.field())
+            {
+                    // Validated and coerced: the caller runs the plan on the fast path.
+                    slot.put(SubscriptionPlan { hub, filter, after, snapshot_end, encoder: Arc::new(encoder) });
+                    return Ok(futures::stream::empty().boxed());
+            }
             let reader = Reader::open(hub, filter, after, snapshot_end)
                 .await
                 .map_err(|e| user_error(e.to_string(), "SOURCE_UNAVAILABLE"))?;

@@ -246,8 +246,12 @@ impl Ws {
     }
 
     pub async fn recv_skipping_keepalives(&mut self) -> Result<Value, (u16, String)> {
+        // One deadline for the whole wait: keep-alives must not extend it.
+        let deadline = tokio::time::Instant::now() + DEADLINE;
         loop {
-            let message = self.recv().await?;
+            let message = tokio::time::timeout_at(deadline, self.recv())
+                .await
+                .expect("a message other than a keep-alive within the deadline")?;
             match message["type"].as_str() {
                 Some("ka" | "pong") => {}
                 Some("ping") => self.send(json!({ "type": "pong" })).await,
