@@ -75,11 +75,16 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
 
 /// Starts the server for `yaml` against `db`, with publications created on demand.
 pub async fn start_server(db: &TestDb, yaml: &str) -> Server {
+    let config = viewcast::config::load_str(std::path::Path::new("test.yaml"), yaml)
+        .expect("valid test config");
+    start_server_with_config(db, config).await
+}
+
+/// Starts the server for a loaded `config` (e.g. from a fixture file) against `db`.
+pub async fn start_server_with_config(db: &TestDb, config: viewcast::config::Config) -> Server {
     if let Ok(filter) = std::env::var("VIEWCAST_TEST_LOG") {
         viewcast::telemetry::init_logging(&filter, false);
     }
-    let config = viewcast::config::load_str(std::path::Path::new("test.yaml"), yaml)
-        .expect("valid test config");
     let options = ServeOptions {
         host: "127.0.0.1".into(),
         port: 0,
