@@ -98,6 +98,13 @@ impl Server {
             shutdown: shutdown.clone(),
         };
         let app = crate::http::router(state);
+        // Small frames go out at once: Nagle's algorithm would hold them for the peer's ACK.
+        let listener =
+            axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
+                if let Err(err) = stream.set_nodelay(true) {
+                    tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+                }
+            });
         let stop = shutdown.clone();
         tasks.spawn(
             async move {

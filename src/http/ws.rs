@@ -114,9 +114,19 @@ async fn run(socket: WebSocket, protocol: Protocol, state: AppState) {
     let (mut sink, mut stream) = socket.split();
     let (out, mut out_rx) = mpsc::channel::<Message>(64);
     let writer = tokio::spawn(async move {
-        while let Some(message) = out_rx.recv().await {
-            let closing = matches!(message, Message::Close(_));
-            if sink.send(message).await.is_err() || closing {
+        // Write whatever is queued, then flush once: one syscall for a burst, not per message.
+        'write: while let Some(mut message) = out_rx.recv().await {
+            loop {
+                let closing = matches!(message, Message::Close(_));
+                if sink.feed(message).await.is_err() || closing {
+                    break 'write;
+                }
+                match out_rx.try_recv() {
+                    Ok(next) => message = next,
+                    Err(_) => break,
+                }
+            }
+            if sink.flush().await.is_err() {
                 break;
             }
         }
