@@ -1,8 +1,9 @@
 //! Reading a hub: snapshot at a batch boundary, then the following batches through a filter.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use super::view::{Snapshot, View};
 use super::{AppliedBatch, Hub, HubStatus, RowChange, diff};
 use crate::feed::Position;
 use crate::filter::Filter;
@@ -95,62 +96,17 @@ impl Encoder for Events {
     }
 }
 
-/// Encoded batches shared by the readers of one (filter, encoder).
-pub(super) struct SharedBatches<T> {
-    /// std Mutex: held only to look up or insert a batch, never across an await.
-    recent: Mutex<VecDeque<(u64, Arc<[T]>)>>,
-}
+/// Batches a reader takes from its view at once before it prefers to conflate from the log.
+const CONFLATE_AFTER: usize = 16;
 
-impl<T> Default for SharedBatches<T> {
-    fn default() -> Self {
-        SharedBatches {
-            recent: Mutex::new(VecDeque::new()),
-        }
-    }
-}
-
-/// How many recent batches a shared view keeps encoded for readers a little behind.
-const SHARED_BATCHES: usize = 64;
-
-impl<T: Clone + Send + Sync + 'static> SharedBatches<T> {
-    fn get_or_encode(&self, seq: u64, encode: impl FnOnce() -> Vec<T>) -> Arc<[T]> {
-        if let Some(found) = self
-            .lock()
-            .iter()
-            .find(|(s, _)| *s == seq)
-            .map(|(_, items)| items.clone())
-        {
-            return found;
-        }
-        // Encoded outside the lock; two readers racing on one batch both encode it, which is
-        // correct and rare (the second insert is dropped).
-        let items: Arc<[T]> = encode().into();
-        let mut recent = self.lock();
-        if !recent.iter().any(|(s, _)| *s == seq) {
-            recent.push_back((seq, items.clone()));
-            while recent.len() > SHARED_BATCHES {
-                recent.pop_front();
-            }
-        }
-        items
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, Arc<[T]>)>> {
-        self.recent
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-/// A subscriber's view of a hub: its filter, its encoder and its cursor into the log.
+/// A subscriber's cursor into a hub, reading through a view shared by readers with the same
+/// filter and encoding.
 pub struct Reader<E: Encoder = Events> {
     hub: Arc<Hub>,
-    filter: Filter,
-    encoder: Arc<E>,
-    shared: Arc<SharedBatches<E::Item>>,
+    view: Arc<View<E>>,
     seq: u64,
     pending: VecDeque<E::Item>,
-    head_rx: tokio::sync::watch::Receiver<u64>,
+    output_rx: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Reader<Events> {
@@ -175,40 +131,18 @@ impl<E: Encoder> Reader<E> {
         after: Option<Cursor>,
         snapshot_end: bool,
     ) -> Result<Reader<E>, CursorError> {
-        let mut status_rx = hub.watch_status();
-        loop {
-            let status = status_rx.borrow_and_update().clone();
-            match status {
-                status if status.is_synced() => break,
-                HubStatus::Down {
-                    reason,
-                    permanent: true,
-                    ..
-                } => {
-                    return Err(CursorError::Unavailable {
-                        name: hub.source.name.clone(),
-                        reason,
-                    });
-                }
-                _ => {}
-            }
-            if status_rx.changed().await.is_err() {
-                return Err(CursorError::Unavailable {
-                    name: hub.source.name.clone(),
-                    reason: "the server is shutting down".into(),
-                });
-            }
-        }
-        let head_rx = hub.head_tx.subscribe();
-        let (rows, head, position, resumed) = {
-            let state = hub.lock();
+        wait_until_synced(&hub).await?;
+        let (view, rows, head, position, resumed) = {
+            let mut state = hub.lock();
+            let view = Hub::view(&mut state, filter, encoder);
             let oldest = state.log.front().map_or(state.head + 1, |b| b.seq);
             match after {
                 Some(c) if c.epoch == hub.epoch && c.seq <= state.head && c.seq + 1 >= oldest => {
-                    (Vec::new(), c.seq, state.position, true)
+                    (view, None, c.seq, state.position, true)
                 }
                 _ => (
-                    state.cache.values().cloned().collect::<Vec<_>>(),
+                    view,
+                    Some(state.cache.values().cloned().collect::<Vec<_>>()),
                     state.head,
                     state.position,
                     false,
@@ -219,37 +153,45 @@ impl<E: Encoder> Reader<E> {
             epoch: hub.epoch,
             seq: head,
         };
-        let mut events = Vec::new();
+        let mut pending = VecDeque::new();
         if !resumed {
             if after.is_some() {
-                events.push(marker(EventKind::Reset, None, position));
+                pending.push_back(
+                    view.encoder
+                        .encode(&marker(EventKind::Reset, None, position)),
+                );
             }
-            for row in rows.into_iter().filter(|r| filter.matches(r)) {
-                events.push(Event {
+            let Snapshot { rows, items, .. } =
+                snapshot_items(&view, rows.unwrap_or_default(), head, position);
+            pending.extend(items.iter().cloned());
+            if let (false, Some(last)) = (snapshot_end, rows.last()) {
+                // The last snapshot row carries the cursor: encode it again with it.
+                pending.pop_back();
+                let last = Event {
                     kind: EventKind::Insert,
-                    row: Some(row),
+                    row: Some(last.clone()),
                     columns: None,
-                    cursor: None,
+                    cursor: Some(cursor),
                     position,
-                });
+                };
+                pending.push_back(view.encoder.encode(&last));
             }
         }
         if snapshot_end {
-            events.push(marker(EventKind::SnapshotEnd, Some(cursor), position));
-        } else if let Some(last) = events.last_mut() {
-            last.cursor = Some(cursor);
+            pending.push_back(view.encoder.encode(&marker(
+                EventKind::SnapshotEnd,
+                Some(cursor),
+                position,
+            )));
         }
-        let pending = events.iter().map(|e| encoder.encode(e)).collect();
-        let shared = hub.shared_batches(&filter, encoder.key());
         hub.metrics.subscriptions.add(1);
+        let output_rx = view.subscribe();
         Ok(Reader {
             hub,
-            filter,
-            encoder,
-            shared,
+            view,
             seq: head,
             pending,
-            head_rx,
+            output_rx,
         })
     }
 
@@ -259,68 +201,143 @@ impl<E: Encoder> Reader<E> {
             if let Some(item) = self.pending.pop_front() {
                 return Ok(item);
             }
-            let batches = self.pending_batches()?;
-            if batches.is_empty() {
-                if self.head_rx.changed().await.is_err() {
-                    return Err(CursorError::Unavailable {
-                        name: self.hub.source.name.clone(),
-                        reason: "the server is shutting down".into(),
-                    });
-                }
+            self.output_rx.borrow_and_update();
+            if self.catch_up()? {
                 continue;
             }
-            self.queue(&batches);
+            if self.output_rx.changed().await.is_err() {
+                return Err(CursorError::Unavailable {
+                    name: self.hub.source.name.clone(),
+                    reason: "the server is shutting down".into(),
+                });
+            }
         }
     }
 
-    fn pending_batches(&mut self) -> Result<Vec<Arc<AppliedBatch>>, CursorError> {
-        let state = self.hub.lock();
-        self.head_rx.mark_unchanged();
-        if state.head == self.seq {
-            return Ok(Vec::new());
+    /// Queues what the view produced after this reader's cursor; conflates from the hub's
+    /// log instead when the reader is far behind. `true` if anything was queued.
+    fn catch_up(&mut self) -> Result<bool, CursorError> {
+        {
+            let state = self.view.lock();
+            if self.seq + 1 >= state.complete_since {
+                let start = state.recent.partition_point(|(seq, _)| *seq <= self.seq);
+                let waiting = state.recent.len() - start;
+                if waiting <= CONFLATE_AFTER {
+                    for (_, items) in state.recent.range(start..) {
+                        self.pending.extend(items.iter().cloned());
+                    }
+                    self.seq = state.evaluated_through;
+                    return Ok(waiting > 0);
+                }
+            }
         }
-        let oldest = state.log.front().map_or(state.head + 1, |b| b.seq);
-        if self.seq + 1 < oldest {
-            return Err(CursorError::Behind {
-                name: self.hub.source.name.clone(),
-            });
-        }
-        let skip = (self.seq + 1 - oldest) as usize;
-        Ok(state.log.iter().skip(skip).cloned().collect())
+        self.conflate_from_log()
     }
 
-    fn queue(&mut self, batches: &[Arc<AppliedBatch>]) {
-        let last = batches.last().expect("queue is called with batches");
+    /// Reads every batch after the cursor from the hub's log and queues their net effect.
+    fn conflate_from_log(&mut self) -> Result<bool, CursorError> {
+        let batches: Vec<Arc<AppliedBatch>> = {
+            let state = self.hub.lock();
+            let oldest = state.log.front().map_or(state.head + 1, |b| b.seq);
+            if self.seq + 1 < oldest {
+                return Err(CursorError::Behind {
+                    name: self.hub.source.name.clone(),
+                });
+            }
+            let skip = (self.seq + 1 - oldest) as usize;
+            state.log.iter().skip(skip).cloned().collect()
+        };
+        let Some(last) = batches.last() else {
+            return Ok(false);
+        };
         self.seq = last.seq;
+        let merged = conflate(&batches, &self.hub.source);
+        let received: usize = batches.iter().map(|b| b.changes.len()).sum();
+        self.hub
+            .metrics
+            .conflated
+            .add((received - merged.len()) as u64);
         let cursor = Cursor {
             epoch: self.hub.epoch,
             seq: last.seq,
         };
-        if let [batch] = batches {
-            // The common case, a reader keeping up: shared with every reader of this view.
-            let (filter, encoder) = (&self.filter, &self.encoder);
-            let items = self.shared.get_or_encode(batch.seq, || {
-                let events = filter_changes(filter, &batch.changes, batch.position, cursor);
-                events.iter().map(|e| encoder.encode(e)).collect()
+        let events = filter_changes(&self.view.filter, &merged, last.position, cursor);
+        self.pending
+            .extend(events.iter().map(|e| self.view.encoder.encode(e)));
+        Ok(!events.is_empty())
+    }
+}
+
+async fn wait_until_synced(hub: &Hub) -> Result<(), CursorError> {
+    let mut status_rx = hub.watch_status();
+    loop {
+        let status = status_rx.borrow_and_update().clone();
+        match status {
+            status if status.is_synced() => return Ok(()),
+            HubStatus::Down {
+                reason,
+                permanent: true,
+                ..
+            } => {
+                return Err(CursorError::Unavailable {
+                    name: hub.source.name.clone(),
+                    reason,
+                });
+            }
+            _ => {}
+        }
+        if status_rx.changed().await.is_err() {
+            return Err(CursorError::Unavailable {
+                name: hub.source.name.clone(),
+                reason: "the server is shutting down".into(),
             });
-            self.pending.extend(items.iter().cloned());
-        } else {
-            let merged = conflate(batches, &self.hub.source);
-            let received: usize = batches.iter().map(|b| b.changes.len()).sum();
-            self.hub
-                .metrics
-                .conflated
-                .add((received - merged.len()) as u64);
-            let events = filter_changes(&self.filter, &merged, last.position, cursor);
-            self.pending
-                .extend(events.iter().map(|e| self.encoder.encode(e)));
         }
     }
 }
 
+/// The filtered rows of a view at `head` and their encoding: shared by readers opening at the
+/// same head.
+fn snapshot_items<E: Encoder>(
+    view: &View<E>,
+    rows: Vec<Arc<Row>>,
+    head: u64,
+    position: Position,
+) -> Snapshot<E::Item> {
+    if let Some(snapshot) = &view.lock().snapshot
+        && snapshot.head == head
+    {
+        return Snapshot {
+            head,
+            rows: snapshot.rows.clone(),
+            items: snapshot.items.clone(),
+        };
+    }
+    let rows: Arc<[Arc<Row>]> = rows
+        .into_iter()
+        .filter(|r| view.filter.matches(r))
+        .collect();
+    let events: Vec<Event> = rows
+        .iter()
+        .map(|row| Event {
+            kind: EventKind::Insert,
+            row: Some(row.clone()),
+            columns: None,
+            cursor: None,
+            position,
+        })
+        .collect();
+    let items: Arc<[E::Item]> = view.encode_all(&events).into();
+    view.lock().snapshot = Some(Snapshot {
+        head,
+        rows: rows.clone(),
+        items: items.clone(),
+    });
+    Snapshot { head, rows, items }
+}
+
 /// Applies a filter to changes: rows entering it arrive as INSERT, rows leaving it as DELETE
 /// with their last known values; the last event carries the cursor.
-fn filter_changes(
+pub(super) fn filter_changes(
     filter: &Filter,
     changes: &[RowChange],
     position: Position,

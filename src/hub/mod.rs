@@ -12,6 +12,7 @@
 
 mod consumer;
 mod registry;
+mod view;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,9 +25,9 @@ use crate::feed::{Change, FeedEvent, Position};
 use crate::telemetry::SourceMetrics;
 use crate::value::{Key, Row};
 
-use consumer::SharedBatches;
 pub use consumer::{Cursor, CursorError, Encoder, Event, EventKind, Events, Reader};
 pub use registry::{Hubs, Starter};
+use view::{View, ViewSink};
 
 /// One row-level change, as a consumer sees it before filtering.
 #[derive(Debug, Clone)]
@@ -91,8 +92,15 @@ impl Default for HubLimits {
     }
 }
 
+/// A view's handle for the hub: evaluated on every batch while a reader holds it.
+type ViewIndex = HashMap<(String, String), std::sync::Weak<dyn std::any::Any + Send + Sync>>;
+
 struct State {
     cache: HashMap<Key, Arc<Row>>,
+    /// Live views (weak: a view goes with its last reader), evaluated on every batch.
+    views: Vec<std::sync::Weak<dyn ViewSink>>,
+    /// Views by (filter canonical text, encoding key).
+    view_index: ViewIndex,
     log: VecDeque<Arc<AppliedBatch>>,
     logged_changes: usize,
     /// Sequence number of the last applied batch (0 before the first).
@@ -113,9 +121,6 @@ pub struct Hub {
     status_tx: watch::Sender<HubStatus>,
     applied_tx: watch::Sender<Position>,
     metrics: Arc<SourceMetrics>,
-    /// Encoded batches shared by readers with the same (filter, encoder), held weakly so a
-    /// view disappears with its last reader. std Mutex: never held across an await.
-    views: Mutex<HashMap<(String, String), std::sync::Weak<dyn std::any::Any + Send + Sync>>>,
 }
 
 impl Hub {
@@ -126,6 +131,8 @@ impl Hub {
             epoch: rand::random::<u64>() >> 12,
             state: Mutex::new(State {
                 cache: HashMap::new(),
+                views: Vec::new(),
+                view_index: HashMap::new(),
                 log: VecDeque::new(),
                 logged_changes: 0,
                 head: 0,
@@ -136,7 +143,6 @@ impl Hub {
             status_tx: watch::channel(HubStatus::Starting).0,
             applied_tx: watch::channel(Position::default()).0,
             metrics,
-            views: Mutex::new(HashMap::new()),
         })
     }
 
@@ -169,29 +175,30 @@ impl Hub {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The shared view of readers with this filter and encoding (created on first use).
-    fn shared_batches<T: Clone + Send + Sync + 'static>(
-        &self,
-        filter: &crate::filter::Filter,
-        encoding: &str,
-    ) -> Arc<SharedBatches<T>> {
-        let key = (filter.canonical().to_owned(), encoding.to_owned());
-        let mut views = self
-            .views
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(shared) = views
+    /// The view of readers with this filter and encoding, created on first use. Called with
+    /// the hub's lock held, so a new view starts exactly at the current head.
+    fn view<E: Encoder>(
+        state: &mut State,
+        filter: crate::filter::Filter,
+        encoder: Arc<E>,
+    ) -> Arc<View<E>> {
+        let key = (filter.canonical().to_owned(), encoder.key().to_owned());
+        if let Some(view) = state
+            .view_index
             .get(&key)
             .and_then(std::sync::Weak::upgrade)
-            .and_then(|any| any.downcast::<SharedBatches<T>>().ok())
+            .and_then(|any| any.downcast::<View<E>>().ok())
         {
-            return shared;
+            return view;
         }
-        views.retain(|_, weak| weak.strong_count() > 0);
-        let shared = Arc::new(SharedBatches::default());
-        let any: Arc<dyn std::any::Any + Send + Sync> = shared.clone();
-        views.insert(key, Arc::downgrade(&any));
-        shared
+        state.view_index.retain(|_, weak| weak.strong_count() > 0);
+        state.views.retain(|weak| weak.strong_count() > 0);
+        let view = Arc::new(View::new(filter, encoder, state.head));
+        let any: Arc<dyn std::any::Any + Send + Sync> = view.clone();
+        state.view_index.insert(key, Arc::downgrade(&any));
+        let sink: Arc<dyn ViewSink> = view.clone();
+        state.views.push(Arc::downgrade(&sink));
+        view
     }
 
     /// Current rows (a consistent copy of the cache), or `None` before the first snapshot.
@@ -293,6 +300,20 @@ impl Hub {
             state.logged_changes += batch.changes.len();
             self.metrics.batches.inc();
             self.metrics.rows_published.add(batch.changes.len() as u64);
+            let cursor = Cursor {
+                epoch: self.epoch,
+                seq: batch.seq,
+            };
+            let mut dropped = false;
+            for view in &state.views {
+                match view.upgrade() {
+                    Some(view) => view.on_batch(&batch, cursor),
+                    None => dropped = true,
+                }
+            }
+            if dropped {
+                state.views.retain(|weak| weak.strong_count() > 0);
+            }
             state.log.push_back(batch);
             while state.log.len() > self.limits.max_batches
                 || (state.logged_changes > self.limits.max_changes && state.log.len() > 1)
@@ -380,3 +401,6 @@ pub(crate) fn diff(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
