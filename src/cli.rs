@@ -69,7 +69,7 @@ pub struct ServeArgs {
     #[arg(long, env = "VIEWCAST_WS_MAX_OPERATIONS", default_value_t = 200)]
     pub ws_max_operations: usize,
     /// Batches each source keeps for subscribers that fall behind or resume with `after`.
-    #[arg(long, env = "VIEWCAST_HISTORY_BATCHES", default_value_t = 4096)]
+    #[arg(long, env = "VIEWCAST_HISTORY_BATCHES", default_value_t = 32_768)]
     pub history_batches: usize,
     /// Seconds to wait for connections and feeds to stop on shutdown.
     #[arg(long, env = "VIEWCAST_SHUTDOWN_TIMEOUT", default_value_t = 10)]

@@ -86,8 +86,8 @@ pub struct HubLimits {
 impl Default for HubLimits {
     fn default() -> Self {
         HubLimits {
-            max_batches: 4096,
-            max_changes: 200_000,
+            max_batches: 32_768,
+            max_changes: 262_144,
         }
     }
 }
