@@ -52,17 +52,21 @@ async fn table_rows(
         .collect()
 }
 
-#[tokio::test]
-async fn snapshot_then_live_insert_update_delete() {
+/// A database with the `items` table (and `rows`, if given), and a server for it.
+async fn items_table(rows: Option<&str>) -> (TestDb, tokio_postgres::Client, viewcast::server::Server) {
     let db = TestDb::new().await;
     let sql = db.client().await;
     sql.batch_execute(TABLE).await.unwrap();
-    sql.batch_execute(
-        "INSERT INTO items VALUES (1, 'a', 10, true, 'gold'), (2, 'b', 20, false, NULL)",
-    )
-    .await
-    .unwrap();
+    if let Some(rows) = rows {
+        sql.batch_execute(rows).await.unwrap();
+    }
     let server = start_server(&db, SCHEMA).await;
+    (db, sql, server)
+}
+
+#[tokio::test]
+async fn snapshot_then_live_insert_update_delete() {
+    let (db, sql, server) = items_table(Some("INSERT INTO items VALUES (1, 'a', 10, true, 'gold'), (2, 'b', 20, false, NULL)")).await;
     let mut ws = Ws::connect(server.addr(), "graphql-transport-ws").await;
     ws.subscribe("1", &subscription("snapshot_end: true")).await;
 
@@ -142,10 +146,7 @@ async fn snapshot_then_live_insert_update_delete() {
 
 #[tokio::test]
 async fn a_transaction_arrives_as_one_batch() {
-    let db = TestDb::new().await;
-    let sql = db.client().await;
-    sql.batch_execute(TABLE).await.unwrap();
-    let server = start_server(&db, SCHEMA).await;
+    let (db, sql, server) = items_table(None).await;
     let mut ws = Ws::connect(server.addr(), "graphql-transport-ws").await;
     ws.subscribe("t", &subscription("snapshot_end: true")).await;
     assert_eq!(
@@ -188,15 +189,7 @@ async fn a_transaction_arrives_as_one_batch() {
 
 #[tokio::test]
 async fn filters_move_rows_in_and_out() {
-    let db = TestDb::new().await;
-    let sql = db.client().await;
-    sql.batch_execute(TABLE).await.unwrap();
-    sql.batch_execute(
-        "INSERT INTO items VALUES (1, 'a', 10, true, 'gold'), (2, 'b', 90, true, 'bronze')",
-    )
-    .await
-    .unwrap();
-    let server = start_server(&db, SCHEMA).await;
+    let (db, sql, server) = items_table(Some("INSERT INTO items VALUES (1, 'a', 10, true, 'gold'), (2, 'b', 90, true, 'bronze')")).await;
     let mut ws = Ws::connect(server.addr(), "graphql-transport-ws").await;
     ws.subscribe(
         "f",
@@ -297,10 +290,7 @@ fn spawn_collector(
 
 #[tokio::test]
 async fn late_joiners_during_a_burst_lose_nothing_and_see_nothing_twice() {
-    let db = TestDb::new().await;
-    let sql = db.client().await;
-    sql.batch_execute(TABLE).await.unwrap();
-    let server = start_server(&db, SCHEMA).await;
+    let (db, sql, server) = items_table(None).await;
     let addr = server.addr();
 
     // Two early clients with the same filter, then late joiners while the burst runs.
