@@ -1,5 +1,6 @@
 //! The real JavaScript clients against the server: graphql-ws, Apollo Client (`GraphQLWsLink`),
-//! urql (`subscriptionExchange`) and subscriptions-transport-ws. This test starts PostgreSQL
+//! urql (`subscriptionExchange`), subscriptions-transport-ws, and GraphiQL as the server serves it,
+//! in headless Chromium (`graphiql.test.js`; needs Debian's `chromium`). This test starts PostgreSQL
 //! and the server with `tests/clients/schema.yaml`, then runs `node --test` in `tests/clients`
 //! (the client tests are `tests/clients/*.test.js`) and asserts that every test passed.
 
@@ -46,9 +47,9 @@ async fn real_graphql_clients_subscribe_and_query() {
 
     let started = Instant::now();
     // Output goes straight to this process's stdout/stderr, so it shows as the tests run. The
-    // four files use one table each and run in parallel.
+    // files use one table each and run in parallel.
     let mut node = tokio::process::Command::new("node")
-        .args(["--test", "--test-concurrency=4", "--test-reporter=spec"])
+        .args(["--test", "--test-concurrency=5", "--test-reporter=spec"])
         .current_dir(&dir)
         .env("VIEWCAST_HTTP", format!("http://{addr}/graphql"))
         .env("VIEWCAST_WS", format!("ws://{addr}/graphql"))
