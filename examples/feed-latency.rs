@@ -24,6 +24,7 @@ use anyhow::{Context, Result, anyhow};
 use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent};
 use tokio::time::MissedTickBehavior;
 use tokio_postgres::{Client, NoTls};
+use viewcast::feed::postgres::pgoutput;
 use viewcast::pgcluster::{ClusterOptions, PgCluster};
 
 const DATABASE: &str = "latency";
@@ -370,56 +371,16 @@ async fn measure_polling(
     })
 }
 
-/// `sent_at_us` (third column) of the new tuple of a pgoutput (proto 1) Update message, or
-/// `None` for any other message. Layout: 'U', relation oid (i32), optional 'K'/'O' old
-/// tuple, 'N', new tuple; a tuple is a column count (i16) and per column a kind byte
-/// ('n' null, 'u' unchanged toast, 't' text, 'b' binary) with an i32 length and bytes for
-/// 't'/'b'.
+/// `sent_at_us` (third column) of the new tuple of a pgoutput Update message, or `None` for
+/// any other message; decoded with viewcast's own pgoutput decoder.
 fn sent_at_from_update(msg: &[u8]) -> Option<i64> {
-    let (&tag, rest) = msg.split_first()?;
-    if tag != b'U' {
-        return None;
+    match pgoutput::decode(msg).ok()? {
+        pgoutput::Message::Update(update) => match update.new.0.get(2)? {
+            pgoutput::TupleValue::Text(text) => text.parse().ok(),
+            _ => None,
+        },
+        _ => None,
     }
-    let mut rest = rest.get(4..)?;
-    let (&kind, after) = rest.split_first()?;
-    rest = after;
-    if kind == b'K' || kind == b'O' {
-        let (_, after) = read_tuple(rest)?;
-        let (&new, after) = after.split_first()?;
-        if new != b'N' {
-            return None;
-        }
-        rest = after;
-    } else if kind != b'N' {
-        return None;
-    }
-    let (columns, _) = read_tuple(rest)?;
-    let text = columns.get(2)?.as_ref()?;
-    std::str::from_utf8(text).ok()?.parse().ok()
-}
-
-/// A tuple's columns: bytes, or `None` for null/unchanged.
-type Columns<'a> = Vec<Option<&'a [u8]>>;
-
-/// Reads one `TupleData`; returns each column's bytes (`None` for null/unchanged) and the rest.
-fn read_tuple(buf: &[u8]) -> Option<(Columns<'_>, &[u8])> {
-    let count = u16::from_be_bytes(buf.get(..2)?.try_into().ok()?);
-    let mut rest = &buf[2..];
-    let mut columns = Vec::with_capacity(usize::from(count));
-    for _ in 0..count {
-        let (&kind, after) = rest.split_first()?;
-        rest = after;
-        match kind {
-            b'n' | b'u' => columns.push(None),
-            b't' | b'b' => {
-                let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-                columns.push(Some(rest.get(4..4 + len)?));
-                rest = &rest[4 + len..];
-            }
-            _ => return None,
-        }
-    }
-    Some((columns, rest))
 }
 
 /// Clock ticks per second for /proc/<pid>/stat times.

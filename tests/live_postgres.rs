@@ -53,7 +53,9 @@ async fn table_rows(
 }
 
 /// A database with the `items` table (and `rows`, if given), and a server for it.
-async fn items_table(rows: Option<&str>) -> (TestDb, tokio_postgres::Client, viewcast::server::Server) {
+async fn items_table(
+    rows: Option<&str>,
+) -> (TestDb, tokio_postgres::Client, viewcast::server::Server) {
     let db = TestDb::new().await;
     let sql = db.client().await;
     sql.batch_execute(TABLE).await.unwrap();
@@ -66,7 +68,10 @@ async fn items_table(rows: Option<&str>) -> (TestDb, tokio_postgres::Client, vie
 
 #[tokio::test]
 async fn snapshot_then_live_insert_update_delete() {
-    let (db, sql, server) = items_table(Some("INSERT INTO items VALUES (1, 'a', 10, true, 'gold'), (2, 'b', 20, false, NULL)")).await;
+    let (db, sql, server) = items_table(Some(
+        "INSERT INTO items VALUES (1, 'a', 10, true, 'gold'), (2, 'b', 20, false, NULL)",
+    ))
+    .await;
     let mut ws = Ws::connect(server.addr(), "graphql-transport-ws").await;
     ws.subscribe("1", &subscription("snapshot_end: true")).await;
 
@@ -189,7 +194,10 @@ async fn a_transaction_arrives_as_one_batch() {
 
 #[tokio::test]
 async fn filters_move_rows_in_and_out() {
-    let (db, sql, server) = items_table(Some("INSERT INTO items VALUES (1, 'a', 10, true, 'gold'), (2, 'b', 90, true, 'bronze')")).await;
+    let (db, sql, server) = items_table(Some(
+        "INSERT INTO items VALUES (1, 'a', 10, true, 'gold'), (2, 'b', 90, true, 'bronze')",
+    ))
+    .await;
     let mut ws = Ws::connect(server.addr(), "graphql-transport-ws").await;
     ws.subscribe(
         "f",
