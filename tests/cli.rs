@@ -53,7 +53,7 @@ fn check_prints_setup_sql() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains(r#"CREATE PUBLICATION "viewcast_trades" FOR TABLE "trades";"#),
+        out.contains(r#"CREATE PUBLICATION "viewcast_trades" FOR TABLE "trades" WITH (publish_via_partition_root = true);"#),
         "{out}"
     );
 }

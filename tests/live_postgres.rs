@@ -611,8 +611,9 @@ async fn the_fast_path_answers_exactly_as_the_executor() {
     // `small` is declared Integer but holds values beyond 32 bits: a field error on both paths.
     let schema = "backend: postgres\nsources:\n  wide:\n    primary_key: id\n    columns: { id: Integer, big: BigInt, small: BigInt, label: String }\n  narrow:\n    table: wide\n    primary_key: id\n    columns: { id: Integer, small: Integer, label: String }\n";
     let server = start_server(&db, schema).await;
-    let selection = "fragment F on narrow { label __typename } \
-        subscription($w: narrowExpression) { rows: narrow(where: $w) { op: operation __typename data { key: id small ...F } fields cursor timestamp } }";
+    // Repeated response keys merge (`data` here and in G), as GraphQL requires.
+    let selection = "fragment F on narrow { label __typename } fragment G on narrowUpdate { data { extra: label } } \
+        subscription($w: narrowExpression) { rows: narrow(where: $w) { op: operation __typename data { key: id small ...F } fields cursor timestamp ...G } }";
     // A directive sends the same subscription through the executor instead.
     let executor = selection.replace("__typename data", "__typename data @include(if: true)");
     let mut fast = Ws::connect(server.addr(), "graphql-transport-ws").await;
@@ -659,7 +660,7 @@ async fn the_fast_path_answers_exactly_as_the_executor() {
     let error = fast.next_payload("s").await;
     assert_eq!(
         error["data"]["rows"]["data"],
-        json!({"key": 1, "small": null, "label": null, "__typename": "narrow"}),
+        json!({"key": 1, "small": null, "label": null, "__typename": "narrow", "extra": null}),
         "{error}"
     );
     assert_eq!(
@@ -750,6 +751,49 @@ sources:
         "the key and the change: {update}"
     );
     assert_eq!(update["fields"], json!(["qty"]));
+    server.shutdown().await;
+    db.stop().await;
+}
+
+#[tokio::test]
+async fn partitioned_tables_replicate_through_their_root() {
+    let db = TestDb::new().await;
+    let sql = db.client().await;
+    sql.batch_execute(
+        "CREATE TABLE ticks (id integer, venue text, px integer, PRIMARY KEY (id, venue)) PARTITION BY LIST (venue); \
+         CREATE TABLE ticks_x PARTITION OF ticks FOR VALUES IN ('x'); CREATE TABLE ticks_y PARTITION OF ticks FOR VALUES IN ('y'); \
+         INSERT INTO ticks VALUES (1, 'x', 10)",
+    )
+    .await
+    .unwrap();
+    let schema = "backend: postgres\nsources:\n  ticks:\n    primary_key: [id, venue]\n    columns: { id: Integer, venue: String, px: Integer }\n";
+    let server = start_server(&db, schema).await;
+    let mut ws = Ws::connect(server.addr(), "graphql-transport-ws").await;
+    ws.subscribe(
+        "p",
+        "subscription { ticks { operation data { id venue px } } }",
+    )
+    .await;
+    assert_eq!(
+        ws.next_payload("p").await["data"]["ticks"]["data"],
+        json!({"id": 1, "venue": "x", "px": 10})
+    );
+    sql.batch_execute("INSERT INTO ticks VALUES (2, 'y', 20)")
+        .await
+        .unwrap();
+    sql.batch_execute("UPDATE ticks SET px = 11 WHERE id = 1")
+        .await
+        .unwrap();
+    let insert = ws.next_payload("p").await["data"]["ticks"].clone();
+    assert_eq!(
+        (insert["operation"].clone(), insert["data"].clone()),
+        (json!("INSERT"), json!({"id": 2, "venue": "y", "px": 20}))
+    );
+    let update = ws.next_payload("p").await["data"]["ticks"].clone();
+    assert_eq!(
+        (update["operation"].clone(), update["data"]["px"].clone()),
+        (json!("UPDATE"), json!(11))
+    );
     server.shutdown().await;
     db.stop().await;
 }

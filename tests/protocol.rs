@@ -177,6 +177,17 @@ async fn legacy_protocol_acks_keeps_alive_and_stops() {
     ws.send(json!({"type": "stop", "id": "2"})).await;
     let complete = ws.recv_skipping_keepalives().await.unwrap();
     assert_eq!(complete, json!({"type": "complete", "id": "2"}));
+    // A finished operation is not completed twice: after its own `complete`, a `stop` for it
+    // sends nothing (the next message is the answer to the next operation).
+    ws.subscribe("3", "{ __typename }").await;
+    assert_eq!(ws.recv_skipping_keepalives().await.unwrap()["type"], "data");
+    assert_eq!(
+        ws.recv_skipping_keepalives().await.unwrap(),
+        json!({"type": "complete", "id": "3"})
+    );
+    ws.send(json!({"type": "stop", "id": "3"})).await;
+    ws.subscribe("4", "subscription { items { nope } }").await;
+    assert_eq!(ws.recv_skipping_keepalives().await.unwrap()["id"], "4");
     ws.send(json!({"type": "connection_terminate"})).await;
     assert_eq!(ws.recv_skipping_keepalives().await.unwrap_err().0, 1000);
     server.shutdown().await;

@@ -35,6 +35,8 @@ pub struct WsSettings {
     pub max_message_bytes: usize,
     /// Most concurrent operations on one connection.
     pub max_operations: usize,
+    /// How long a write to a client may block before the connection is dropped.
+    pub write_timeout: Duration,
 }
 
 impl Default for WsSettings {
@@ -44,6 +46,7 @@ impl Default for WsSettings {
             keepalive: Duration::from_secs(12),
             max_message_bytes: 1 << 20,
             max_operations: 200,
+            write_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -113,12 +113,16 @@ async fn run(socket: WebSocket, protocol: Protocol, state: AppState) {
     state.metrics.connections_total.inc();
     let (mut sink, mut stream) = socket.split();
     let (out, mut out_rx) = mpsc::channel::<Message>(64);
+    let write_timeout = state.ws.write_timeout;
     let writer = tokio::spawn(async move {
         // Write whatever is queued, then flush once: one syscall for a burst, not per message.
+        // A client that stops reading for `write_timeout` is dropped: its socket would
+        // otherwise hold this connection's tasks for as long as TCP keeps it open.
         'write: while let Some(mut message) = out_rx.recv().await {
             loop {
                 let closing = matches!(message, Message::Close(_));
-                if sink.feed(message).await.is_err() || closing {
+                let fed = tokio::time::timeout(write_timeout, sink.feed(message)).await;
+                if !matches!(fed, Ok(Ok(()))) || closing {
                     break 'write;
                 }
                 match out_rx.try_recv() {
@@ -126,7 +130,10 @@ async fn run(socket: WebSocket, protocol: Protocol, state: AppState) {
                     Err(_) => break,
                 }
             }
-            if sink.flush().await.is_err() {
+            if !matches!(
+                tokio::time::timeout(write_timeout, sink.flush()).await,
+                Ok(Ok(()))
+            ) {
                 break;
             }
         }
@@ -151,6 +158,14 @@ async fn run(socket: WebSocket, protocol: Protocol, state: AppState) {
 
     let close_with = loop {
         tokio::select! {
+            // Finished operations first, so a client reusing an id right after `complete`
+            // is never taken for a duplicate.
+            biased;
+            Some((id, generation)) = done_rx.recv() => {
+                if conn.operations.get(&id).is_some_and(|op| op.generation == generation) {
+                    conn.operations.remove(&id);
+                }
+            }
             () = state.shutdown.cancelled() => break Some((1001, "server shutting down".to_owned())),
             () = &mut init_deadline, if !conn.init_received => {
                 state.metrics.protocol_errors.inc();
@@ -163,11 +178,6 @@ async fn run(socket: WebSocket, protocol: Protocol, state: AppState) {
                 };
                 if conn.out.send(message).await.is_err() {
                     break None;
-                }
-            }
-            Some((id, generation)) = done_rx.recv() => {
-                if conn.operations.get(&id).is_some_and(|op| op.generation == generation) {
-                    conn.operations.remove(&id);
                 }
             }
             message = stream.next() => {
@@ -303,10 +313,13 @@ impl Connection {
                 Next::Continue
             }
             "stop" => {
-                if let Some(id) = message.id {
-                    if let Some(op) = self.operations.remove(&id) {
-                        op.task.abort();
-                    }
+                // Only a running operation is completed: one that already ended sent its own
+                // `complete` or `error`.
+                if let Some((id, op)) = message
+                    .id
+                    .and_then(|id| self.operations.remove(&id).map(|op| (id, op)))
+                {
+                    op.task.abort();
                     self.send(text::<()>("complete", Some(&id), None)).await;
                 }
                 Next::Continue

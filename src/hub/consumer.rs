@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use super::view::{Snapshot, View};
+use super::view::{Snapshot, View, ViewState};
 use super::{AppliedBatch, Hub, HubStatus, RowChange, diff};
 use crate::feed::Position;
 use crate::filter::Filter;
@@ -217,21 +217,39 @@ impl<E: Encoder> Reader<E> {
     /// Queues what the view produced after this reader's cursor; conflates from the hub's
     /// log instead when the reader is far behind. `true` if anything was queued.
     fn catch_up(&mut self) -> Result<bool, CursorError> {
-        {
-            let state = self.view.lock();
+        let view = self.view.clone();
+        let far_behind = {
+            let state = view.lock();
             if self.seq + 1 >= state.complete_since {
-                let start = state.recent.partition_point(|(seq, _)| *seq <= self.seq);
-                let waiting = state.recent.len() - start;
+                let waiting =
+                    state.recent.len() - state.recent.partition_point(|(seq, _)| *seq <= self.seq);
                 if waiting <= CONFLATE_AFTER {
-                    for (_, items) in state.recent.range(start..) {
-                        self.pending.extend(items.iter().cloned());
-                    }
-                    self.seq = state.evaluated_through;
-                    return Ok(waiting > 0);
+                    return Ok(self.take_view_output(&state));
                 }
+                true
+            } else {
+                false
             }
+        };
+        match self.conflate_from_log() {
+            // The log was trimmed by its change limit but the view still covers the reader.
+            Err(CursorError::Behind { .. }) if far_behind => {
+                let state = view.lock();
+                Ok(self.take_view_output(&state))
+            }
+            other => other,
         }
-        self.conflate_from_log()
+    }
+
+    /// Queues the view's output after the cursor and moves the cursor to what the view has
+    /// evaluated. The caller checked that the view covers the cursor.
+    fn take_view_output(&mut self, state: &ViewState<E::Item>) -> bool {
+        let start = state.recent.partition_point(|(seq, _)| *seq <= self.seq);
+        for (_, items) in state.recent.range(start..) {
+            self.pending.extend(items.iter().cloned());
+        }
+        self.seq = state.evaluated_through;
+        start < state.recent.len()
     }
 
     /// Reads every batch after the cursor from the hub's log and queues their net effect.

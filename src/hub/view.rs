@@ -15,8 +15,9 @@ use super::{AppliedBatch, Cursor};
 use crate::filter::Filter;
 use crate::value::Row;
 
-/// Batches of output a view keeps for readers a little behind.
+/// Batches of output a view keeps for readers a little behind, and the most items across them.
 const RECENT_OUTPUTS: usize = 256;
+const RECENT_ITEMS: usize = 65_536;
 
 /// What the hub needs of a view, whatever its encoding.
 pub(super) trait ViewSink: Send + Sync {
@@ -34,6 +35,8 @@ pub(super) struct Snapshot<T> {
 pub(super) struct ViewState<T> {
     /// Non-empty outputs by batch sequence number, oldest first.
     pub recent: VecDeque<(u64, Arc<[T]>)>,
+    /// Items in `recent`.
+    pub recent_items: usize,
     /// Every batch from this sequence number on is accounted for in `recent` (those that
     /// produced nothing are simply absent).
     pub complete_since: u64,
@@ -61,6 +64,7 @@ impl<E: Encoder> View<E> {
             encoder,
             state: Mutex::new(ViewState {
                 recent: VecDeque::new(),
+                recent_items: 0,
                 complete_since: head + 1,
                 evaluated_through: head,
                 snapshot: None,
@@ -93,9 +97,13 @@ impl<E: Encoder> ViewSink for View<E> {
             return;
         }
         let items: Arc<[E::Item]> = self.encode_all(&events).into();
+        state.recent_items += items.len();
         state.recent.push_back((batch.seq, items));
-        while state.recent.len() > RECENT_OUTPUTS {
-            if let Some((seq, _)) = state.recent.pop_front() {
+        while state.recent.len() > RECENT_OUTPUTS
+            || (state.recent_items > RECENT_ITEMS && state.recent.len() > 1)
+        {
+            if let Some((seq, items)) = state.recent.pop_front() {
+                state.recent_items -= items.len();
                 state.complete_since = seq + 1;
             }
         }

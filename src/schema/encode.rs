@@ -63,6 +63,26 @@ enum DataField {
     Typename,
 }
 
+/// The columns a `data` selection asks for, in order, repeated response keys merged.
+fn data_columns(
+    source: &SourceDef,
+    selection: &SelectionField<'_>,
+) -> Option<Vec<(String, DataField)>> {
+    let mut columns: Vec<(String, DataField)> = Vec::new();
+    for column in selection.selection_set() {
+        let alias = column.alias().unwrap_or(column.name()).to_owned();
+        if columns.iter().any(|(a, _)| *a == alias) {
+            continue;
+        }
+        let kind = match column.name() {
+            "__typename" => DataField::Typename,
+            name => DataField::Column(source.column_index(name)?),
+        };
+        columns.push((alias, kind));
+    }
+    Some(columns)
+}
+
 /// Serializes events as `{"data":{"<field>":{…}}}` for one selection set.
 pub struct JsonEncoder {
     key: String,
@@ -82,33 +102,28 @@ impl JsonEncoder {
         let mut fields: Vec<(String, UpdateField)> = Vec::new();
         for selection in field.selection_set() {
             let alias = selection.alias().unwrap_or(selection.name()).to_owned();
-            if fields.iter().any(|(a, _)| *a == alias) {
-                continue; // Merged by GraphQL: same alias, same field (validated).
-            }
             let kind = match selection.name() {
                 "operation" => UpdateField::Operation,
                 "fields" => UpdateField::Fields,
                 "cursor" => UpdateField::Cursor,
                 "timestamp" => UpdateField::Timestamp,
                 "__typename" => UpdateField::Typename,
-                "data" => {
-                    let mut columns: Vec<(String, DataField)> = Vec::new();
-                    for column in selection.selection_set() {
-                        let alias = column.alias().unwrap_or(column.name()).to_owned();
-                        if columns.iter().any(|(a, _)| *a == alias) {
-                            continue;
-                        }
-                        let kind = match column.name() {
-                            "__typename" => DataField::Typename,
-                            name => DataField::Column(source.column_index(name)?),
-                        };
-                        columns.push((alias, kind));
-                    }
-                    UpdateField::Data(columns)
-                }
+                "data" => UpdateField::Data(data_columns(source, &selection)?),
                 _ => return None,
             };
-            fields.push((alias, kind));
+            // GraphQL merges repeated response keys (validation guarantees they name the same
+            // field); for `data`, the sub-selections merge too.
+            match (fields.iter_mut().find(|(a, _)| *a == alias), kind) {
+                (Some((_, UpdateField::Data(columns))), UpdateField::Data(more)) => {
+                    for (column_alias, column) in more {
+                        if !columns.iter().any(|(a, _)| *a == column_alias) {
+                            columns.push((column_alias, column));
+                        }
+                    }
+                }
+                (Some(_), _) => {}
+                (None, kind) => fields.push((alias, kind)),
+            }
         }
         let key = format!("{root}{fields:?}");
         Some(JsonEncoder {

@@ -83,6 +83,26 @@ impl FeedError {
     fn is_permanent(&self) -> bool {
         matches!(self, FeedError::Setup(_))
     }
+
+    /// Classifies a database error by its SQLSTATE: connection problems, lack of resources,
+    /// operator intervention (shutdown, cancel), rollbacks and objects in the wrong state (a
+    /// slot still in use) pass with a retry; anything else the server answered (missing table,
+    /// privilege, bad value) needs an operator.
+    pub(super) fn from_db(what: &str, err: &tokio_postgres::Error) -> FeedError {
+        let Some(db) = err.as_db_error() else {
+            return FeedError::Connection(format!("{what}: {err}"));
+        };
+        let transient = matches!(
+            &db.code().code()[..2],
+            "08" | "40" | "53" | "55" | "57" | "58"
+        );
+        let message = format!("{what}: {}", db.message());
+        if transient {
+            FeedError::Connection(message)
+        } else {
+            FeedError::Setup(message)
+        }
+    }
 }
 
 /// Runs the feed of `hub` until `cancel` fires.

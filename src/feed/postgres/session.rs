@@ -75,21 +75,21 @@ async fn stream(
 ) -> Result<(), FeedError> {
     let table = setup::check(client, source, settings).await?;
     let slot = settings.slot(&source.name);
-    let slot_exists = slot_exists(client, &slot).await?;
-    let resume_from = match resume.applied {
-        Some(lsn) if slot_exists => Some(lsn),
+    let slot_state = slot_state(client, &slot).await?;
+    let resume_from = match (resume.applied, slot_state) {
+        (Some(lsn), SlotState::Usable) => Some(lsn),
         _ => None,
     };
-    if resume_from.is_none() && slot_exists {
-        // A slot left by an earlier run of this instance: its position is not ours (the cache
-        // is new or the slot's history is unknown), so start over from a fresh snapshot.
-        client
-            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-            .await
-            .map_err(|e| FeedError::Setup(format!(
-                "cannot drop stale replication slot {slot}: {}; if another viewcast server uses it, give each server its own --instance",
-                db_message(&e)
-            )))?;
+    if resume_from.is_none() && slot_state != SlotState::Missing {
+        // A slot left by an earlier run of this instance (its position is not ours: the cache
+        // is new or the slot's history is unknown), or one PostgreSQL invalidated: start over
+        // from a fresh snapshot.
+        client.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await.map_err(|e| {
+            FeedError::from_db(
+                &format!("cannot drop stale replication slot {slot} (if another viewcast server uses it, give each server its own --instance)"),
+                &e,
+            )
+        })?;
     }
 
     let mut config = replication_config(pg_config, settings, &source.name);
@@ -100,6 +100,10 @@ async fn stream(
         .await
         .map_err(|e| connection_error("cannot open replication connection", e))?;
     if resume_from.is_none() {
+        // Whatever was applied before belongs to a slot that is gone: from here on, only the
+        // new slot's positions count (a failure before the snapshot is applied must not leave
+        // the old position to resume from).
+        resume.applied = None;
         let rows = repl
             .simple_query(&format!("CREATE_REPLICATION_SLOT \"{slot}\" LOGICAL pgoutput EXPORT_SNAPSHOT"))
             .await
@@ -288,15 +292,27 @@ fn replication_config(
     .with_wakeup_interval(Duration::from_secs(5))
 }
 
-async fn slot_exists(client: &tokio_postgres::Client, slot: &str) -> Result<bool, FeedError> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Missing,
+    Usable,
+    /// Invalidated by PostgreSQL (`wal_status = 'lost'`, e.g. past `max_slot_wal_keep_size`).
+    Lost,
+}
+
+async fn slot_state(client: &tokio_postgres::Client, slot: &str) -> Result<SlotState, FeedError> {
     let row = client
         .query_opt(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
         .await
-        .map_err(|e| connection_error("cannot read pg_replication_slots", db_message(&e)))?;
-    Ok(row.is_some())
+        .map_err(|e| FeedError::from_db("cannot read pg_replication_slots", &e))?;
+    Ok(match row.map(|r| r.get::<_, String>(0)) {
+        None => SlotState::Missing,
+        Some(status) if status == "lost" => SlotState::Lost,
+        Some(_) => SlotState::Usable,
+    })
 }
 
 /// Reads the whole table inside the slot's exported snapshot, as PostgreSQL text.
@@ -323,14 +339,10 @@ async fn read_snapshot(
     }
     let _ = write!(sql, "SELECT {columns} FROM {};", table.qualified());
     sql.push_str("COMMIT;");
-    let messages = client.simple_query(&sql).await.map_err(|e| {
-        let message = db_message(&e);
-        if e.as_db_error().is_some() {
-            FeedError::Setup(format!("cannot read {}: {message}", table.qualified()))
-        } else {
-            connection_error("snapshot read failed", message)
-        }
-    })?;
+    let messages = client
+        .simple_query(&sql)
+        .await
+        .map_err(|e| FeedError::from_db(&format!("cannot read {}", table.qualified()), &e))?;
     let mut rows = Vec::new();
     for message in messages {
         if let SimpleQueryMessage::Row(row) = message {
@@ -350,13 +362,6 @@ async fn read_snapshot(
         }
     }
     Ok(rows)
-}
-
-pub(super) fn db_message(err: &tokio_postgres::Error) -> String {
-    match err.as_db_error() {
-        Some(db) => db.message().to_owned(),
-        None => err.to_string(),
-    }
 }
 
 /// Drops this instance's slot for `source` so a stopped server pins no WAL.

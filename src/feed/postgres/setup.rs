@@ -4,7 +4,6 @@
 
 use std::fmt::Write as _;
 
-use super::session::db_message;
 use super::{FeedError, PgFeedSettings};
 use crate::config::{Backend, Config, SourceDef, quote_ident};
 
@@ -44,7 +43,7 @@ pub fn setup_sql(config: &Config, settings: &PgFeedSettings) -> String {
         let key = key_names(source).join(", ");
         let _ = write!(
             sql,
-            "\n-- source {name}\nCREATE PUBLICATION {publication} FOR TABLE {table};\n\
+            "\n-- source {name}\nCREATE PUBLICATION {publication} FOR TABLE {table} WITH (publish_via_partition_root = true);\n\
              -- only if the table's primary key is not ({key}):\n-- ALTER TABLE {table} REPLICA IDENTITY FULL;\n",
             name = source.name,
         );
@@ -88,7 +87,7 @@ pub(super) async fn check(
             &[&relation],
         )
         .await
-        .map_err(|e| setup_error("cannot look up the table", &e))?
+        .map_err(|e| FeedError::from_db("cannot look up the table", &e))?
         .ok_or_else(|| {
             FeedError::Setup(format!(
                 "table {relation} of source {} does not exist; create it or fix `table:` in schema.yaml",
@@ -115,7 +114,7 @@ pub(super) async fn check(
             &[&publication, &table.schema, &table.name],
         )
         .await
-        .map_err(|e| setup_error("cannot read publications", &e))?
+        .map_err(|e| FeedError::from_db("cannot read publications", &e))?
         .is_some();
     if !published {
         if !settings.apply_setup {
@@ -130,7 +129,7 @@ pub(super) async fn check(
                 &[&publication],
             )
             .await
-            .map_err(|e| setup_error("cannot read publications", &e))?
+            .map_err(|e| FeedError::from_db("cannot read publications", &e))?
             .is_some();
         let sql = if exists {
             format!(
@@ -140,7 +139,7 @@ pub(super) async fn check(
             )
         } else {
             format!(
-                "CREATE PUBLICATION {} FOR TABLE {}",
+                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)",
                 quote_ident(&publication),
                 table.qualified()
             )
@@ -148,7 +147,7 @@ pub(super) async fn check(
         client
             .batch_execute(&sql)
             .await
-            .map_err(|e| setup_error("cannot create the publication", &e))?;
+            .map_err(|e| FeedError::from_db("cannot create the publication", &e))?;
         tracing::info!(source = %source.name, publication = %publication, "publication created");
     }
 
@@ -180,7 +179,7 @@ async fn ensure_replica_identity(
                 &[&table.qualified()],
             )
             .await
-            .map_err(|e| setup_error("cannot read the table's key", &e))?;
+            .map_err(|e| FeedError::from_db("cannot read the table's key", &e))?;
         let mut identity_columns: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
         identity_columns.sort();
         let mut wanted = key_names(source);
@@ -197,18 +196,9 @@ async fn ensure_replica_identity(
             client
                 .batch_execute(&sql)
                 .await
-                .map_err(|e| setup_error("cannot set the replica identity", &e))?;
+                .map_err(|e| FeedError::from_db("cannot set the replica identity", &e))?;
             tracing::info!(source = %source.name, "replica identity set to full");
         }
     }
     Ok(())
-}
-
-/// A database error while checking or applying setup: the operator's if the server answered.
-fn setup_error(what: &str, e: &tokio_postgres::Error) -> FeedError {
-    if e.as_db_error().is_some() {
-        FeedError::Setup(format!("{what}: {}", db_message(e)))
-    } else {
-        FeedError::Connection(format!("{what}: {e}"))
-    }
 }
