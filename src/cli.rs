@@ -127,6 +127,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = crate::config::load(&args.config)?;
+            if let Some(url) = &args.database_url {
+                check_database_url(url)?;
+            }
             let server = Server::start(config, args.options()).await?;
             wait_for_signal().await;
             tracing::info!("shutting down");
@@ -153,6 +156,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo(args) => crate::demo::run(args).await,
     }
+}
+
+/// Refuses a database URL the server could never use, before anything starts.
+fn check_database_url(url: &str) -> anyhow::Result<()> {
+    let config: tokio_postgres::Config = url.parse().map_err(|e| {
+        anyhow::anyhow!("invalid database URL (DATABASE_URL / --database-url): {e}")
+    })?;
+    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        anyhow::bail!(
+            "the database URL asks for sslmode=require, but this version of viewcast connects to PostgreSQL without TLS; \
+             use a TLS-terminating proxy or a network you trust, and sslmode=disable or prefer"
+        );
+    }
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

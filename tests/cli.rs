@@ -77,3 +77,25 @@ fn check_reports_config_errors_with_their_position() {
     assert_eq!(code, 1);
     assert!(err.contains("does/not/exist.yaml"), "{err}");
 }
+
+#[test]
+fn serve_refuses_a_database_url_it_cannot_use() {
+    let (code, _, err) = viewcast(&[
+        "serve",
+        "--config",
+        "examples/demo/schema.yaml",
+        "--database-url",
+        "postgres://u@h:notaport/db",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid database URL"), "{err}");
+    let (code, _, err) = viewcast(&[
+        "serve",
+        "--config",
+        "examples/demo/schema.yaml",
+        "--database-url",
+        "postgres://u@h/db?sslmode=require",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("without TLS"), "{err}");
+}
