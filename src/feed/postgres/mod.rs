@@ -111,7 +111,13 @@ pub async fn run(hub: Arc<Hub>, settings: Arc<PgFeedSettings>, cancel: Cancellat
     let mut resume = session::Resume::default();
     let mut backoff = Backoff::new();
     loop {
-        let result = session::run(&hub, &settings, &mut resume, &cancel, &mut backoff).await;
+        // The session stops its stream itself on cancellation; while it is still connecting
+        // or reading a snapshot, shutdown drops it instead of waiting.
+        let result = tokio::select! {
+            biased;
+            result = session::run(&hub, &settings, &mut resume, &cancel, &mut backoff) => result,
+            () = cancel.cancelled() => Ok(()),
+        };
         if cancel.is_cancelled() {
             break;
         }
