@@ -52,16 +52,22 @@ async fn table_rows(
         .collect()
 }
 
-/// A database with the `items` table (and `rows`, if given), and a server for it.
-async fn items_table(
-    rows: Option<&str>,
-) -> (TestDb, tokio_postgres::Client, viewcast::server::Server) {
+/// A database with the `items` table (and `rows`, if given).
+async fn items_db(rows: Option<&str>) -> (TestDb, tokio_postgres::Client) {
     let db = TestDb::new().await;
     let sql = db.client().await;
     sql.batch_execute(TABLE).await.unwrap();
     if let Some(rows) = rows {
         sql.batch_execute(rows).await.unwrap();
     }
+    (db, sql)
+}
+
+/// A database with the `items` table (and `rows`, if given), and a server for it.
+async fn items_table(
+    rows: Option<&str>,
+) -> (TestDb, tokio_postgres::Client, viewcast::server::Server) {
+    let (db, sql) = items_db(rows).await;
     let server = start_server(&db, SCHEMA).await;
     (db, sql, server)
 }
@@ -431,12 +437,7 @@ async fn a_database_restart_is_invisible_to_clients() {
 
 #[tokio::test]
 async fn a_missing_table_fails_its_source_only() {
-    let db = TestDb::new().await;
-    let sql = db.client().await;
-    sql.batch_execute(TABLE).await.unwrap();
-    sql.batch_execute("INSERT INTO items VALUES (1, 'a', 10, true, 'gold')")
-        .await
-        .unwrap();
+    let (db, _) = items_db(Some("INSERT INTO items VALUES (1, 'a', 10, true, 'gold')")).await;
     let yaml = format!("{SCHEMA}  ghosts:\n    primary_key: id\n    columns:\n      id: Integer\n");
     let config = viewcast::config::load_str(std::path::Path::new("test.yaml"), &yaml).unwrap();
     let options = viewcast::server::ServeOptions {
@@ -556,12 +557,7 @@ sources:
 
 #[tokio::test]
 async fn a_lazy_source_starts_with_its_first_consumer() {
-    let db = TestDb::new().await;
-    let sql = db.client().await;
-    sql.batch_execute(TABLE).await.unwrap();
-    sql.batch_execute("INSERT INTO items VALUES (1, 'a', 10, true, 'gold')")
-        .await
-        .unwrap();
+    let (db, sql) = items_db(Some("INSERT INTO items VALUES (1, 'a', 10, true, 'gold')")).await;
     let server = start_server(
         &db,
         &SCHEMA.replace("  items:\n", "  items:\n    start: lazy\n"),
