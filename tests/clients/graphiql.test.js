@@ -191,6 +191,16 @@ describe('GraphiQL in headless Chromium', () => {
         'the query editor holds the subscription',
       );
 
+      // GraphiQL parses the editor's text after a 100 ms debounce; until then its fetcher does
+      // not know the operation is a subscription and would send it over HTTP. Wait for the
+      // parsed document, as a user would wait for the editor to settle.
+      await page.waitForFunction(
+        () =>
+          document.querySelector('.graphiql-query-editor .CodeMirror')?.CodeMirror?.documentAST?.definitions?.[0]
+            ?.operation === 'subscription',
+        undefined,
+        { timeout: DEADLINE_MS, polling: 50 },
+      );
       await page.locator('.graphiql-execute-button').click();
       await resultPaneShows(page, ['"already-there"', '"INSERT"'], 'the snapshot row');
 
