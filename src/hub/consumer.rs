@@ -132,37 +132,44 @@ impl<E: Encoder> Reader<E> {
         snapshot_end: bool,
     ) -> Result<Reader<E>, CursorError> {
         wait_until_synced(&hub).await?;
-        let (view, rows, head, position, resumed) = {
+        // Under the hub's lock: the boundary (head), and the rows at it unless the view already
+        // holds its snapshot at this head (then nothing is copied per subscriber).
+        let (view, start, head, position) = {
             let mut state = hub.lock();
             let view = Hub::view(&mut state, filter, encoder);
             let oldest = state.log.front().map_or(state.head + 1, |b| b.seq);
-            match after {
+            let start = match after {
                 Some(c) if c.epoch == hub.epoch && c.seq <= state.head && c.seq + 1 >= oldest => {
-                    (view, None, c.seq, state.position, true)
+                    Start::Resume(c.seq)
                 }
-                _ => (
-                    view,
-                    Some(state.cache.values().cloned().collect::<Vec<_>>()),
-                    state.head,
-                    state.position,
-                    false,
-                ),
-            }
+                _ => match view.cached_snapshot(state.head) {
+                    Some(snapshot) => Start::Snapshot(snapshot),
+                    None => Start::Rows(state.cache.values().cloned().collect()),
+                },
+            };
+            let head = match start {
+                Start::Resume(seq) => seq,
+                _ => state.head,
+            };
+            (view, start, head, state.position)
         };
         let cursor = Cursor {
             epoch: hub.epoch,
             seq: head,
         };
         let mut pending = VecDeque::new();
-        if !resumed {
+        let snapshot = match start {
+            Start::Resume(_) => None,
+            Start::Snapshot(snapshot) => Some(snapshot),
+            Start::Rows(rows) => Some(build_snapshot(&view, rows, head, position)),
+        };
+        if let Some(Snapshot { rows, items, .. }) = snapshot {
             if after.is_some() {
                 pending.push_back(
                     view.encoder
                         .encode(&marker(EventKind::Reset, None, position)),
                 );
             }
-            let Snapshot { rows, items, .. } =
-                snapshot_items(&view, rows.unwrap_or_default(), head, position);
             pending.extend(items.iter().cloned());
             if let (false, Some(last)) = (snapshot_end, rows.last()) {
                 // The last snapshot row carries the cursor: encode it again with it.
@@ -313,23 +320,24 @@ async fn wait_until_synced(hub: &Hub) -> Result<(), CursorError> {
     }
 }
 
-/// The filtered rows of a view at `head` and their encoding: shared by readers opening at the
-/// same head.
-fn snapshot_items<E: Encoder>(
+/// Where a new reader starts.
+enum Start<T> {
+    /// After a cursor: no snapshot.
+    Resume(u64),
+    /// The view's snapshot at the current head, already built by an earlier reader.
+    Snapshot(Snapshot<T>),
+    /// The cache's rows at the current head, to filter and encode.
+    Rows(Vec<Arc<Row>>),
+}
+
+/// Filters and encodes the rows at `head` for a view, and keeps the result for readers opening
+/// at the same head.
+fn build_snapshot<E: Encoder>(
     view: &View<E>,
     rows: Vec<Arc<Row>>,
     head: u64,
     position: Position,
 ) -> Snapshot<E::Item> {
-    if let Some(snapshot) = &view.lock().snapshot
-        && snapshot.head == head
-    {
-        return Snapshot {
-            head,
-            rows: snapshot.rows.clone(),
-            items: snapshot.items.clone(),
-        };
-    }
     let rows: Arc<[Arc<Row>]> = rows
         .into_iter()
         .filter(|r| view.filter.matches(r))

@@ -117,9 +117,7 @@ pub struct Hub {
     epoch: u64,
     /// std Mutex: held only for in-memory work, never across an await.
     state: Mutex<State>,
-    head_tx: watch::Sender<u64>,
     status_tx: watch::Sender<HubStatus>,
-    applied_tx: watch::Sender<Position>,
     metrics: Arc<SourceMetrics>,
 }
 
@@ -139,9 +137,7 @@ impl Hub {
                 position: Position::default(),
                 status: HubStatus::Starting,
             }),
-            head_tx: watch::channel(0).0,
             status_tx: watch::channel(HubStatus::Starting).0,
-            applied_tx: watch::channel(Position::default()).0,
             metrics,
         })
     }
@@ -156,11 +152,6 @@ impl Hub {
 
     pub fn watch_status(&self) -> watch::Receiver<HubStatus> {
         self.status_tx.subscribe()
-    }
-
-    /// The last upstream position applied; a feed acknowledges only what this reports.
-    pub fn watch_applied(&self) -> watch::Receiver<Position> {
-        self.applied_tx.subscribe()
     }
 
     pub fn metrics(&self) -> &Arc<SourceMetrics> {
@@ -331,8 +322,6 @@ impl Hub {
         if let Ok(now) = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
             self.metrics.last_batch_unix_ms.set(now.as_millis() as i64);
         }
-        self.head_tx.send_replace(state.head);
-        self.applied_tx.send_replace(position);
     }
 }
 

@@ -84,6 +84,15 @@ async fn take(reader: &mut Reader, n: usize) -> Vec<(EventKind, i64, i64)> {
     out
 }
 
+/// An unfiltered reader that has consumed the snapshot (two rows and `SNAPSHOT_END`).
+async fn past_snapshot(hub: &Arc<Hub>) -> Reader {
+    let mut reader = Reader::open(hub.clone(), Filter::always(), None, true)
+        .await
+        .unwrap();
+    take(&mut reader, 3).await;
+    reader
+}
+
 fn no_more(reader: &mut Reader) {
     let next = reader.next();
     futures::pin_mut!(next);
@@ -144,10 +153,7 @@ async fn rows_enter_and_leave_a_filter() {
 #[tokio::test]
 async fn a_reader_far_behind_conflates_per_key() {
     let hub = hub(HubLimits::default());
-    let mut reader = Reader::open(hub.clone(), Filter::always(), None, true)
-        .await
-        .unwrap();
-    take(&mut reader, 3).await;
+    let mut reader = past_snapshot(&hub).await;
     for n in 0..40 {
         batch(&hub, 10 + n, vec![upsert(1, 100 + n as i64), upsert(9, 1)]);
         batch(&hub, 100 + n, vec![delete(9)]);
@@ -212,10 +218,7 @@ async fn a_reader_behind_the_whole_log_is_told_to_resubscribe() {
         max_batches: 4,
         max_changes: 100,
     });
-    let mut reader = Reader::open(hub.clone(), Filter::always(), None, true)
-        .await
-        .unwrap();
-    take(&mut reader, 3).await;
+    let mut reader = past_snapshot(&hub).await;
     for n in 0..300 {
         batch(&hub, 10 + n, vec![upsert(1, n as i64)]);
     }
@@ -228,10 +231,7 @@ async fn a_reader_behind_the_whole_log_is_told_to_resubscribe() {
 #[tokio::test]
 async fn a_new_snapshot_publishes_only_the_difference() {
     let hub = hub(HubLimits::default());
-    let mut reader = Reader::open(hub.clone(), Filter::always(), None, true)
-        .await
-        .unwrap();
-    take(&mut reader, 3).await;
+    let mut reader = past_snapshot(&hub).await;
     hub.apply(FeedEvent::Down {
         reason: "lost".into(),
         permanent: false,
@@ -254,10 +254,7 @@ async fn a_new_snapshot_publishes_only_the_difference() {
 #[tokio::test]
 async fn changes_inside_one_batch_are_merged_per_key() {
     let hub = hub(HubLimits::default());
-    let mut reader = Reader::open(hub.clone(), Filter::always(), None, true)
-        .await
-        .unwrap();
-    take(&mut reader, 3).await;
+    let mut reader = past_snapshot(&hub).await;
     batch(
         &hub,
         2,

@@ -83,6 +83,19 @@ impl<E: Encoder> View<E> {
         self.output_tx.subscribe()
     }
 
+    /// The snapshot an earlier reader built at `head`, if any.
+    pub(super) fn cached_snapshot(&self, head: u64) -> Option<Snapshot<E::Item>> {
+        self.lock()
+            .snapshot
+            .as_ref()
+            .filter(|s| s.head == head)
+            .map(|s| Snapshot {
+                head,
+                rows: s.rows.clone(),
+                items: s.items.clone(),
+            })
+    }
+
     pub(super) fn encode_all(&self, events: &[Event]) -> Vec<E::Item> {
         events.iter().map(|e| self.encoder.encode(e)).collect()
     }
