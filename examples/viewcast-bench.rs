@@ -352,6 +352,51 @@ async fn metric(addr: SocketAddr, name: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
 }
 
+/// A histogram's cumulative bucket counts for the bench source: (upper bound in seconds, count).
+async fn histogram(addr: SocketAddr, name: &str) -> Vec<(f64, u64)> {
+    let Ok((_, body)) = http_get(addr, "/metrics").await else {
+        return Vec::new();
+    };
+    let prefix = format!("{name}_bucket{{source=\"bench\",le=\"");
+    body.lines()
+        .filter_map(|l| {
+            let (le, count) = l.strip_prefix(&prefix)?.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+const COMMIT_DELAY: &str = "viewcast_source_commit_delay_seconds";
+const DELIVERY_DELAY: &str = "viewcast_source_delivery_delay_seconds";
+
+/// The observations a histogram gained between two readings.
+fn since(before: &[(f64, u64)], after: &[(f64, u64)]) -> Vec<(f64, u64)> {
+    // Both readings list the same bounds in the same order (before is empty if unreadable).
+    after
+        .iter()
+        .enumerate()
+        .map(|(i, &(le, n))| (le, n.saturating_sub(before.get(i).map_or(0, |b| b.1))))
+        .collect()
+}
+
+/// The bucket bound (ms) at or below which a `q` share of a histogram's observations lie.
+fn histogram_quantile_ms(buckets: &[(f64, u64)], q: f64) -> f64 {
+    let total = buckets.last().map_or(0, |b| b.1);
+    if total == 0 {
+        return f64::NAN;
+    }
+    let rank = (total as f64 * q).ceil() as u64;
+    buckets
+        .iter()
+        .find(|b| b.1 >= rank)
+        .map_or(f64::NAN, |b| b.0 * 1000.0)
+}
+
 /// utime + stime of a process, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -793,6 +838,10 @@ struct Phases {
     delivered_during_load: u64,
     converge_secs: f64,
     conflated: Option<u64>,
+    /// The server's histograms over the load and convergence (cumulative counts per bucket
+    /// bound in seconds): upstream commit → hub apply, and hub apply → frame flushed.
+    commit_delay: Vec<(f64, u64)>,
+    delivery_delay: Vec<(f64, u64)>,
     /// (seconds since the load started, RSS MB), every 250 ms until the clients converged.
     rss_series: Vec<(f64, f64)>,
 }
@@ -899,6 +948,8 @@ async fn load_phase(
     let me = std::process::id();
     let (cpu0, bench_cpu0) = (cpu_seconds(pid), cpu_seconds(me));
     let delivered0 = shared.delivered.load(Relaxed);
+    let commit0 = histogram(server.addr, COMMIT_DELAY).await;
+    let delivery0 = histogram(server.addr, DELIVERY_DELAY).await;
     shared.load_running.store(true, Relaxed);
     let load = generate(url, p).await;
     shared.load_running.store(false, Relaxed);
@@ -920,6 +971,8 @@ async fn load_phase(
     )
     .await;
     let converge_secs = converge_start.elapsed().as_secs_f64();
+    let commit_delay = since(&commit0, &histogram(server.addr, COMMIT_DELAY).await);
+    let delivery_delay = since(&delivery0, &histogram(server.addr, DELIVERY_DELAY).await);
     sampler.abort();
     let rss_series = series.lock().expect("series").clone();
     Ok(Phases {
@@ -931,6 +984,8 @@ async fn load_phase(
         delivered_during_load,
         converge_secs,
         conflated: metric(server.addr, "viewcast_source_conflated_changes_total").await,
+        commit_delay,
+        delivery_delay,
         rss_series,
     })
 }
@@ -971,6 +1026,12 @@ fn report(p: &Params, ph: &Phases, clients: &[Client]) -> bool {
     let (fast, slow) = (latencies(false), latencies(true));
     let [p50, p90, p99, max] = [0.5, 0.9, 0.99, 1.0].map(|q| quantile_ms(&fast, q));
     let (slow_p50, slow_max) = (quantile_ms(&slow, 0.5), quantile_ms(&slow, 1.0));
+    let [srv_p50, srv_p90, srv_p99] =
+        [0.5, 0.9, 0.99].map(|q| histogram_quantile_ms(&ph.delivery_delay, q));
+    let srv_n = ph.delivery_delay.last().map_or(0, |b| b.1);
+    let [db_p50, db_p90, db_p99] =
+        [0.5, 0.9, 0.99].map(|q| histogram_quantile_ms(&ph.commit_delay, q));
+    let db_n = ph.commit_delay.last().map_or(0, |b| b.1);
     let resubscribes = |slow: bool| {
         of(slow)
             .flat_map(|c| &c.subs)
@@ -1020,6 +1081,10 @@ fn report(p: &Params, ph: &Phases, clients: &[Client]) -> bool {
   delivered           {delivered_rate:.0} updates/s during the load (sum over clients)
   updates             {delivered} of {expected} expected delivered ({share:.1} %)
   latency (ms)        p50 {p50:.1}  p90 {p90:.1}  p99 {p99:.1}  max {max:.1}  ({fast_n} samples)
+  commit -> hub (ms)   p50 <= {db_p50}  p90 <= {db_p90}  p99 <= {db_p99}  (server histogram: upstream \
+commit time -> hub apply, {db_n} batches)
+  hub -> socket (ms)  p50 <= {srv_p50}  p90 <= {srv_p90}  p99 <= {srv_p99}  (server histogram: hub apply \
+-> frame flushed, {srv_n} frames, all clients)
   slow clients (ms)   p50 {slow_p50:.0}  max {slow_max:.0}  ({slow_n} samples, not in the line above)
   resubscriptions     {resub_fast} (fast clients), {resub_slow} (slow clients)
   server CPU          {cpu:.0} % of one core during the load (this benchmark: {bench_cpu:.0} %)
@@ -1042,6 +1107,8 @@ fn report(p: &Params, ph: &Phases, clients: &[Client]) -> bool {
         "snapshot_ms": {"p50": snap_p50, "max": snap_max}, "delivered_per_sec": delivered_rate,
         "delivered": delivered, "expected": expected,
         "latency_ms": {"p50": p50, "p90": p90, "p99": p99, "max": max, "samples": fast_n},
+        "commit_to_hub_ms_at_most": {"p50": db_p50, "p90": db_p90, "p99": db_p99, "batches": db_n},
+        "hub_to_socket_ms_at_most": {"p50": srv_p50, "p90": srv_p90, "p99": srv_p99, "frames": srv_n},
         "slow_latency_ms": {"p50": slow_p50, "max": slow_max, "samples": slow_n},
         "resubscriptions": {"fast": resub_fast, "slow": resub_slow}, "cpu_percent": cpu, "bench_cpu_percent": bench_cpu,
         "rss_mb": {"start": rss_start, "subscribed": rss_subscribed, "load_start": rss_load_start,

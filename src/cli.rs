@@ -47,6 +47,13 @@ pub struct ServeArgs {
     /// PostgreSQL URL for `backend: postgres` sources (postgres://user:password@host:port/db).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Materialize URL for `backend: materialize` sources
+    /// (`postgres://materialize@host:6875/materialize`).
+    #[arg(long, env = "MATERIALIZE_URL", hide_env_values = true)]
+    pub materialize_url: Option<String>,
+    /// RisingWave URL for `backend: risingwave` sources (`postgres://root@host:4566/dev`).
+    #[arg(long, env = "RISINGWAVE_URL", hide_env_values = true)]
+    pub risingwave_url: Option<String>,
     /// Address to listen on.
     #[arg(long, env = "VIEWCAST_HOST", default_value = "0.0.0.0")]
     pub host: String,
@@ -108,6 +115,8 @@ impl ServeArgs {
             host: self.host.clone(),
             port: self.port,
             database_url: self.database_url.clone(),
+            materialize_url: self.materialize_url.clone(),
+            risingwave_url: self.risingwave_url.clone(),
             instance: self.instance.clone(),
             apply_setup: self.apply_setup,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout),
@@ -127,8 +136,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = crate::config::load(&args.config)?;
-            if let Some(url) = &args.database_url {
-                check_database_url(url)?;
+            for (url, flag) in [
+                (&args.database_url, "DATABASE_URL / --database-url"),
+                (&args.materialize_url, "MATERIALIZE_URL / --materialize-url"),
+                (&args.risingwave_url, "RISINGWAVE_URL / --risingwave-url"),
+            ] {
+                if let Some(url) = url {
+                    check_database_url(url, flag)?;
+                }
             }
             let server = Server::start(config, args.options()).await?;
             wait_for_signal().await;
@@ -159,13 +174,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Refuses a database URL the server could never use, before anything starts.
-fn check_database_url(url: &str) -> anyhow::Result<()> {
-    let config: tokio_postgres::Config = url.parse().map_err(|e| {
-        anyhow::anyhow!("invalid database URL (DATABASE_URL / --database-url): {e}")
-    })?;
+fn check_database_url(url: &str, flag: &str) -> anyhow::Result<()> {
+    let config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| anyhow::anyhow!("invalid database URL ({flag}): {e}"))?;
     if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
         anyhow::bail!(
-            "the database URL asks for sslmode=require, but this version of viewcast connects to PostgreSQL without TLS; \
+            "the database URL ({flag}) asks for sslmode=require, but this version of viewcast connects without TLS; \
              use a TLS-terminating proxy or a network you trust, and sslmode=disable or prefer"
         );
     }

@@ -10,6 +10,7 @@ use tracing::Instrument;
 
 use crate::config::{Backend, Config};
 use crate::feed::FeedEvent;
+use crate::feed::materialize::MzFeedSettings;
 use crate::feed::postgres::PgFeedSettings;
 use crate::http::{AppState, WsSettings};
 use crate::hub::{Hub, HubLimits, Hubs, Starter};
@@ -23,6 +24,10 @@ pub struct ServeOptions {
     pub port: u16,
     /// PostgreSQL URL for `postgres` sources.
     pub database_url: Option<String>,
+    /// Materialize URL for `materialize` sources.
+    pub materialize_url: Option<String>,
+    /// RisingWave URL for `risingwave` sources.
+    pub risingwave_url: Option<String>,
     /// Names this server's replication slots (several servers on one database need distinct ones).
     pub instance: String,
     pub apply_setup: bool,
@@ -38,6 +43,8 @@ impl Default for ServeOptions {
             host: "127.0.0.1".into(),
             port: 4000,
             database_url: None,
+            materialize_url: None,
+            risingwave_url: None,
             instance: "default".into(),
             apply_setup: false,
             ws: WsSettings::default(),
@@ -68,6 +75,41 @@ pub struct Server {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     timeout: Duration,
+    /// Kept until the server is dropped (its feeds run there).
+    _feeds: FeedRuntime,
+}
+
+/// The runtime change feeds run on: one thread of its own, so reading the upstream and
+/// applying batches never waits behind the connections' writers on the serving runtime (whose
+/// threads a burst of fan-out keeps busy), and the kernel wakes it as soon as data arrives.
+struct FeedRuntime(Option<tokio::runtime::Runtime>);
+
+impl FeedRuntime {
+    fn new() -> FeedRuntime {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("viewcast-feeds")
+            .enable_all()
+            .build()
+            .expect("a tokio runtime for the feeds");
+        FeedRuntime(Some(runtime))
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .map(|r| r.handle().clone())
+            .expect("the feed runtime lives as long as the server")
+    }
+}
+
+impl Drop for FeedRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime would block; the server may be dropped inside async code.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Server {
@@ -76,7 +118,8 @@ impl Server {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let metrics = Arc::new(Metrics::default());
-        let starter = feed_starter(&options, shutdown.clone(), tasks.clone());
+        let feeds = FeedRuntime::new();
+        let starter = feed_starter(&options, shutdown.clone(), tasks.clone(), feeds.handle());
         let hubs = Hubs::new(&config, options.hub_limits, &metrics, starter);
         let schema = crate::schema::build(&config, Some(hubs.clone()), options.schema_limits)
             .map_err(|e| ServerError::Schema(e.to_string()))?;
@@ -125,6 +168,7 @@ impl Server {
             shutdown,
             tasks,
             timeout: options.shutdown_timeout,
+            _feeds: feeds,
         })
     }
 
@@ -162,6 +206,7 @@ fn feed_starter(
     options: &ServeOptions,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    runtime: tokio::runtime::Handle,
 ) -> Starter {
     let pg = options.database_url.as_ref().map(|url| {
         Arc::new(PgFeedSettings {
@@ -171,21 +216,42 @@ fn feed_starter(
             apply_setup: options.apply_setup,
         })
     });
+    let mz = options
+        .materialize_url
+        .as_ref()
+        .map(|url| Arc::new(MzFeedSettings { url: url.clone() }));
     Arc::new(move |hub: Arc<Hub>| {
         let source = hub.source().clone();
         let span =
             tracing::info_span!("feed", source = %source.name, backend = source.backend.as_str());
         match (source.backend, &pg) {
             (Backend::Postgres, Some(settings)) => {
-                tasks.spawn(
-                    crate::feed::postgres::run(hub, settings.clone(), shutdown.clone())
-                        .instrument(span),
+                runtime.spawn(
+                    tasks.track_future(
+                        crate::feed::postgres::run(hub, settings.clone(), shutdown.clone())
+                            .instrument(span),
+                    ),
                 );
             }
             (Backend::Postgres, None) => hub.apply(FeedEvent::Down {
                 reason: "no PostgreSQL URL: set DATABASE_URL or pass --database-url".into(),
                 permanent: true,
             }),
+            (Backend::Materialize, _) => match &mz {
+                Some(settings) => {
+                    runtime.spawn(
+                        tasks.track_future(
+                            crate::feed::materialize::run(hub, settings.clone(), shutdown.clone())
+                                .instrument(span),
+                        ),
+                    );
+                }
+                None => hub.apply(FeedEvent::Down {
+                    reason: "no Materialize URL: set MATERIALIZE_URL or pass --materialize-url"
+                        .into(),
+                    permanent: true,
+                }),
+            },
             (backend, _) => hub.apply(FeedEvent::Down {
                 reason: format!(
                     "the {} backend is not available in this version of viewcast yet",

@@ -23,8 +23,8 @@ use super::ident::{self, IdentError};
 use super::names::{self, RootType};
 use super::spans::Spans;
 use super::{
-    Backend, ColumnDef, ColumnType, Config, ConfigError, EnumDef, QualifiedName, SourceDef,
-    StartMode,
+    Backend, ColumnDef, ColumnType, Config, ConfigError, EnumDef, Envelope, FeedOptions,
+    QualifiedName, SourceDef, StartMode,
 };
 
 /// Reads and resolves the configuration file at `path`.
@@ -85,15 +85,19 @@ fn parse(text: &str) -> Result<Resolved, Problem> {
 // The file as serde sees it.
 
 /// Top-level keys, for hints (serde's own list is in its error message).
-const TOP_LEVEL_KEYS: &[&str] = &["backend", "start", "enums", "sources"];
+const TOP_LEVEL_KEYS: &[&str] = &["backend", "start", "cluster", "enums", "sources"];
 const SOURCE_KEYS: &[&str] = &[
     "primary_key",
     "table",
     "view",
     "backend",
     "start",
+    "cluster",
+    "envelope",
+    "retention",
     "columns",
 ];
+const ENVELOPES: &[(&str, Envelope)] = &[("upsert", Envelope::Upsert), ("diff", Envelope::Diff)];
 const COLUMN_KEYS: &[&str] = &["type", "column"];
 const BACKENDS: &[(&str, Backend)] = &[
     ("postgres", Backend::Postgres),
@@ -107,6 +111,7 @@ const START_MODES: &[(&str, StartMode)] = &[("eager", StartMode::Eager), ("lazy"
 struct RawConfig {
     backend: Option<String>,
     start: Option<String>,
+    cluster: Option<String>,
     enums: Option<Entries<Vec<String>>>,
     sources: Option<Entries<RawSource>>,
 }
@@ -119,6 +124,9 @@ struct RawSource {
     view: Option<String>,
     backend: Option<String>,
     start: Option<String>,
+    cluster: Option<String>,
+    envelope: Option<String>,
+    retention: Option<String>,
     columns: Option<Entries<RawColumn>>,
 }
 
@@ -383,6 +391,10 @@ impl Resolver<'_> {
                 .collect::<Result<Vec<_>, _>>()?,
             None => Vec::new(),
         };
+        let raw_cluster = raw.cluster;
+        if let Some(cluster) = &raw_cluster {
+            check_cluster(cluster, self.spans.value_at(&["cluster"]))?;
+        }
         let sources = raw.sources.map(|s| s.0).unwrap_or_default();
         if sources.is_empty() {
             let (at, message) = if self.spans.contains(&["sources"]) {
@@ -398,7 +410,12 @@ impl Resolver<'_> {
         let sources = sources
             .into_iter()
             .map(|(name, raw)| {
-                self.resolve_source(name, raw, &enums, backend, start)
+                let defaults = Defaults {
+                    backend,
+                    start,
+                    cluster: raw_cluster.as_deref(),
+                };
+                self.resolve_source(name, raw, &enums, &defaults)
                     .map(Arc::new)
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -455,8 +472,7 @@ impl Resolver<'_> {
         name: String,
         raw: RawSource,
         enums: &[Arc<EnumDef>],
-        default_backend: Backend,
-        default_start: StartMode,
+        defaults: &Defaults<'_>,
     ) -> Result<SourceDef, Problem> {
         let s = name.as_str();
         let at = self.spans.key(&["sources", s]);
@@ -483,12 +499,13 @@ impl Resolver<'_> {
         };
         let backend = match &raw.backend {
             Some(v) => parse_backend(v, self.spans.value_at(&["sources", s, "backend"]))?,
-            None => default_backend,
+            None => defaults.backend,
         };
         let start = match &raw.start {
             Some(v) => parse_start(v, self.spans.value_at(&["sources", s, "start"]))?,
-            None => default_start,
+            None => defaults.start,
         };
+        let feed = self.resolve_feed_options(s, &raw, backend, defaults)?;
         let raw_columns = raw.columns.map(|c| c.0).unwrap_or_default();
         if raw_columns.is_empty() {
             let at = if self.spans.contains(&["sources", s, "columns"]) {
@@ -530,7 +547,67 @@ impl Resolver<'_> {
             start,
             columns,
             primary_key,
+            feed,
         })
+    }
+
+    /// `cluster`, `envelope` and `retention`: each for the backend that uses it.
+    fn resolve_feed_options(
+        &self,
+        s: &str,
+        raw: &RawSource,
+        backend: Backend,
+        defaults: &Defaults<'_>,
+    ) -> Result<FeedOptions, Problem> {
+        let only_for = |key: &str, wanted: Backend| {
+            Problem::new(
+                self.spans.key(&["sources", s, key]),
+                format!(
+                    "{key:?} of source {s:?} applies to {} sources, and this one's backend is {}",
+                    wanted.as_str(),
+                    backend.as_str()
+                ),
+            )
+            .hint(format!(
+                "remove {key:?}, or set `backend: {}` on the source",
+                wanted.as_str()
+            ))
+        };
+        let mut options = FeedOptions::default();
+        if let Some(cluster) = &raw.cluster {
+            if backend != Backend::Materialize {
+                return Err(only_for("cluster", Backend::Materialize));
+            }
+            check_cluster(cluster, self.spans.value_at(&["sources", s, "cluster"]))?;
+            options.cluster = Some(cluster.clone());
+        } else if backend == Backend::Materialize {
+            options.cluster = defaults.cluster.map(str::to_owned);
+        }
+        if let Some(envelope) = &raw.envelope {
+            if backend != Backend::Materialize {
+                return Err(only_for("envelope", Backend::Materialize));
+            }
+            options.envelope = parse_choice(
+                envelope,
+                self.spans.value_at(&["sources", s, "envelope"]),
+                "envelope",
+                ENVELOPES,
+            )?;
+        }
+        if let Some(retention) = &raw.retention {
+            if backend != Backend::RisingWave {
+                return Err(only_for("retention", Backend::RisingWave));
+            }
+            if !RETENTION.is_match(retention) {
+                return Err(Problem::new(
+                    self.spans.value_at(&["sources", s, "retention"]),
+                    format!("invalid retention {retention:?} for source {s:?}"),
+                )
+                .hint("write a number and a unit, e.g. 30m, 1h or 1D (s, m, h, D)"));
+            }
+            options.retention = Some(retention.clone());
+        }
+        Ok(options)
     }
 
     fn relation(&self, source: &str, key: &str, text: &str) -> Result<QualifiedName, Problem> {
@@ -790,6 +867,34 @@ fn resolve_type(name: &str, enums: &[Arc<EnumDef>]) -> Option<ColumnType> {
         .find(|e| e.name == name)
         .map(|e| ColumnType::Enum(Arc::clone(e)))
         .or_else(|| ColumnType::builtin(name))
+}
+
+/// What a source takes from the top level unless it says otherwise.
+struct Defaults<'a> {
+    backend: Backend,
+    start: StartMode,
+    cluster: Option<&'a str>,
+}
+
+static RETENTION: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"^[1-9][0-9]{0,8} ?(s|sec|secs|seconds?|m|min|mins|minutes?|h|hr|hrs|hours?|d|D|days?)$",
+    )
+    .unwrap()
+});
+
+/// A cluster name goes into `SET cluster = '…'`: keep it to what Materialize accepts.
+fn check_cluster(name: &str, at: Location) -> Result<(), Problem> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Problem::new(at, format!("invalid cluster name {name:?}"))
+            .hint("cluster names are letters, digits, `_` and `-`, e.g. `quickstart`"))
+    }
 }
 
 fn parse_backend(value: &str, at: Location) -> Result<Backend, Problem> {

@@ -108,6 +108,29 @@ pub fn quote_ident(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
+/// How Materialize reports a subscribe's changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Envelope {
+    /// `ENVELOPE UPSERT (KEY (…))`: one row per key per timestamp (the default).
+    #[default]
+    Upsert,
+    /// Plain `SUBSCRIBE`: `mz_diff` per row, consolidated per key by viewcast.
+    Diff,
+}
+
+/// Settings of a source's feed that only some backends use.
+#[derive(Debug, Clone, Default)]
+pub struct FeedOptions {
+    /// Materialize: the cluster the subscribe runs on (`SET cluster`); the connection's
+    /// default when unset.
+    pub cluster: Option<String>,
+    /// Materialize: the subscribe's envelope.
+    pub envelope: Envelope,
+    /// RisingWave: how long the subscription keeps changes, as RisingWave reads it (`'1h'`,
+    /// `'1D'`): the longest a lost connection can resume without a fresh snapshot.
+    pub retention: Option<String>,
+}
+
 /// One source: a table or view exposed as GraphQL types and fields.
 #[derive(Debug, Clone)]
 pub struct SourceDef {
@@ -121,6 +144,7 @@ pub struct SourceDef {
     pub columns: Vec<ColumnDef>,
     /// Indices into `columns` of the primary key, in key order.
     pub primary_key: Vec<usize>,
+    pub feed: FeedOptions,
 }
 
 impl SourceDef {

@@ -6,7 +6,11 @@
 //! splitting one. It acknowledges upstream only positions the hub reports as applied. It never
 //! panics on database errors: it reports them as status and retries with backoff.
 
+pub mod copytext;
+pub mod materialize;
 pub mod postgres;
+
+use std::time::Duration;
 
 use crate::value::{Key, Row};
 
@@ -48,4 +52,72 @@ pub enum FeedEvent {
     Batch(Batch),
     /// The feed is (re)connecting or has lost its connection; `reason` says why.
     Down { reason: String, permanent: bool },
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// The database is unreachable or the connection broke: retry soon.
+    #[error("{0}")]
+    Connection(String),
+    /// Something the operator must fix (missing table, column, publication, privilege, a
+    /// value that does not parse): retry slowly and report it.
+    #[error("{0}")]
+    Setup(String),
+    /// The position to resume from is no longer readable (Materialize compacted the history,
+    /// RisingWave's retention passed): take a fresh snapshot at once.
+    #[error("{0}")]
+    Compacted(String),
+}
+
+impl FeedError {
+    pub(crate) fn is_permanent(&self) -> bool {
+        matches!(self, FeedError::Setup(_))
+    }
+
+    /// Classifies a database error by its SQLSTATE: connection problems, lack of resources,
+    /// operator intervention (shutdown, cancel), rollbacks and objects in the wrong state (a
+    /// slot still in use) pass with a retry; anything else the server answered (missing table,
+    /// privilege, bad value) needs an operator.
+    pub(crate) fn from_db(what: &str, err: &tokio_postgres::Error) -> FeedError {
+        let Some(db) = err.as_db_error() else {
+            return FeedError::Connection(format!("{what}: {err}"));
+        };
+        let transient = matches!(
+            &db.code().code()[..2],
+            "08" | "40" | "53" | "55" | "57" | "58"
+        );
+        let message = format!("{what}: {}", db.message());
+        if transient {
+            FeedError::Connection(message)
+        } else {
+            FeedError::Setup(message)
+        }
+    }
+}
+
+/// Exponential backoff with jitter: 100 ms doubling to 30 s, reset once a session streams.
+pub(crate) struct Backoff {
+    current: Duration,
+    pub(crate) max: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new() -> Backoff {
+        Backoff {
+            current: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+        }
+    }
+
+    pub(crate) fn next(&mut self) -> Duration {
+        let base = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let jitter = rand::random::<f64>() * 0.4 + 0.8;
+        base.mul_f64(jitter)
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.current = Duration::from_millis(100);
+    }
 }

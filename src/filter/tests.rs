@@ -62,6 +62,7 @@ fn source() -> SourceDef {
             })
             .collect(),
         primary_key: vec![0],
+        feed: crate::config::FeedOptions::default(),
     }
 }
 

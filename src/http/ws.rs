@@ -5,23 +5,33 @@
 //! (async-graphql closes with 1011/1002 where the spec says 4401/4400, replaces duplicate ids
 //! silently, has no init timeout and never sends legacy `ka`).
 //!
-//! Each operation runs in its own task and writes into one bounded queue per connection; a
-//! slow socket therefore stops polling the operation's stream, and the hub reader behind it
-//! conflates instead of queueing.
+//! Each operation is validated and planned in its own task. Fast-path subscriptions (see
+//! `schema::encode`) are then handed to the connection's writer task, which polls the readers
+//! of all of them itself: a batch wakes one task per connection, not one per subscription plus
+//! the writer, and every frame ready at that moment goes out with one flush. Everything else
+//! (executor results, errors, control messages) reaches the writer through one bounded queue.
+//! A slow socket stops the writer polling the readers, which then conflate instead of
+//! queueing.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use async_graphql::Data;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use futures::{SinkExt, StreamExt};
+use futures::stream::{BoxStream, SelectAll};
+use futures::{SinkExt, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::AppState;
-use crate::hub::Reader;
-use crate::schema::PlanSlot;
+use crate::hub::{CursorError, Reader};
+use crate::schema::{JsonEncoder, PlanSlot};
+use crate::telemetry::SourceMetrics;
 
 const MODERN: &str = "graphql-transport-ws";
 const LEGACY: &str = "graphql-ws";
@@ -86,15 +96,43 @@ fn close(code: u16, reason: &str) -> Message {
     }))
 }
 
+/// What operations hand the connection's writer, in order.
+enum Out {
+    Frame(Message),
+    /// A fast-path subscription's frames: from now on the writer polls them itself.
+    Frames(FrameStream),
+}
+
+/// A frame, and for a live change the hub's apply time and the source's metrics, to report
+/// the delay once the frame is flushed.
+struct Frame {
+    message: Message,
+    timing: Option<(Instant, Arc<SourceMetrics>)>,
+}
+
+type FrameStream = Pin<Box<dyn Stream<Item = Frame> + Send>>;
+
+/// Frames the writer sends before it flushes, however many more are ready.
+const MAX_BURST: usize = 256;
+
 struct Operation {
     generation: u64,
     task: tokio::task::AbortHandle,
+    /// Stops the operation's frames in the writer (a fast-path subscription outlives its task).
+    cancel: CancellationToken,
+}
+
+impl Operation {
+    fn stop(self) {
+        self.task.abort();
+        self.cancel.cancel();
+    }
 }
 
 struct Connection {
     protocol: Protocol,
     state: AppState,
-    out: mpsc::Sender<Message>,
+    out: mpsc::Sender<Out>,
     done_tx: mpsc::UnboundedSender<(String, u64)>,
     operations: HashMap<String, Operation>,
     generation: u64,
@@ -111,34 +149,9 @@ enum Next {
 async fn run(socket: WebSocket, protocol: Protocol, state: AppState) {
     state.metrics.connections.add(1);
     state.metrics.connections_total.inc();
-    let (mut sink, mut stream) = socket.split();
-    let (out, mut out_rx) = mpsc::channel::<Message>(64);
-    let write_timeout = state.ws.write_timeout;
-    let writer = tokio::spawn(async move {
-        // Write whatever is queued, then flush once: one syscall for a burst, not per message.
-        // A client that stops reading for `write_timeout` is dropped: its socket would
-        // otherwise hold this connection's tasks for as long as TCP keeps it open.
-        'write: while let Some(mut message) = out_rx.recv().await {
-            loop {
-                let closing = matches!(message, Message::Close(_));
-                let fed = tokio::time::timeout(write_timeout, sink.feed(message)).await;
-                if !matches!(fed, Ok(Ok(()))) || closing {
-                    break 'write;
-                }
-                match out_rx.try_recv() {
-                    Ok(next) => message = next,
-                    Err(_) => break,
-                }
-            }
-            if !matches!(
-                tokio::time::timeout(write_timeout, sink.flush()).await,
-                Ok(Ok(()))
-            ) {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    });
+    let (sink, mut stream) = socket.split();
+    let (out, out_rx) = mpsc::channel::<Out>(64);
+    let writer = tokio::spawn(write(sink, out_rx, state.ws.write_timeout));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut conn = Connection {
         protocol,
@@ -176,7 +189,7 @@ async fn run(socket: WebSocket, protocol: Protocol, state: AppState) {
                     Protocol::Modern => text::<()>("ping", None, None),
                     Protocol::Legacy => text::<()>("ka", None, None),
                 };
-                if conn.out.send(message).await.is_err() {
+                if conn.out.send(Out::Frame(message)).await.is_err() {
                     break None;
                 }
             }
@@ -197,10 +210,10 @@ async fn run(socket: WebSocket, protocol: Protocol, state: AppState) {
         }
     };
     for (_, op) in conn.operations.drain() {
-        op.task.abort();
+        op.stop();
     }
     if let Some((code, reason)) = close_with {
-        let _ = conn.out.send(close(code, &reason)).await;
+        let _ = conn.out.send(Out::Frame(close(code, &reason))).await;
     }
     drop(conn);
     let _ = writer.await;
@@ -274,7 +287,7 @@ impl Connection {
             }
             "complete" => {
                 if let Some(op) = message.id.and_then(|id| self.operations.remove(&id)) {
-                    op.task.abort();
+                    op.stop();
                 }
                 Next::Continue
             }
@@ -304,7 +317,7 @@ impl Connection {
                 }
                 // subscriptions-transport-ws replaces an operation whose id is reused.
                 if let Some(op) = self.operations.remove(&id) {
-                    op.task.abort();
+                    op.stop();
                 }
                 match parse_request(message.payload) {
                     Ok(request) => self.start(id, request).await,
@@ -319,7 +332,7 @@ impl Connection {
                     .id
                     .and_then(|id| self.operations.remove(&id).map(|op| (id, op)))
                 {
-                    op.task.abort();
+                    op.stop();
                     self.send(text::<()>("complete", Some(&id), None)).await;
                 }
                 Next::Continue
@@ -342,7 +355,7 @@ impl Connection {
     }
 
     async fn send(&self, message: Message) {
-        let _ = self.out.send(message).await;
+        let _ = self.out.send(Out::Frame(message)).await;
     }
 
     async fn send_error(&self, id: &str, message: &str) {
@@ -375,64 +388,184 @@ impl Connection {
             .state
             .schema
             .execute_stream_with_session_data(request, self.session.clone());
-        let out = self.out.clone();
-        let done = self.done_tx.clone();
-        let data_kind = if self.protocol == Protocol::Modern {
-            "next"
-        } else {
-            "data"
+        let op = OperationContext {
+            id: id.clone(),
+            generation,
+            data_kind: if self.protocol == Protocol::Modern {
+                "next"
+            } else {
+                "data"
+            },
+            out: self.out.clone(),
+            done: self.done_tx.clone(),
+            cancel: CancellationToken::new(),
         };
-        let op_id = id.clone();
+        let cancel = op.cancel.clone();
         let task = tokio::spawn(async move {
-            if run_operation(&op_id, data_kind, responses, &slot, &out).await {
-                let _ = out.send(text::<()>("complete", Some(&op_id), None)).await;
+            match run_operation(&op, responses, &slot).await {
+                Ended::Complete => {
+                    let _ = op.out.send(Out::Frame(op.message("complete"))).await;
+                    op.finished();
+                }
+                Ended::Errored => op.finished(),
+                // The writer reports the end.
+                Ended::HandedOver => {}
             }
-            let _ = done.send((op_id, generation));
         });
         self.operations.insert(
             id,
             Operation {
                 generation,
                 task: task.abort_handle(),
+                cancel,
             },
         );
     }
 }
 
-/// Sends an operation's results; `false` if it ended with an `error` message or the
-/// connection is gone (so no `complete` follows).
-async fn run_operation(
-    id: &str,
+/// The connection's writer: frames queued by the connection and its operations, and the frames
+/// of fast-path subscriptions, whose readers it polls itself. Whatever is ready goes out with
+/// one flush. A client that stops reading for `write_timeout` is dropped: its socket would
+/// otherwise hold this connection's tasks for as long as TCP keeps it open.
+async fn write(
+    mut sink: futures::stream::SplitSink<WebSocket, Message>,
+    mut out_rx: mpsc::Receiver<Out>,
+    write_timeout: Duration,
+) {
+    let mut subscriptions: SelectAll<FrameStream> = SelectAll::new();
+    let mut timings: Vec<(Instant, Arc<SourceMetrics>)> = Vec::new();
+    'write: loop {
+        let mut frame = tokio::select! {
+            biased;
+            out = out_rx.recv() => match out {
+                Some(Out::Frame(message)) => Frame { message, timing: None },
+                Some(Out::Frames(frames)) => {
+                    subscriptions.push(frames);
+                    continue;
+                }
+                None => break,
+            },
+            Some(frame) = subscriptions.next(), if !subscriptions.is_empty() => frame,
+        };
+        let mut fed = 0;
+        loop {
+            let closing = matches!(frame.message, Message::Close(_));
+            timings.extend(frame.timing);
+            let result = tokio::time::timeout(write_timeout, sink.feed(frame.message)).await;
+            if !matches!(result, Ok(Ok(()))) || closing {
+                break 'write;
+            }
+            fed += 1;
+            if fed == MAX_BURST {
+                break;
+            }
+            match ready_frame(&mut out_rx, &mut subscriptions).await {
+                Some(next) => frame = next,
+                None => break,
+            }
+        }
+        if !matches!(
+            tokio::time::timeout(write_timeout, sink.flush()).await,
+            Ok(Ok(()))
+        ) {
+            break;
+        }
+        let flushed = Instant::now();
+        for (applied, metrics) in timings.drain(..) {
+            metrics
+                .delivery_delay
+                .observe(flushed.saturating_duration_since(applied));
+        }
+    }
+    let _ = sink.close().await;
+}
+
+/// A frame that is ready now (queued, or from a subscription's reader), without waiting.
+async fn ready_frame(
+    out_rx: &mut mpsc::Receiver<Out>,
+    subscriptions: &mut SelectAll<FrameStream>,
+) -> Option<Frame> {
+    loop {
+        match out_rx.try_recv() {
+            Ok(Out::Frame(message)) => {
+                return Some(Frame {
+                    message,
+                    timing: None,
+                });
+            }
+            Ok(Out::Frames(frames)) => subscriptions.push(frames),
+            Err(_) => break,
+        }
+    }
+    std::future::poll_fn(|cx| match subscriptions.poll_next_unpin(cx) {
+        Poll::Ready(Some(frame)) => Poll::Ready(Some(frame)),
+        Poll::Ready(None) | Poll::Pending => Poll::Ready(None),
+    })
+    .await
+}
+
+/// One operation as its task sees it.
+struct OperationContext {
+    id: String,
+    generation: u64,
     data_kind: &'static str,
-    mut responses: futures::stream::BoxStream<'static, async_graphql::Response>,
+    out: mpsc::Sender<Out>,
+    done: mpsc::UnboundedSender<(String, u64)>,
+    cancel: CancellationToken,
+}
+
+impl OperationContext {
+    fn message(&self, kind: &'static str) -> Message {
+        text::<()>(kind, Some(&self.id), None)
+    }
+
+    /// Tells the connection the operation ended, so its id may be reused.
+    fn finished(&self) {
+        let _ = self.done.send((self.id.clone(), self.generation));
+    }
+}
+
+/// How an operation's task ended.
+enum Ended {
+    /// Its results are sent; `complete` follows.
+    Complete,
+    /// It ended with an `error` message, or the connection is gone: no `complete`.
+    Errored,
+    /// A fast-path subscription: the writer now sends its frames and reports its end.
+    HandedOver,
+}
+
+/// Sends an operation's results, or hands a planned subscription's reader to the writer.
+async fn run_operation(
+    op: &OperationContext,
+    mut responses: BoxStream<'static, async_graphql::Response>,
     slot: &PlanSlot,
-    out: &mpsc::Sender<Message>,
-) -> bool {
+) -> Ended {
+    let id = op.id.as_str();
     let mut first = true;
     while let Some(response) = responses.next().await {
         // Errors before any result (parse, validation, a rejected argument) end the operation
         // with an `error` message, as both protocols specify.
         if first && response.is_err() && response.data == async_graphql::Value::Null {
-            let _ = out
-                .send(text("error", Some(id), Some(&response.errors)))
+            let _ = op
+                .out
+                .send(Out::Frame(text("error", Some(id), Some(&response.errors))))
                 .await;
-            return false;
+            return Ended::Errored;
         }
         first = false;
-        if out
-            .send(text(data_kind, Some(id), Some(&response)))
-            .await
-            .is_err()
-        {
-            return false;
+        let message = text(op.data_kind, Some(id), Some(&response));
+        if op.out.send(Out::Frame(message)).await.is_err() {
+            return Ended::Errored;
         }
     }
     drop(responses);
     let Some(plan) = slot.take() else {
-        return true;
+        return Ended::Complete;
     };
     let root = plan.hub.source().name.clone();
-    let mut reader = match Reader::open_encoded(
+    let metrics = plan.hub.metrics().clone();
+    let reader = match Reader::open_encoded(
         plan.hub,
         plan.filter,
         plan.encoder,
@@ -444,36 +577,111 @@ async fn run_operation(
         Ok(reader) => reader,
         Err(err) => {
             let errors = serde_json::json!([{ "message": err.to_string(), "path": [root], "extensions": { "code": "SOURCE_UNAVAILABLE" } }]);
-            let _ = out.send(text("error", Some(id), Some(errors))).await;
-            return false;
+            let _ = op
+                .out
+                .send(Out::Frame(text("error", Some(id), Some(errors))))
+                .await;
+            return Ended::Errored;
         }
     };
-    let prefix = format!(
-        "{{\"id\":{},\"type\":\"{data_kind}\",\"payload\":",
-        serde_json::to_string(id).unwrap_or_default()
-    );
-    loop {
-        match reader.next().await {
-            Ok(body) => {
-                let mut message = String::with_capacity(prefix.len() + body.len() + 1);
-                message.push_str(&prefix);
-                message.push_str(&body);
-                message.push('}');
-                if out.send(Message::Text(message.into())).await.is_err() {
-                    return false;
+    let frames = subscription_frames(op, reader, root, metrics);
+    if op.out.send(Out::Frames(frames)).await.is_err() {
+        return Ended::Errored;
+    }
+    Ended::HandedOver
+}
+
+/// What a fast-path subscription's frame stream does next.
+enum Step {
+    Read(Reader<JsonEncoder>),
+    /// The reader ended with an error (already sent): send `complete`.
+    Complete,
+    Done,
+}
+
+/// A fast-path subscription as its frame stream carries it from frame to frame.
+struct Subscription {
+    step: Step,
+    /// `{"id":…,"type":"next","payload":` — each frame is this, an encoded item and `}`.
+    prefix: String,
+    id: String,
+    generation: u64,
+    data_kind: &'static str,
+    root: String,
+    metrics: Arc<SourceMetrics>,
+    done: mpsc::UnboundedSender<(String, u64)>,
+}
+
+impl Subscription {
+    async fn next_frame(mut self) -> Option<(Frame, Subscription)> {
+        let frame = match std::mem::replace(&mut self.step, Step::Done) {
+            Step::Read(mut reader) => match reader.next_timed().await {
+                Ok((body, applied)) => {
+                    let mut message = String::with_capacity(self.prefix.len() + body.len() + 1);
+                    message.push_str(&self.prefix);
+                    message.push_str(&body);
+                    message.push('}');
+                    self.step = Step::Read(reader);
+                    Frame {
+                        message: Message::Text(message.into()),
+                        timing: applied.map(|at| (at, self.metrics.clone())),
+                    }
+                }
+                Err(err) => {
+                    self.step = Step::Complete;
+                    ended_frame(&self.id, self.data_kind, &self.root, &err)
+                }
+            },
+            Step::Complete => {
+                let _ = self.done.send((self.id.clone(), self.generation));
+                Frame {
+                    message: text::<()>("complete", Some(&self.id), None),
+                    timing: None,
                 }
             }
-            Err(err) => {
-                let payload = serde_json::json!({
-                    "data": null,
-                    "errors": [{ "message": err.to_string(), "path": [root], "extensions": { "code": "SUBSCRIPTION_ENDED" } }],
-                });
-                return out
-                    .send(text(data_kind, Some(id), Some(payload)))
-                    .await
-                    .is_ok();
-            }
-        }
+            Step::Done => return None,
+        };
+        Some((frame, self))
+    }
+}
+
+/// A fast-path subscription's frames, as the writer polls them: each encoded item wrapped in
+/// the protocol's envelope; when the reader ends, the error and `complete`; nothing more once
+/// the operation is cancelled. The connection hears of the end before the last frame goes out,
+/// so a client reusing the id after `complete` is never taken for a duplicate.
+fn subscription_frames(
+    op: &OperationContext,
+    reader: Reader<JsonEncoder>,
+    root: String,
+    metrics: Arc<SourceMetrics>,
+) -> FrameStream {
+    let subscription = Subscription {
+        step: Step::Read(reader),
+        prefix: format!(
+            "{{\"id\":{},\"type\":\"{}\",\"payload\":",
+            serde_json::to_string(&op.id).unwrap_or_default(),
+            op.data_kind
+        ),
+        id: op.id.clone(),
+        generation: op.generation,
+        data_kind: op.data_kind,
+        root,
+        metrics,
+        done: op.done.clone(),
+    };
+    let frames = futures::stream::unfold(subscription, Subscription::next_frame);
+    Box::pin(frames.take_until(op.cancel.clone().cancelled_owned()))
+}
+
+/// The result that tells a client its subscription ended (e.g. it fell behind the history).
+fn ended_frame(id: &str, data_kind: &'static str, root: &str, err: &CursorError) -> Frame {
+    let payload = serde_json::json!({
+        "data": null,
+        "errors": [{ "message": err.to_string(), "path": [root], "extensions": { "code": "SUBSCRIPTION_ENDED" } }],
+    });
+    Frame {
+        message: text(data_kind, Some(id), Some(payload)),
+        timing: None,
     }
 }
 

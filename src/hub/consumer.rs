@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::view::{Snapshot, View, ViewState};
 use super::{AppliedBatch, Hub, HubStatus, RowChange, diff};
@@ -97,7 +98,9 @@ impl Encoder for Events {
 }
 
 /// Batches a reader takes from its view at once before it prefers to conflate from the log.
-const CONFLATE_AFTER: usize = 16;
+// Half the view's recent window: a client that missed a few milliseconds of scheduling still
+// reads every change; one that stopped reading gets the net change per key.
+const CONFLATE_AFTER: usize = 128;
 
 /// A subscriber's cursor into a hub, reading through a view shared by readers with the same
 /// filter and encoding.
@@ -105,7 +108,9 @@ pub struct Reader<E: Encoder = Events> {
     hub: Arc<Hub>,
     view: Arc<View<E>>,
     seq: u64,
-    pending: VecDeque<E::Item>,
+    /// Items to hand out, each with when the hub applied the batch it comes from (none for
+    /// snapshot rows and markers).
+    pending: VecDeque<(E::Item, Option<Instant>)>,
     output_rx: tokio::sync::watch::Receiver<u64>,
 }
 
@@ -157,7 +162,7 @@ impl<E: Encoder> Reader<E> {
             epoch: hub.epoch,
             seq: head,
         };
-        let mut pending = VecDeque::new();
+        let mut pending: VecDeque<(E::Item, Option<Instant>)> = VecDeque::new();
         let snapshot = match start {
             Start::Resume(_) => None,
             Start::Snapshot(snapshot) => Some(snapshot),
@@ -165,12 +170,13 @@ impl<E: Encoder> Reader<E> {
         };
         if let Some(Snapshot { rows, items, .. }) = snapshot {
             if after.is_some() {
-                pending.push_back(
+                pending.push_back((
                     view.encoder
                         .encode(&marker(EventKind::Reset, None, position)),
-                );
+                    None,
+                ));
             }
-            pending.extend(items.iter().cloned());
+            pending.extend(items.iter().map(|item| (item.clone(), None)));
             if let (false, Some(last)) = (snapshot_end, rows.last()) {
                 // The last snapshot row carries the cursor: encode it again with it.
                 pending.pop_back();
@@ -181,15 +187,15 @@ impl<E: Encoder> Reader<E> {
                     cursor: Some(cursor),
                     position,
                 };
-                pending.push_back(view.encoder.encode(&last));
+                pending.push_back((view.encoder.encode(&last), None));
             }
         }
         if snapshot_end {
-            pending.push_back(view.encoder.encode(&marker(
-                EventKind::SnapshotEnd,
-                Some(cursor),
-                position,
-            )));
+            pending.push_back((
+                view.encoder
+                    .encode(&marker(EventKind::SnapshotEnd, Some(cursor), position)),
+                None,
+            ));
         }
         hub.metrics.subscriptions.add(1);
         let output_rx = view.subscribe();
@@ -204,6 +210,12 @@ impl<E: Encoder> Reader<E> {
 
     /// The next item; waits for the hub when there is none.
     pub async fn next(&mut self) -> Result<E::Item, CursorError> {
+        self.next_timed().await.map(|(item, _)| item)
+    }
+
+    /// The next item and, for a live change, when the hub applied its batch (the newest of the
+    /// batches a conflated item merges).
+    pub async fn next_timed(&mut self) -> Result<(E::Item, Option<Instant>), CursorError> {
         loop {
             if let Some(item) = self.pending.pop_front() {
                 return Ok(item);
@@ -229,7 +241,7 @@ impl<E: Encoder> Reader<E> {
             let state = view.lock();
             if self.seq + 1 >= state.complete_since {
                 let waiting =
-                    state.recent.len() - state.recent.partition_point(|(seq, _)| *seq <= self.seq);
+                    state.recent.len() - state.recent.partition_point(|o| o.seq <= self.seq);
                 if waiting <= CONFLATE_AFTER {
                     return Ok(self.take_view_output(&state));
                 }
@@ -251,9 +263,11 @@ impl<E: Encoder> Reader<E> {
     /// Queues the view's output after the cursor and moves the cursor to what the view has
     /// evaluated. The caller checked that the view covers the cursor.
     fn take_view_output(&mut self, state: &ViewState<E::Item>) -> bool {
-        let start = state.recent.partition_point(|(seq, _)| *seq <= self.seq);
-        for (_, items) in state.recent.range(start..) {
-            self.pending.extend(items.iter().cloned());
+        let start = state.recent.partition_point(|o| o.seq <= self.seq);
+        for output in state.recent.range(start..) {
+            let at = Some(output.applied_at);
+            self.pending
+                .extend(output.items.iter().map(|item| (item.clone(), at)));
         }
         self.seq = state.evaluated_through;
         start < state.recent.len()
@@ -287,8 +301,9 @@ impl<E: Encoder> Reader<E> {
             seq: last.seq,
         };
         let events = filter_changes(&self.view.filter, &merged, last.position, cursor);
+        let at = Some(last.applied_at);
         self.pending
-            .extend(events.iter().map(|e| self.view.encoder.encode(e)));
+            .extend(events.iter().map(|e| (self.view.encoder.encode(e), at)));
         Ok(!events.is_empty())
     }
 }

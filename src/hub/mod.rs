@@ -16,7 +16,7 @@ mod view;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use tokio::sync::watch;
 
@@ -51,6 +51,9 @@ pub struct AppliedBatch {
     /// The upstream position this batch brought the hub to.
     pub position: Position,
     pub changes: Vec<RowChange>,
+    /// When the hub applied it (the feed applies a batch as soon as its commit arrives): the
+    /// start of the delay the WebSocket layer reports per delivered frame.
+    pub applied_at: Instant,
 }
 
 /// Whether the hub can serve, and if not, why.
@@ -287,6 +290,7 @@ impl Hub {
                 seq: state.head,
                 position,
                 changes,
+                applied_at: Instant::now(),
             });
             state.logged_changes += batch.changes.len();
             self.metrics.batches.inc();

@@ -27,6 +27,7 @@ fn source() -> Arc<SourceDef> {
             column("score", ColumnType::Integer),
         ],
         primary_key: vec![0],
+        feed: crate::config::FeedOptions::default(),
     })
 }
 
@@ -154,12 +155,17 @@ async fn rows_enter_and_leave_a_filter() {
 async fn a_reader_far_behind_conflates_per_key() {
     let hub = hub(HubLimits::default());
     let mut reader = past_snapshot(&hub).await;
-    for n in 0..40 {
-        batch(&hub, 10 + n, vec![upsert(1, 100 + n as i64), upsert(9, 1)]);
-        batch(&hub, 100 + n, vec![delete(9)]);
+    // More outputs than a reader takes from its view before it conflates from the log.
+    for n in 0..100 {
+        batch(
+            &hub,
+            10 + 2 * n,
+            vec![upsert(1, 100 + n as i64), upsert(9, 1)],
+        );
+        batch(&hub, 11 + 2 * n, vec![delete(9)]);
     }
     // Key 9 came and went: nothing. Key 1: one UPDATE to its last value.
-    assert_eq!(take(&mut reader, 1).await, [(EventKind::Update, 1, 139)]);
+    assert_eq!(take(&mut reader, 1).await, [(EventKind::Update, 1, 199)]);
     no_more(&mut reader);
     assert!(hub.metrics().conflated.get() > 0);
 }

@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use tokio::sync::watch;
 
@@ -32,9 +33,17 @@ pub(super) struct Snapshot<T> {
     pub items: Arc<[T]>,
 }
 
+/// What one batch produced for a view.
+pub(super) struct Output<T> {
+    pub seq: u64,
+    pub items: Arc<[T]>,
+    /// When the hub applied the batch.
+    pub applied_at: Instant,
+}
+
 pub(super) struct ViewState<T> {
     /// Non-empty outputs by batch sequence number, oldest first.
-    pub recent: VecDeque<(u64, Arc<[T]>)>,
+    pub recent: VecDeque<Output<T>>,
     /// Items in `recent`.
     pub recent_items: usize,
     /// Every batch from this sequence number on is accounted for in `recent` (those that
@@ -111,13 +120,17 @@ impl<E: Encoder> ViewSink for View<E> {
         }
         let items: Arc<[E::Item]> = self.encode_all(&events).into();
         state.recent_items += items.len();
-        state.recent.push_back((batch.seq, items));
+        state.recent.push_back(Output {
+            seq: batch.seq,
+            items,
+            applied_at: batch.applied_at,
+        });
         while state.recent.len() > RECENT_OUTPUTS
             || (state.recent_items > RECENT_ITEMS && state.recent.len() > 1)
         {
-            if let Some((seq, items)) = state.recent.pop_front() {
-                state.recent_items -= items.len();
-                state.complete_since = seq + 1;
+            if let Some(old) = state.recent.pop_front() {
+                state.recent_items -= old.items.len();
+                state.complete_since = old.seq + 1;
             }
         }
         drop(state);

@@ -44,6 +44,46 @@ impl Gauge {
     }
 }
 
+/// Upper bounds (seconds) of the delay histograms' buckets: fine around the milliseconds a live
+/// update should take, coarse beyond.
+const DELAY_BUCKETS: [f64; 18] = [
+    0.000_25, 0.000_5, 0.001, 0.002, 0.003, 0.005, 0.007_5, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A distribution of durations over fixed buckets (Prometheus histogram).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last counts those above every bound.
+    buckets: [AtomicU64; DELAY_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, duration: std::time::Duration) {
+        let seconds = duration.as_secs_f64();
+        let index = DELAY_BUCKETS.partition_point(|&bound| bound < seconds);
+        self.buckets[index].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(duration.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bucket bound (the last is `+Inf`), and the sum in seconds.
+    pub fn snapshot(&self) -> (Vec<(f64, u64)>, f64) {
+        let mut total = 0;
+        let mut out = Vec::with_capacity(self.buckets.len());
+        for (i, count) in self.buckets.iter().enumerate() {
+            total += count.load(Ordering::Relaxed);
+            out.push((
+                DELAY_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY),
+                total,
+            ));
+        }
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        (out, sum)
+    }
+}
+
 /// Per-source figures, shared by the source's hub, feed and readers.
 #[derive(Debug, Default)]
 pub struct SourceMetrics {
@@ -53,12 +93,18 @@ pub struct SourceMetrics {
     pub snapshots: Counter,
     pub conflated: Counter,
     pub errors: Counter,
+    /// Materialize: keys with more than one row at a timestamp (not applied).
+    pub key_violations: Counter,
     pub reconnects: Counter,
     pub subscriptions: Gauge,
     pub cached_rows: Gauge,
     pub last_batch_unix_ms: Gauge,
     /// Milliseconds between the upstream commit and the hub applying it, last batch.
     pub lag_ms: Gauge,
+    /// Upstream commit → hub apply, per batch (the database's and the feed's share of latency).
+    pub commit_delay: Histogram,
+    /// Hub apply → WebSocket frame flushed, per delivered live update frame (viewcast's share).
+    pub delivery_delay: Histogram,
 }
 
 /// Server-wide figures.
@@ -134,6 +180,9 @@ impl Metrics {
                 );
             }
         }
+        for (name, help, get) in HISTOGRAMS {
+            render_histogram(&mut out, name, help, &sources, *get);
+        }
         out
     }
 }
@@ -184,6 +233,12 @@ const SOURCE_FAMILIES: &[Family] = &[
         |m| m.errors.get().into(),
     ),
     (
+        "viewcast_source_key_violations_total",
+        "counter",
+        "Keys the upstream reported more than one row for at one timestamp (not applied).",
+        |m| m.key_violations.get().into(),
+    ),
+    (
         "viewcast_source_reconnects_total",
         "counter",
         "Upstream reconnect attempts.",
@@ -215,6 +270,50 @@ const SOURCE_FAMILIES: &[Family] = &[
     ),
 ];
 
+/// Per-source histograms: name, help, getter.
+type HistogramFamily = (&'static str, &'static str, fn(&SourceMetrics) -> &Histogram);
+
+const HISTOGRAMS: &[HistogramFamily] = &[
+    (
+        "viewcast_source_commit_delay_seconds",
+        "From the upstream commit (its timestamp) to the hub applying the batch.",
+        |m| &m.commit_delay,
+    ),
+    (
+        "viewcast_source_delivery_delay_seconds",
+        "From the hub applying a batch to the WebSocket frame carrying one of its changes being flushed.",
+        |m| &m.delivery_delay,
+    ),
+];
+
+fn render_histogram(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    sources: &[(String, Arc<SourceMetrics>)],
+    get: fn(&SourceMetrics) -> &Histogram,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (source, m) in sources {
+        let source = escape_label(source);
+        let (buckets, sum) = get(m).snapshot();
+        for (bound, count) in &buckets {
+            let le = if bound.is_infinite() {
+                "+Inf".to_owned()
+            } else {
+                bound.to_string()
+            };
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{source=\"{source}\",le=\"{le}\"}} {count}"
+            );
+        }
+        let count = buckets.last().map_or(0, |b| b.1);
+        let _ = writeln!(out, "{name}_sum{{source=\"{source}\"}} {sum}");
+        let _ = writeln!(out, "{name}_count{{source=\"{source}\"}} {count}");
+    }
+}
+
 fn escape_label(value: &str) -> String {
     value
         .replace('\\', "\\\\")
@@ -234,4 +333,56 @@ pub fn init_logging(filter: &str, json: bool) {
     } else {
         builder.try_init()
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_histogram_counts_each_observation_in_the_first_bucket_that_holds_it() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(100)); // ≤ 0.25 ms
+        h.observe(Duration::from_millis(1)); // exactly on the 1 ms bound
+        h.observe(Duration::from_micros(1_001)); // just above: the 2 ms bucket
+        h.observe(Duration::from_secs(60)); // above every bound
+        let (buckets, sum) = h.snapshot();
+        let at = |bound: f64| {
+            buckets
+                .iter()
+                .find(|b| (b.0 - bound).abs() < 1e-12)
+                .map(|b| b.1)
+        };
+        assert_eq!(at(0.000_25), Some(1));
+        assert_eq!(at(0.000_5), Some(1));
+        assert_eq!(at(0.001), Some(2));
+        assert_eq!(at(0.002), Some(3));
+        assert_eq!(at(10.0), Some(3));
+        assert_eq!(buckets.last(), Some(&(f64::INFINITY, 4)));
+        assert!((sum - 60.002_101).abs() < 1e-9, "{sum}");
+    }
+
+    #[test]
+    fn histograms_render_as_prometheus_histograms_per_source() {
+        let metrics = Metrics::default();
+        metrics
+            .source("trades")
+            .delivery_delay
+            .observe(Duration::from_millis(3));
+        let text = metrics.render();
+        assert!(text.contains("# TYPE viewcast_source_delivery_delay_seconds histogram"));
+        assert!(text.contains(
+            "viewcast_source_delivery_delay_seconds_bucket{source=\"trades\",le=\"0.002\"} 0"
+        ));
+        assert!(text.contains(
+            "viewcast_source_delivery_delay_seconds_bucket{source=\"trades\",le=\"0.003\"} 1"
+        ));
+        assert!(text.contains(
+            "viewcast_source_delivery_delay_seconds_bucket{source=\"trades\",le=\"+Inf\"} 1"
+        ));
+        assert!(text.contains("viewcast_source_delivery_delay_seconds_count{source=\"trades\"} 1"));
+        assert!(text.contains("viewcast_source_commit_delay_seconds_count{source=\"trades\"} 0"));
+    }
 }

@@ -3,6 +3,8 @@
 //! invariants (no INSERT of a known key, no UPDATE or DELETE of an unknown one).
 #![allow(dead_code)]
 
+pub mod backend;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -343,4 +345,56 @@ where
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Collects one subscriber's updates in a task; publishes its rows after each update.
+/// Panics (failing the test) on a RESET, an error, or an impossible sequence.
+pub fn spawn_collector(
+    mut ws: Ws,
+    id: &'static str,
+    root: &'static str,
+) -> (
+    tokio::sync::watch::Receiver<ClientRows>,
+    tokio::task::JoinHandle<Vec<Value>>,
+) {
+    let (tx, rx) = tokio::sync::watch::channel(ClientRows::default());
+    let handle = tokio::spawn(async move {
+        let mut rows = ClientRows::default();
+        let mut log = Vec::new();
+        loop {
+            let Ok(message) = ws.recv_skipping_keepalives().await else {
+                return log;
+            };
+            assert_eq!(message["id"], id, "{message}");
+            assert!(
+                matches!(message["type"].as_str(), Some("next" | "data")),
+                "{message}"
+            );
+            assert!(message["payload"]["errors"].is_null(), "{message}");
+            let update = message["payload"]["data"][root].clone();
+            assert_ne!(update["operation"], "RESET", "no reset reaches the client");
+            rows.apply(&update, "id");
+            log.push(update);
+            if tx.send(rows.clone()).is_err() {
+                return log;
+            }
+        }
+    });
+    (rx, handle)
+}
+
+/// Waits until a collector holds `expected`.
+pub async fn converges(
+    rx: &tokio::sync::watch::Receiver<ClientRows>,
+    expected: &BTreeMap<String, serde_json::Map<String, Value>>,
+) {
+    let mut rx = rx.clone();
+    eventually(
+        || {
+            let rows = rx.borrow_and_update().rows.clone();
+            async move { rows }
+        },
+        |rows| rows == expected,
+    )
+    .await;
 }

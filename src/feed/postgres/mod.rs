@@ -17,11 +17,12 @@ mod session;
 mod setup;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
+
+pub(crate) use super::{Backoff, FeedError};
 
 pub use setup::{SetupError, apply_setup, setup_sql};
 
@@ -67,44 +68,6 @@ fn identifier(raw: &str) -> String {
     out
 }
 
-/// Why a session ended.
-#[derive(Debug, thiserror::Error)]
-pub enum FeedError {
-    /// The database is unreachable or the connection broke: retry soon.
-    #[error("{0}")]
-    Connection(String),
-    /// Something the operator must fix (missing table, column, publication, privilege, a
-    /// value that does not parse): retry slowly and report it.
-    #[error("{0}")]
-    Setup(String),
-}
-
-impl FeedError {
-    fn is_permanent(&self) -> bool {
-        matches!(self, FeedError::Setup(_))
-    }
-
-    /// Classifies a database error by its SQLSTATE: connection problems, lack of resources,
-    /// operator intervention (shutdown, cancel), rollbacks and objects in the wrong state (a
-    /// slot still in use) pass with a retry; anything else the server answered (missing table,
-    /// privilege, bad value) needs an operator.
-    pub(super) fn from_db(what: &str, err: &tokio_postgres::Error) -> FeedError {
-        let Some(db) = err.as_db_error() else {
-            return FeedError::Connection(format!("{what}: {err}"));
-        };
-        let transient = matches!(
-            &db.code().code()[..2],
-            "08" | "40" | "53" | "55" | "57" | "58"
-        );
-        let message = format!("{what}: {}", db.message());
-        if transient {
-            FeedError::Connection(message)
-        } else {
-            FeedError::Setup(message)
-        }
-    }
-}
-
 /// Runs the feed of `hub` until `cancel` fires.
 pub async fn run(hub: Arc<Hub>, settings: Arc<PgFeedSettings>, cancel: CancellationToken) {
     let source = hub.source().name.clone();
@@ -142,30 +105,4 @@ pub async fn run(hub: Arc<Hub>, settings: Arc<PgFeedSettings>, cancel: Cancellat
         }
     }
     session::drop_slot_on_shutdown(&settings, &source).await;
-}
-
-/// Exponential backoff with jitter: 100 ms doubling to 30 s, reset once a session streams.
-pub(crate) struct Backoff {
-    current: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new() -> Backoff {
-        Backoff {
-            current: Duration::from_millis(100),
-            max: Duration::from_secs(30),
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        let base = self.current;
-        self.current = (self.current * 2).min(self.max);
-        let jitter = rand::random::<f64>() * 0.4 + 0.8;
-        base.mul_f64(jitter)
-    }
-
-    fn reset(&mut self) {
-        self.current = Duration::from_millis(100);
-    }
 }

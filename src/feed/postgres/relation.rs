@@ -520,6 +520,7 @@ mod tests {
             start: StartMode::Eager,
             columns,
             primary_key: primary_key.to_vec(),
+            feed: crate::config::FeedOptions::default(),
         }
     }
 

@@ -220,8 +220,12 @@ async fn consume(
                             position: Position(end_lsn.as_u64()),
                             changes: std::mem::take(&mut changes),
                         };
+                        // Recorded before the batch is published, so a client that sees
+                        // the change also sees it counted.
+                        let lag = lag(commit_time_micros);
+                        hub.metrics().lag_ms.set(lag.as_millis() as i64);
+                        hub.metrics().commit_delay.observe(lag);
                         hub.apply(FeedEvent::Batch(batch));
-                        hub.metrics().lag_ms.set(lag_ms(commit_time_micros));
                     }
                     resume.applied = Some(end_lsn);
                 }
@@ -242,14 +246,15 @@ async fn consume(
     }
 }
 
-/// Milliseconds between a commit (PostgreSQL epoch 2000-01-01, microseconds) and now.
-fn lag_ms(commit_time_micros: i64) -> i64 {
+/// Time between a commit (PostgreSQL epoch 2000-01-01, microseconds) and now; zero if the
+/// clocks disagree.
+fn lag(commit_time_micros: i64) -> Duration {
     const PG_EPOCH_UNIX_SECONDS: i64 = 946_684_800;
     let now_micros = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64);
     let commit_unix_micros = commit_time_micros + PG_EPOCH_UNIX_SECONDS * 1_000_000;
-    ((now_micros - commit_unix_micros) / 1000).max(0)
+    Duration::from_micros((now_micros - commit_unix_micros).max(0) as u64)
 }
 
 fn replication_config(
