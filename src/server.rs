@@ -12,6 +12,7 @@ use crate::config::{Backend, Config};
 use crate::feed::FeedEvent;
 use crate::feed::materialize::MzFeedSettings;
 use crate::feed::postgres::PgFeedSettings;
+use crate::feed::risingwave::RwFeedSettings;
 use crate::http::{AppState, WsSettings};
 use crate::hub::{Hub, HubLimits, Hubs, Starter};
 use crate::schema::SchemaLimits;
@@ -216,6 +217,10 @@ fn feed_starter(
             apply_setup: options.apply_setup,
         })
     });
+    let rw = options
+        .risingwave_url
+        .as_ref()
+        .map(|url| Arc::new(RwFeedSettings { url: url.clone() }));
     let mz = options
         .materialize_url
         .as_ref()
@@ -252,13 +257,20 @@ fn feed_starter(
                     permanent: true,
                 }),
             },
-            (backend, _) => hub.apply(FeedEvent::Down {
-                reason: format!(
-                    "the {} backend is not available in this version of viewcast yet",
-                    backend.as_str()
-                ),
-                permanent: true,
-            }),
+            (Backend::RisingWave, _) => match &rw {
+                Some(settings) => {
+                    runtime.spawn(
+                        tasks.track_future(
+                            crate::feed::risingwave::run(hub, settings.clone(), shutdown.clone())
+                                .instrument(span),
+                        ),
+                    );
+                }
+                None => hub.apply(FeedEvent::Down {
+                    reason: "no RisingWave URL: set RISINGWAVE_URL or pass --risingwave-url".into(),
+                    permanent: true,
+                }),
+            },
         }
     })
 }

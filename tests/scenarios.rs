@@ -428,6 +428,7 @@ async fn a_missing_relation_fails_its_source_only(kind: Kind) {
     let addr = server.addr();
     let missing = match kind {
         Kind::Postgres => "does not exist",
+        Kind::RisingWave => "table or source not found: ghosts",
         _ => "unknown catalog item",
     };
     let (status, body) = eventually(
@@ -481,6 +482,7 @@ macro_rules! on_every_backend {
         on_backend!(postgres, super::Kind::Postgres, [$($scenario),*]);
         on_backend!(materialize, super::Kind::Materialize, [$($scenario),*]);
         on_backend!(materialize_diff, super::Kind::MaterializeDiff, [$($scenario),*]);
+        on_backend!(risingwave, super::Kind::RisingWave, [$($scenario),*]);
     };
 }
 

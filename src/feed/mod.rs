@@ -9,6 +9,7 @@
 pub mod copytext;
 pub mod materialize;
 pub mod postgres;
+pub mod risingwave;
 
 use std::time::Duration;
 
@@ -119,5 +120,35 @@ impl Backoff {
 
     pub(crate) fn reset(&mut self) {
         self.current = Duration::from_millis(100);
+    }
+}
+
+/// What one key's changes at one upstream timestamp amount to.
+#[derive(Debug)]
+pub(crate) enum Net {
+    Nothing,
+    Upsert(Row),
+    Delete,
+    /// More than one row for the key: the upstream broke the primary key.
+    Violation,
+}
+
+/// One key's rows of one timestamp in the diff envelope: exactly one row added is an upsert,
+/// only removals a delete, anything else (two rows, a count of two) a key violation.
+pub(crate) fn net_diff(rows: Vec<(Row, i64)>) -> Net {
+    let mut counts: Vec<(Row, i64)> = Vec::new();
+    for (row, diff) in rows {
+        match counts.iter_mut().find(|(r, _)| *r == row) {
+            Some((_, count)) => *count += diff,
+            None => counts.push((row, diff)),
+        }
+    }
+    let added: Vec<&(Row, i64)> = counts.iter().filter(|(_, c)| *c > 0).collect();
+    let removed = counts.iter().any(|(_, c)| *c < 0);
+    match added.as_slice() {
+        [] if removed => Net::Delete,
+        [] => Net::Nothing,
+        [(row, 1)] => Net::Upsert(row.clone()),
+        _ => Net::Violation,
     }
 }

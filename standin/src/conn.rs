@@ -788,7 +788,13 @@ impl Session {
                 let key = table_key(&table, &self.schema);
                 let mut catalog = store.lock();
                 if !catalog.tables.contains_key(&key) {
-                    return Err(errors::unknown_item(&table.name));
+                    return Err(Error {
+                        code: "XX000",
+                        message: format!(
+                            "Failed to run the query\n\nCaused by these errors (recent errors listed first):\n  1: Catalog error\n  2: table or source not found: {}",
+                            table.name
+                        ),
+                    });
                 }
                 if catalog.subscriptions.contains_key(&name) {
                     if if_not_exists {

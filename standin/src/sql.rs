@@ -440,7 +440,7 @@ impl Parser<'_> {
             if self.keyword("subscription") {
                 let if_exists = self.keyword("if") && self.keyword("exists");
                 return Ok(Statement::DropSubscription {
-                    name: self.ident()?,
+                    name: self.name()?.name,
                     if_exists,
                 });
             }
@@ -587,7 +587,7 @@ impl Parser<'_> {
             if self.keyword("subscription") {
                 self.expect_keyword("cursor")?;
                 self.expect_keyword("for")?;
-                let subscription = self.ident()?;
+                let subscription = self.name()?.name;
                 let since = if self.keyword("full") {
                     Since::Full
                 } else if self.keyword("since") {
@@ -664,7 +664,8 @@ impl Parser<'_> {
     fn create(&mut self) -> Result<Statement, String> {
         if self.keyword("subscription") {
             let if_not_exists = self.keyword("if") && self.keyword("not") && self.keyword("exists");
-            let name = self.ident()?;
+            // Subscriptions live in one namespace here: a schema prefix is dropped.
+            let name = self.name()?.name;
             self.expect_keyword("from")?;
             let table = self.name()?;
             let mut retention = Duration::from_secs(86_400);

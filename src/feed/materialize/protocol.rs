@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use super::super::copytext::{CopyError, Fields};
 use crate::config::{Envelope, SourceDef};
-use crate::feed::{Batch, Change, FeedEvent, Position};
+use crate::feed::{Batch, Change, FeedEvent, Net, Position, net_diff};
 use crate::value::{Key, Row, Value, parse_text};
 
 #[derive(Debug, thiserror::Error)]
@@ -70,14 +70,6 @@ pub fn output_layout(source: &SourceDef, envelope: Envelope) -> Vec<usize> {
             layout
         }
     }
-}
-
-/// The share of a diff that is not exactly one row per key.
-enum Net {
-    Nothing,
-    Upsert(Row),
-    Delete,
-    Violation,
 }
 
 impl Decoder {
@@ -281,25 +273,5 @@ impl Decoder {
                 (key, net)
             })
             .collect()
-    }
-}
-
-/// One key's rows of one timestamp in the diff envelope: exactly one row added is an upsert,
-/// only removals a delete, anything else (two rows, a count of two) a key violation.
-fn net_diff(rows: Vec<(Row, i64)>) -> Net {
-    let mut counts: Vec<(Row, i64)> = Vec::new();
-    for (row, diff) in rows {
-        match counts.iter_mut().find(|(r, _)| *r == row) {
-            Some((_, count)) => *count += diff,
-            None => counts.push((row, diff)),
-        }
-    }
-    let added: Vec<&(Row, i64)> = counts.iter().filter(|(_, c)| *c > 0).collect();
-    let removed = counts.iter().any(|(_, c)| *c < 0);
-    match added.as_slice() {
-        [] if removed => Net::Delete,
-        [] => Net::Nothing,
-        [(row, 1)] => Net::Upsert(row.clone()),
-        _ => Net::Violation,
     }
 }
