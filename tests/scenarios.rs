@@ -399,6 +399,17 @@ async fn a_lost_upstream_is_invisible_to_clients(kind: Kind) {
     let expected = table_rows(&backend, |_| true).await;
     converges(&rx, &expected).await;
     common::wait_ready(server.addr()).await;
+    // The feed continued where it stopped rather than taking a second snapshot.
+    let metrics = common::http_get(server.addr(), "/metrics").await.unwrap().1;
+    let metric = |name: &str| {
+        let prefix = format!("{name}{{source=\"items\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str())?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(metric("viewcast_source_resumes_total") >= 1, "{metrics}");
+    assert_eq!(metric("viewcast_source_snapshots_total"), 1, "{metrics}");
     server.shutdown().await;
     let log = handle
         .await

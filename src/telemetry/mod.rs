@@ -96,6 +96,8 @@ pub struct SourceMetrics {
     /// Materialize: keys with more than one row at a timestamp (not applied).
     pub key_violations: Counter,
     pub reconnects: Counter,
+    /// Sessions that continued from where the previous one stopped (no snapshot).
+    pub resumes: Counter,
     pub subscriptions: Gauge,
     pub cached_rows: Gauge,
     pub last_batch_unix_ms: Gauge,
@@ -243,6 +245,12 @@ const SOURCE_FAMILIES: &[Family] = &[
         "counter",
         "Upstream reconnect attempts.",
         |m| m.reconnects.get().into(),
+    ),
+    (
+        "viewcast_source_resumes_total",
+        "counter",
+        "Upstream sessions that continued where the last one stopped, without a snapshot.",
+        |m| m.resumes.get().into(),
     ),
     (
         "viewcast_source_subscriptions",

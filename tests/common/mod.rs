@@ -383,18 +383,34 @@ pub fn spawn_collector(
     (rx, handle)
 }
 
-/// Waits until a collector holds `expected`.
+/// Waits until a collector holds `expected`; on the deadline, fails naming the rows that
+/// differ.
 pub async fn converges(
     rx: &tokio::sync::watch::Receiver<ClientRows>,
     expected: &BTreeMap<String, serde_json::Map<String, Value>>,
 ) {
     let mut rx = rx.clone();
-    eventually(
-        || {
-            let rows = rx.borrow_and_update().rows.clone();
-            async move { rows }
-        },
-        |rows| rows == expected,
-    )
-    .await;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let rows = rx.borrow_and_update().rows.clone();
+        if &rows == expected {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let mut differences = Vec::new();
+            for (key, want) in expected {
+                match rows.get(key) {
+                    Some(have) if have == want => {}
+                    have => differences.push(format!("{key}: client {have:?}, table {want:?}")),
+                }
+            }
+            for (key, have) in &rows {
+                if !expected.contains_key(key) {
+                    differences.push(format!("{key}: client {have:?}, not in the table"));
+                }
+            }
+            panic!("the client did not converge: {}", differences.join("; "));
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), rx.changed()).await;
+    }
 }

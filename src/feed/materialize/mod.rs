@@ -146,10 +146,14 @@ async fn session(
             .copy_out(sql.as_str())
             .await
             .map_err(|e| classify("cannot subscribe", &e))?;
+        // Materialize accepted the subscribe: the next loss starts a fresh backoff.
+        backoff.reset();
+        if resume_from.is_some() {
+            hub.metrics().resumes.inc();
+        }
         pin_mut!(stream);
         let mut decoder = Decoder::new(source.clone(), source.feed.envelope, *resume_from);
         let mut copy = CopyDecoder::new();
-        let mut live = false;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| classify("the subscribe failed", &e))?;
             copy.feed(&chunk, |fields| {
@@ -161,10 +165,6 @@ async fn session(
             // Everything before the frontier is applied: a new session may resume there.
             if decoder.snapshot_done() && decoder.frontier() > 0 {
                 *resume_from = Some(decoder.frontier());
-                if !live {
-                    live = true;
-                    backoff.reset();
-                }
             }
         }
         Ok(())

@@ -142,6 +142,7 @@ async fn stream(
         .await
         .map_err(|e| connection_error("replication did not start", e))?;
     if let Some(lsn) = resume_from {
+        hub.metrics().resumes.inc();
         tracing::info!(source = %source.name, slot = %slot, lsn = %lsn.to_pg_string(), "postgres feed resumed");
         // Nothing changed in the cache, so clients need no news; the status goes back to live.
         hub.apply(FeedEvent::Batch(Batch {

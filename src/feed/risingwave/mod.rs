@@ -131,9 +131,13 @@ async fn session(
             .batch_execute(&declare)
             .await
             .map_err(|e| classify("cannot declare the cursor", &e))?;
+        // RisingWave accepted the cursor: the next loss starts a fresh backoff.
+        backoff.reset();
+        if resume.is_some() {
+            hub.metrics().resumes.inc();
+        }
         let mut reader = Reader::new(source.clone(), *resume);
         let fetch = format!("FETCH {FETCH_ROWS} FROM viewcast_cursor WITH (timeout = '{FETCH_TIMEOUT}')");
-        let mut live = false;
         loop {
             let messages = client
                 .simple_query(&fetch)
@@ -150,10 +154,6 @@ async fn session(
             reader.rows(&rows, drained, &mut |output| apply(hub, output))?;
             if let Some(epoch) = reader.resume_point() {
                 *resume = Some(epoch);
-                if !live {
-                    live = true;
-                    backoff.reset();
-                }
             }
         }
     }
