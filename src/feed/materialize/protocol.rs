@@ -275,3 +275,289 @@ impl Decoder {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::{ColumnDef, ColumnType, FeedOptions, QualifiedName, StartMode};
+    use crate::feed::copytext::{CopyDecoder, encode_row};
+
+    fn source() -> Arc<SourceDef> {
+        let column = |name: &str, ty| ColumnDef {
+            name: name.into(),
+            sql_name: name.into(),
+            ty,
+        };
+        Arc::new(SourceDef {
+            name: "t".into(),
+            relation: QualifiedName {
+                schema: None,
+                name: "t".into(),
+            },
+            backend: crate::config::Backend::Materialize,
+            start: StartMode::Eager,
+            columns: vec![
+                column("id", ColumnType::BigInt),
+                column("note", ColumnType::String),
+                column("amount", ColumnType::Numeric),
+            ],
+            primary_key: vec![0],
+            feed: FeedOptions::default(),
+        })
+    }
+
+    /// Decodes COPY text (cut into `chunks`) and returns what the decoder handed out.
+    fn run(decoder: &mut Decoder, chunks: &[&[u8]]) -> Vec<Output> {
+        let mut copy = CopyDecoder::new();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            copy.feed(chunk, |fields| decoder.row(fields, &mut |o| out.push(o)))
+                .unwrap();
+        }
+        out
+    }
+
+    fn text(rows: &[&[Option<&str>]]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for row in rows {
+            encode_row(row, &mut bytes);
+        }
+        bytes
+    }
+
+    #[test]
+    fn the_documented_sequence_progress_snapshot_updates() {
+        // Materialize's docs: a progress row at the AS OF time, the snapshot at that time,
+        // then updates; an update is a -1 and a +1 at one timestamp, in either order.
+        let mut decoder = Decoder::new(source(), Envelope::Diff, None);
+        let bytes = text(&[
+            &[Some("100"), Some("t"), None, None, None, None],
+            &[
+                Some("100"),
+                Some("f"),
+                Some("1"),
+                Some("1"),
+                Some("a"),
+                Some("1.50"),
+            ],
+            &[
+                Some("100"),
+                Some("f"),
+                Some("1"),
+                Some("2"),
+                Some("b"),
+                None,
+            ],
+            &[Some("105"), Some("t"), None, None, None, None],
+            &[
+                Some("107"),
+                Some("f"),
+                Some("1"),
+                Some("1"),
+                Some("a2"),
+                Some("1.50"),
+            ],
+            &[
+                Some("107"),
+                Some("f"),
+                Some("-1"),
+                Some("1"),
+                Some("a"),
+                Some("1.50"),
+            ],
+            // Timestamp 107 is still open: rows at 107 may follow the progress row at 107.
+            &[Some("107"), Some("t"), None, None, None, None],
+            &[
+                Some("107"),
+                Some("f"),
+                Some("-1"),
+                Some("2"),
+                Some("b"),
+                None,
+            ],
+        ]);
+        let out = run(&mut decoder, &[&bytes]);
+        assert_eq!(out.len(), 1, "only the snapshot is complete: {out:?}");
+        let Output::Event(FeedEvent::Snapshot { position, rows }) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(*position, Position(100));
+        assert_eq!(rows.len(), 2);
+        assert_eq!(decoder.frontier(), 107);
+        // A later progress row closes 107: one batch with the update and the delete.
+        let out = run(
+            &mut decoder,
+            &[&text(&[&[Some("110"), Some("t"), None, None, None, None]])],
+        );
+        let Output::Event(FeedEvent::Batch(batch)) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(batch.position, Position(107));
+        assert_eq!(batch.changes.len(), 2);
+        assert!(
+            matches!(&batch.changes[0], Change::Upsert { row, .. } if row.get(1) == &Value::Text("a2".into()))
+        );
+        assert!(matches!(&batch.changes[1], Change::Delete { key } if key.0[0] == Value::Int(2)));
+    }
+
+    #[test]
+    fn an_empty_relation_has_an_empty_snapshot_closed_by_the_second_progress_row() {
+        let mut decoder = Decoder::new(source(), Envelope::Upsert, None);
+        let out = run(
+            &mut decoder,
+            &[&text(&[
+                &[Some("5"), Some("t"), None, None, None, None],
+                &[Some("6"), Some("t"), None, None, None, None],
+            ])],
+        );
+        assert!(
+            matches!(&out[..], [Output::Event(FeedEvent::Snapshot { rows, .. })] if rows.is_empty())
+        );
+        assert!(decoder.snapshot_done());
+    }
+
+    #[test]
+    fn several_timestamps_between_progress_rows_are_separate_batches() {
+        let mut decoder = Decoder::new(source(), Envelope::Upsert, Some(10));
+        let out = run(
+            &mut decoder,
+            &[&text(&[
+                // A resumed session's first progress row is at its AS OF (frontier - 1).
+                &[Some("9"), Some("t"), None, None, None, None],
+                &[
+                    Some("11"),
+                    Some("f"),
+                    Some("upsert"),
+                    Some("1"),
+                    Some("x"),
+                    None,
+                ],
+                &[
+                    Some("12"),
+                    Some("f"),
+                    Some("upsert"),
+                    Some("2"),
+                    Some("y"),
+                    None,
+                ],
+                &[Some("12"), Some("f"), Some("delete"), Some("1"), None, None],
+                &[Some("13"), Some("t"), None, None, None, None],
+            ])],
+        );
+        let positions: Vec<u64> = out
+            .iter()
+            .map(|o| match o {
+                Output::Event(FeedEvent::Batch(b)) => b.position.0,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(positions, [11, 12]);
+    }
+
+    #[test]
+    fn data_before_the_resume_frontier_is_refused() {
+        let mut decoder = Decoder::new(source(), Envelope::Upsert, Some(10));
+        let mut copy = CopyDecoder::new();
+        let bytes = text(&[&[
+            Some("9"),
+            Some("f"),
+            Some("upsert"),
+            Some("1"),
+            Some("x"),
+            None,
+        ]]);
+        let result = copy.feed(&bytes, |fields| decoder.row(fields, &mut |_| {}));
+        assert!(matches!(
+            result,
+            Err(ProtocolError::Backwards {
+                ts: 9,
+                frontier: 10
+            })
+        ));
+    }
+
+    #[test]
+    fn upsert_key_violations_are_reported_not_applied() {
+        let mut decoder = Decoder::new(source(), Envelope::Upsert, Some(1));
+        let out = run(
+            &mut decoder,
+            &[&text(&[
+                &[
+                    Some("2"),
+                    Some("f"),
+                    Some("key_violation"),
+                    Some("7"),
+                    None,
+                    None,
+                ],
+                &[Some("3"), Some("t"), None, None, None, None],
+            ])],
+        );
+        assert!(
+            matches!(&out[..], [Output::KeyViolation { ts: 2, key }] if key.0[0] == Value::Int(7))
+        );
+    }
+
+    fn value_text() -> impl Strategy<Value = Option<String>> {
+        prop::option::of(prop_oneof![
+            "\\PC{0,12}",
+            "[\\t\\n\\r\\\\]{1,4}",
+            Just(String::new()),
+            "[€ü日本語😀]{1,6}",
+        ])
+    }
+
+    fn numeric_text() -> impl Strategy<Value = Option<String>> {
+        // Far beyond f64: 60 integer digits and 40 decimals.
+        prop::option::of("-?[1-9][0-9]{0,59}(\\.[0-9]{1,40})?")
+    }
+
+    proptest! {
+        /// Rows with text of every kind, int8 extremes and numerics beyond f64, cut into
+        /// chunks anywhere, come out exactly as they went in, one batch per timestamp.
+        #[test]
+        fn values_survive_any_chunking_exactly(
+            rows in prop::collection::vec(
+                (prop_oneof![Just(i64::MIN), Just(i64::MAX), any::<i64>()], value_text(), numeric_text()),
+                1..20,
+            ),
+            cuts in prop::collection::vec(0usize..100_000, 0..16),
+        ) {
+            // Distinct keys, each inserted at its own timestamp.
+            let mut seen = std::collections::HashSet::new();
+            let rows: Vec<_> = rows.into_iter().filter(|r| seen.insert(r.0)).collect();
+            let mut bytes = text(&[&[Some("1"), Some("t"), None, None, None, None]]);
+            for (i, (id, note, amount)) in rows.iter().enumerate() {
+                let ts = (2 + i).to_string();
+                let id = id.to_string();
+                encode_row(&[Some(&ts), Some("f"), Some("1"), Some(&id), note.as_deref(), amount.as_deref()], &mut bytes);
+            }
+            encode_row(&[Some("999"), Some("t"), None, None, None, None], &mut bytes);
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+            points.sort_unstable();
+            let mut chunks: Vec<&[u8]> = Vec::new();
+            let mut at = 0;
+            for p in points {
+                chunks.push(&bytes[at..p]);
+                at = p;
+            }
+            chunks.push(&bytes[at..]);
+            let mut decoder = Decoder::new(source(), Envelope::Diff, None);
+            let out = run(&mut decoder, &chunks);
+            let empty_snapshot =
+                matches!(&out[0], Output::Event(FeedEvent::Snapshot { rows, .. }) if rows.is_empty());
+            prop_assert!(empty_snapshot, "the snapshot comes first, empty");
+            prop_assert_eq!(out.len(), rows.len() + 1);
+            for ((id, note, amount), output) in rows.iter().zip(&out[1..]) {
+                let Output::Event(FeedEvent::Batch(batch)) = output else { panic!("{output:?}") };
+                let [Change::Upsert { row, .. }] = batch.changes.as_slice() else { panic!("{batch:?}") };
+                prop_assert_eq!(row.get(0), &Value::Int(*id));
+                let text_of = |v: &Option<String>| v.as_deref().map_or(Value::Null, |t| Value::Text(t.into()));
+                prop_assert_eq!(row.get(1), &text_of(note));
+                prop_assert_eq!(row.get(2), &text_of(amount));
+            }
+        }
+    }
+}
