@@ -9,6 +9,9 @@
 //!
 //! Every update sets `sent_at_us` to PostgreSQL's `clock_timestamp()` inside its (autocommit)
 //! transaction, just before the commit; a latency sample is a client's receive time minus it.
+//! With `--backend materialize` or `risingwave` the upstream is the wire-level stand-in (a test
+//! double, in this process, making each commit visible at once), written to directly with
+//! `sent_at_us` set at the commit.
 //! Exit status: 0 when every client ends with the table's rows, 1 when one does not, 2 on error.
 
 use std::collections::HashMap;
@@ -30,8 +33,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_util::sync::CancellationToken;
 use viewcast::pgcluster::{ClusterOptions, PgCluster};
+use viewcast_standin::{Chunking, StandIn};
 
-const SCHEMA_YAML: &str = "backend: postgres
+const SCHEMA_YAML: &str = "backend: BACKEND
 sources:
   bench:
     table: public.bench
@@ -66,6 +70,44 @@ enum Scenario {
     Idle(Flags),
     /// 20 clients, 10 of them pausing their reads for long stretches, 5,000 changes/s, 20 s.
     Overload(Flags),
+    /// Materialize (stand-in): 100 clients over 10 filters, 10,000 rows, 10,000 changes/s, 20 s.
+    Streaming(Flags),
+}
+
+/// Where the changes come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BackendKind {
+    /// A private PostgreSQL cluster (logical replication).
+    Postgres,
+    /// The Materialize stand-in (SUBSCRIBE over COPY).
+    Materialize,
+    /// The RisingWave stand-in (subscription cursor).
+    Risingwave,
+}
+
+impl BackendKind {
+    fn name(self) -> &'static str {
+        match self {
+            BackendKind::Postgres => "postgres",
+            BackendKind::Materialize => "materialize",
+            BackendKind::Risingwave => "risingwave",
+        }
+    }
+
+    fn url_env(self) -> &'static str {
+        match self {
+            BackendKind::Postgres => "DATABASE_URL",
+            BackendKind::Materialize => "MATERIALIZE_URL",
+            BackendKind::Risingwave => "RISINGWAVE_URL",
+        }
+    }
+}
+
+/// The running upstream.
+struct Upstream {
+    kind: BackendKind,
+    url: String,
+    standin: Option<StandIn>,
 }
 
 /// Overrides of the scenario's parameters.
@@ -114,6 +156,9 @@ struct Flags {
     /// The server's log filter.
     #[arg(long, default_value = "warn")]
     server_log: String,
+    /// The upstream database (default: postgres; materialize for `streaming`).
+    #[arg(long, value_enum)]
+    backend: Option<BackendKind>,
 }
 
 /// A subscription's filter: `None` every row, `Some(k)` rows with `group_id = k` (-1: none).
@@ -131,6 +176,7 @@ struct Params {
     rate: u32,
     duration: Duration,
     slow: usize,
+    backend: BackendKind,
     flags: Flags,
 }
 
@@ -142,6 +188,14 @@ impl Params {
             Scenario::Filtered(f) => ("filtered", f, (100, 10, 10, false, 10_000, 1_000, 20.0, 0)),
             Scenario::Idle(f) => ("idle", f, (1_000, 10, 0, true, 1_000, 100, 10.0, 0)),
             Scenario::Overload(f) => ("overload", f, (20, 1, 0, false, 1_000, 5_000, 20.0, 10)),
+            Scenario::Streaming(f) => {
+                ("streaming", f, (100, 1, 10, false, 10_000, 10_000, 20.0, 0))
+            }
+        };
+        let default_backend = if name == "streaming" {
+            BackendKind::Materialize
+        } else {
+            BackendKind::Postgres
         };
         Params {
             name,
@@ -153,6 +207,7 @@ impl Params {
             rate: f.rate.unwrap_or(d.5),
             duration: Duration::from_secs_f64(f.duration.unwrap_or(d.6).max(0.0)),
             slow: f.slow.unwrap_or(d.7),
+            backend: f.backend.unwrap_or(default_backend),
             flags: f,
         }
     }
@@ -192,22 +247,51 @@ fn main() -> ExitCode {
 /// for its postmaster.
 async fn run(p: &Params) -> anyhow::Result<bool> {
     let bin = server_binary(p.flags.server_bin.as_deref())?;
-    eprintln!("[{}] starting PostgreSQL …", p.name);
-    let cluster = PgCluster::start(ClusterOptions::default()).await?;
-    let url = cluster.url("postgres");
+    let mut cluster = None;
+    let upstream = if p.backend == BackendKind::Postgres {
+        eprintln!("[{}] starting PostgreSQL …", p.name);
+        let started = PgCluster::start(ClusterOptions::default()).await?;
+        let url = started.url("postgres");
+        cluster = Some(started);
+        Upstream {
+            kind: p.backend,
+            url,
+            standin: None,
+        }
+    } else {
+        eprintln!(
+            "[{}] starting the {} stand-in (a test double) …",
+            p.name,
+            p.backend.name()
+        );
+        let standin = StandIn::start(viewcast_standin::Options {
+            tick: Duration::ZERO,
+            chunking: Chunking::PerRow,
+            default_retain: Duration::from_secs(3600),
+            ..viewcast_standin::Options::default()
+        })
+        .await?;
+        Upstream {
+            kind: p.backend,
+            url: standin.url(),
+            standin: Some(standin),
+        }
+    };
     let result = async {
-        create_table(&url, p).await?;
+        create_table(&upstream, p).await?;
         eprintln!("[{}] starting {} …", p.name, bin.display());
-        let mut server = ServerProc::start(&bin, &url, p).await?;
+        let mut server = ServerProc::start(&bin, &upstream, p).await?;
         let outcome = tokio::select! {
-            outcome = scenario(p, &server, &url) => outcome,
+            outcome = scenario(p, &server, &upstream) => outcome,
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
         };
         server.stop().await;
         outcome
     }
     .await;
-    cluster.stop().await.context("stop PostgreSQL")?;
+    if let Some(cluster) = cluster {
+        cluster.stop().await.context("stop PostgreSQL")?;
+    }
     result
 }
 
@@ -236,8 +320,24 @@ async fn pg(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     Ok(client)
 }
 
-async fn create_table(url: &str, p: &Params) -> anyhow::Result<()> {
+async fn create_table(upstream: &Upstream, p: &Params) -> anyhow::Result<()> {
     let (payload, groups, rows) = (p.flags.payload_bytes, p.groups(), p.rows);
+    if let Some(standin) = &upstream.standin {
+        pg(&upstream.url)
+            .await?
+            .batch_execute(
+                "CREATE TABLE bench (id integer PRIMARY KEY, value bigint, payload text, \
+                 group_id integer, sent_at_us bigint)",
+            )
+            .await
+            .context("create bench")?;
+        let rows = (1..=rows)
+            .map(|id| (bench_row(id, 0, payload, groups, 0), 1))
+            .collect();
+        standin.write("bench", rows);
+        return Ok(());
+    }
+    let url = &upstream.url;
     let sql = format!(
         "CREATE TABLE bench (id integer PRIMARY KEY, value bigint, payload text, \
          group_id integer, sent_at_us bigint);
@@ -260,10 +360,13 @@ struct ServerProc {
 }
 
 impl ServerProc {
-    async fn start(bin: &Path, url: &str, p: &Params) -> anyhow::Result<ServerProc> {
+    async fn start(bin: &Path, upstream: &Upstream, p: &Params) -> anyhow::Result<ServerProc> {
         let config =
             std::env::temp_dir().join(format!("viewcast-bench-{}.yaml", std::process::id()));
-        std::fs::write(&config, SCHEMA_YAML)?;
+        std::fs::write(
+            &config,
+            SCHEMA_YAML.replace("BACKEND", upstream.kind.name()),
+        )?;
         // A child cannot tell us which port `--port 0` bound: pick a free one and hand it over.
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -282,7 +385,7 @@ impl ServerProc {
             command.args(["--history-batches", &n.to_string()]);
         }
         command
-            .env("DATABASE_URL", url)
+            .env(upstream.kind.url_env(), &upstream.url)
             .stdin(Stdio::null())
             .kill_on_drop(true);
         let child = command
@@ -441,7 +544,11 @@ struct Load {
 }
 
 /// `rate` updates per second for `duration`, over `writers` pipelined connections.
-async fn generate(url: &str, p: &Params) -> anyhow::Result<Load> {
+async fn generate(upstream: &Upstream, p: &Params) -> anyhow::Result<Load> {
+    if let Some(standin) = &upstream.standin {
+        return Ok(generate_direct(standin, p).await);
+    }
+    let url = &upstream.url;
     let writers = p.flags.writers.max(1);
     let rate = f64::from(p.rate) / writers as f64;
     let next_value = Arc::new(AtomicI64::new(1));
@@ -507,18 +614,88 @@ async fn write(
     Ok((done, per_group))
 }
 
+/// A row of `bench` as the stand-in keeps it (PostgreSQL text).
+fn bench_row(
+    id: u32,
+    value: i64,
+    payload: usize,
+    groups: u32,
+    sent_at_us: i64,
+) -> viewcast_standin::Row {
+    vec![
+        Some(id.to_string()),
+        Some(value.to_string()),
+        Some("x".repeat(payload)),
+        Some((id % groups).to_string()),
+        Some(sent_at_us.to_string()),
+    ]
+}
+
+/// The stand-in's load: `rate` single-row update commits per second for `duration`, each
+/// stamped with its commit time, written directly (no SQL to parse).
+async fn generate_direct(standin: &StandIn, p: &Params) -> Load {
+    let (payload, groups) = (p.flags.payload_bytes, p.groups());
+    let mut values = vec![0i64; p.rows as usize + 1];
+    let mut sent = vec![0i64; p.rows as usize + 1];
+    let (mut done, mut per_group) = (0u64, vec![0u64; groups as usize]);
+    let rate = f64::from(p.rate);
+    let start = Instant::now();
+    let mut next_value = 1i64;
+    while start.elapsed() < p.duration {
+        let due = (start.elapsed().as_secs_f64() * rate) as u64;
+        if due <= done {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        for _ in done..due {
+            let id = rand::rng().random_range(1..=p.rows);
+            let old = bench_row(id, values[id as usize], payload, groups, sent[id as usize]);
+            let now = now_us();
+            values[id as usize] = next_value;
+            sent[id as usize] = now;
+            next_value += 1;
+            let new = bench_row(id, values[id as usize], payload, groups, now);
+            standin.write("bench", vec![(old, -1), (new, 1)]);
+            per_group[(id % groups) as usize] += 1;
+        }
+        done = due;
+    }
+    Load {
+        updates: done,
+        per_group,
+        elapsed: start.elapsed(),
+    }
+}
+
 /// The table's final rows, for each filter in use.
-async fn expected_rows(url: &str, p: &Params) -> anyhow::Result<Expected> {
-    let rows = pg(url)
-        .await?
-        .query("SELECT id, value, group_id FROM bench", &[])
-        .await?;
+async fn expected_rows(upstream: &Upstream, p: &Params) -> anyhow::Result<Expected> {
+    let rows: Vec<(i32, i64, i32)> = match &upstream.standin {
+        Some(standin) => standin
+            .rows("bench")
+            .context("the bench table")?
+            .into_iter()
+            .map(|r| {
+                let int = |i: usize| {
+                    r[i].as_deref()
+                        .and_then(|v| v.parse::<i64>().ok())
+                        .unwrap_or(0)
+                };
+                (int(0) as i32, int(1), int(3) as i32)
+            })
+            .collect(),
+        None => pg(&upstream.url)
+            .await?
+            .query("SELECT id, value, group_id FROM bench", &[])
+            .await?
+            .into_iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect(),
+    };
     let mut expected: HashMap<Filter, HashMap<i32, i64>> = HashMap::new();
     for n in 0..p.connections * p.subs_per_conn {
         expected.entry(p.filter_of(n)).or_default();
     }
-    for row in rows {
-        let (id, value, group): (i32, i64, i32) = (row.get(0), row.get(1), row.get(2));
+    for (id, value, group) in rows {
         for (filter, map) in &mut expected {
             if filter.is_none_or(|f| f == group) {
                 map.insert(id, value);
@@ -846,7 +1023,7 @@ struct Phases {
     rss_series: Vec<(f64, f64)>,
 }
 
-async fn scenario(p: &Params, server: &ServerProc, url: &str) -> anyhow::Result<bool> {
+async fn scenario(p: &Params, server: &ServerProc, upstream: &Upstream) -> anyhow::Result<bool> {
     let (expected_tx, expected) = watch::channel(None);
     let shared = Arc::new(Shared {
         addr: server.addr,
@@ -879,7 +1056,7 @@ async fn scenario(p: &Params, server: &ServerProc, url: &str) -> anyhow::Result<
     let rss_subscribed = status_mb(server.pid, "VmRSS");
     let phases = if ok {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let mut phases = load_phase(p, server, url, &shared, &expected_tx, &clients).await?;
+        let mut phases = load_phase(p, server, upstream, &shared, &expected_tx, &clients).await?;
         phases.rss[..2].copy_from_slice(&[rss_start, rss_subscribed]);
         phases.subscribe_secs = subscribe_secs;
         Some(phases)
@@ -922,7 +1099,7 @@ async fn wait_until(
 async fn load_phase(
     p: &Params,
     server: &ServerProc,
-    url: &str,
+    upstream: &Upstream,
     shared: &Shared,
     expected_tx: &watch::Sender<Option<Expected>>,
     clients: &[JoinHandle<Client>],
@@ -951,7 +1128,7 @@ async fn load_phase(
     let commit0 = histogram(server.addr, COMMIT_DELAY).await;
     let delivery0 = histogram(server.addr, DELIVERY_DELAY).await;
     shared.load_running.store(true, Relaxed);
-    let load = generate(url, p).await;
+    let load = generate(upstream, p).await;
     shared.load_running.store(false, Relaxed);
     let cpu_secs = cpu_seconds(pid) - cpu0;
     let bench_cpu_secs = cpu_seconds(me) - bench_cpu0;
@@ -962,7 +1139,7 @@ async fn load_phase(
         p.name, load.updates
     );
     let converge_start = Instant::now();
-    expected_tx.send_replace(Some(expected_rows(url, p).await?));
+    expected_tx.send_replace(Some(expected_rows(upstream, p).await?));
     let all_converged = || shared.converged.load(Relaxed) == p.connections;
     wait_until(
         clients,
@@ -1061,6 +1238,7 @@ fn report(p: &Params, ph: &Phases, clients: &[Client]) -> bool {
         (false, n) => format!("{n} distinct filters"),
     };
     let (name, subscribe_secs, converge_secs) = (p.name, ph.subscribe_secs, ph.converge_secs);
+    let backend = p.backend.name();
     let conflated = ph.conflated.map_or_else(|| "n/a".into(), |n| n.to_string());
     let verdict = if ok { "OK" } else { "FAILED" };
     let series: Vec<String> = ph
@@ -1073,7 +1251,7 @@ fn report(p: &Params, ph: &Phases, clients: &[Client]) -> bool {
     let (fast_n, slow_n, total_conns) = (fast.len(), slow.len(), clients.len());
     println!(
         "
-== viewcast-bench {name} ==
+== viewcast-bench {name} ({backend}) ==
   clients             {conns} connections x {per_conn} subscriptions ({filters}), {} slow
   source              {rows} rows, {payload} B payload each
   load                target {rate}/s, achieved {achieved:.0}/s: {updates} updates in {secs:.1} s
@@ -1101,7 +1279,7 @@ commit time -> hub apply, {db_n} batches)
         println!("  client error        {error}");
     }
     let json = serde_json::json!({
-        "scenario": name, "connections": conns, "subs_per_conn": per_conn, "filters": p.filters,
+        "scenario": name, "backend": backend, "connections": conns, "subs_per_conn": per_conn, "filters": p.filters,
         "rows": rows, "slow": p.slow, "target_rate": rate, "achieved_rate": achieved,
         "updates": updates, "load_secs": secs, "subscribe_all_secs": subscribe_secs,
         "snapshot_ms": {"p50": snap_p50, "max": snap_max}, "delivered_per_sec": delivered_rate,

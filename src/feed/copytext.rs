@@ -9,7 +9,7 @@
 
 /// One decoded row; fields borrow from the decoder until the next row.
 pub struct Fields<'a> {
-    line: &'a [u8],
+    line: &'a str,
     scratch: &'a str,
     spans: &'a [Span],
 }
@@ -37,9 +37,7 @@ impl<'a> Fields<'a> {
         match self.spans.get(i) {
             None => Err(CopyError::MissingField(i)),
             Some(Span::Null) => Ok(None),
-            Some(&Span::Line(start, end)) => std::str::from_utf8(&self.line[start..end])
-                .map(Some)
-                .map_err(|_| CopyError::InvalidUtf8),
+            Some(&Span::Line(start, end)) => Ok(Some(&self.line[start..end])),
             Some(&Span::Scratch(start, end)) => Ok(Some(&self.scratch[start..end])),
         }
     }
@@ -124,21 +122,26 @@ impl CopyDecoder {
     ) -> Result<(), E> {
         self.spans.clear();
         self.scratch.clear();
-        for field in line.split(|&b| b == b'\t') {
-            let start = field.as_ptr() as usize - line.as_ptr() as usize;
-            let span = if field == b"\\N" {
+        // Tabs and newlines are ASCII, so a valid line splits into valid fields: one check
+        // per line. Escapes are ASCII too; what they decode to is checked again below.
+        let line = std::str::from_utf8(line).map_err(|_| CopyError::InvalidUtf8)?;
+        let mut start = 0;
+        for field in line.split('\t') {
+            let end = start + field.len();
+            let span = if field == "\\N" {
                 Span::Null
-            } else if memchr::memchr(b'\\', field).is_none() {
-                Span::Line(start, start + field.len())
+            } else if memchr::memchr(b'\\', field.as_bytes()).is_none() {
+                Span::Line(start, end)
             } else {
                 self.bytes.clear();
-                unescape(field, &mut self.bytes);
+                unescape(field.as_bytes(), &mut self.bytes);
                 let text = std::str::from_utf8(&self.bytes).map_err(|_| CopyError::InvalidUtf8)?;
                 let at = self.scratch.len();
                 self.scratch.push_str(text);
                 Span::Scratch(at, self.scratch.len())
             };
             self.spans.push(span);
+            start = end + 1;
         }
         on_row(&Fields {
             line,

@@ -905,6 +905,44 @@ impl Session {
         Ok((key, table.columns.clone(), table.primary_key.clone(), rows))
     }
 
+    /// A table's key, columns and primary key.
+    fn table_meta(&self, name: &Name) -> Result<(String, Vec<Column>, Vec<usize>), Error> {
+        let key = table_key(name, &self.schema);
+        let catalog = self.shared.store.lock();
+        let table = catalog
+            .tables
+            .get(&key)
+            .ok_or_else(|| errors::unknown_item(&name.name))?;
+        Ok((key, table.columns.clone(), table.primary_key.clone()))
+    }
+
+    /// Whether a row with primary key `k` exists, as this session sees the table (a scan,
+    /// without copying the table).
+    fn key_exists(&self, key: &str, pk: &[usize], k: &Row) -> bool {
+        let matches = |row: &Row| pk.iter().zip(k).all(|(&i, v)| row[i] == *v);
+        let mut count: i64 = {
+            let catalog = self.shared.store.lock();
+            catalog.tables.get(key).map_or(0, |table| {
+                table
+                    .current
+                    .iter()
+                    .filter(|(row, _)| matches(row))
+                    .map(|(_, n)| *n)
+                    .sum()
+            })
+        };
+        for (table, changes) in &self.writes {
+            if table == key {
+                count += changes
+                    .iter()
+                    .filter(|(row, _)| matches(row))
+                    .map(|(_, d)| *d)
+                    .sum::<i64>();
+            }
+        }
+        count > 0
+    }
+
     fn insert(
         &mut self,
         name: &Name,
@@ -912,7 +950,7 @@ impl Session {
         values: &[Vec<Expr>],
         params: &[Option<String>],
     ) -> Result<Outcome, Error> {
-        let (key, columns, pk, existing) = self.visible(name)?;
+        let (key, columns, pk) = self.table_meta(name)?;
         let targets: Vec<usize> = match names {
             None => (0..columns.len()).collect(),
             Some(names) => names
@@ -950,11 +988,7 @@ impl Session {
             check_not_null(&columns, &row)?;
             if !pk.is_empty() {
                 let k: Row = pk.iter().map(|&i| row[i].clone()).collect();
-                let taken = keys.contains(&k)
-                    || existing
-                        .keys()
-                        .any(|r| pk.iter().map(|&i| r[i].clone()).collect::<Row>() == k);
-                if taken {
+                if keys.contains(&k) || self.key_exists(&key, &pk, &k) {
                     return Err(Error {
                         code: "23505",
                         message: "duplicate key value violates unique constraint".into(),

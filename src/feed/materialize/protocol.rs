@@ -55,8 +55,6 @@ pub struct Decoder {
     open: Option<(u64, Vec<(Row, i64)>)>,
     /// Every timestamp before this one is complete (and handed out).
     frontier: u64,
-    /// Scratch: the values of the row being decoded.
-    values: Vec<Value>,
 }
 
 /// The output columns of a subscribe, in order: `(SQL column names in SELECT order, KEY
@@ -78,7 +76,6 @@ impl Decoder {
     pub fn new(source: Arc<SourceDef>, envelope: Envelope, resume_from: Option<u64>) -> Decoder {
         let layout = output_layout(&source, envelope);
         Decoder {
-            values: Vec::with_capacity(source.columns.len()),
             source,
             envelope,
             layout,
@@ -183,19 +180,17 @@ impl Decoder {
                 }
             },
         };
-        self.values.clear();
-        self.values.resize(self.source.columns.len(), Value::Null);
+        let mut values = vec![Value::Null; self.source.columns.len()];
         for (i, &column) in self.layout.iter().enumerate() {
             if let Some(text) = fields.get(3 + i)? {
                 let def = &self.source.columns[column];
-                self.values[column] =
-                    parse_text(&def.ty, text).map_err(|e| ProtocolError::Value {
-                        column: def.name.clone(),
-                        message: e.to_string(),
-                    })?;
+                values[column] = parse_text(&def.ty, text).map_err(|e| ProtocolError::Value {
+                    column: def.name.clone(),
+                    message: e.to_string(),
+                })?;
             }
         }
-        Ok((Row::new(self.values.clone()), diff))
+        Ok((Row::new(values), diff))
     }
 
     /// Hands out everything at timestamps before `ts`.
@@ -246,6 +241,18 @@ impl Decoder {
     /// The net effect per key of one timestamp's rows, in first-seen key order.
     fn net(&self, rows: Vec<(Row, i64)>) -> Vec<(Key, Net)> {
         let key_columns = &self.source.primary_key;
+        if self.envelope == Envelope::Upsert {
+            // At most one row per key per timestamp: no grouping needed (and an upsert's key
+            // is not needed at all).
+            return rows
+                .into_iter()
+                .map(|(row, diff)| match diff {
+                    1 => (Key(Box::default()), Net::Upsert(row)),
+                    -1 => (row.key(key_columns), Net::Delete),
+                    _ => (row.key(key_columns), Net::Violation),
+                })
+                .collect();
+        }
         let mut order: Vec<Key> = Vec::new();
         let mut per_key: HashMap<Key, Vec<(Row, i64)>> = HashMap::new();
         for (row, diff) in rows {
