@@ -29,6 +29,8 @@ pub struct Cli {
     pub log_json: bool,
 }
 
+// Doc comments here are the --help text users read, not rustdoc: no Markdown backticks.
+#[allow(clippy::doc_markdown)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the GraphQL API for the sources in a schema.yaml.
@@ -37,6 +39,12 @@ pub enum Command {
     Check(CheckArgs),
     /// Run a self-contained demo: a private PostgreSQL, a live trading dataset and the server.
     Demo(DemoArgs),
+    /// Write a schema.yaml for views or tables of a database, from its catalog.
+    ///
+    /// Example: viewcast introspect --backend materialize live_pnl trades
+    ///   --primary-key live_pnl=instrument_id --primary-key trades=id
+    ///   --enum side=buy,sell --enum-column trades.side=side --output schema.yaml
+    Introspect(IntrospectArgs),
 }
 
 #[derive(Debug, Args)]
@@ -94,6 +102,90 @@ pub struct CheckArgs {
     /// Instance name used in replication slot names (as for `serve`).
     #[arg(long, env = "VIEWCAST_INSTANCE", default_value = "default")]
     pub instance: String,
+}
+
+// Doc comments here are the --help text users read, not rustdoc: no Markdown backticks.
+#[allow(clippy::doc_markdown)]
+#[derive(Debug, Args)]
+pub struct IntrospectArgs {
+    /// Relations to serve, `[schema.]name` (quote mixed-case names: '"MyView"').
+    #[arg(required = true)]
+    pub relations: Vec<String>,
+    /// The database: materialize, risingwave or postgres.
+    #[arg(long, default_value = "materialize", value_parser = ["materialize", "risingwave", "postgres"])]
+    pub backend: String,
+    /// Its URL (default: MATERIALIZE_URL, RISINGWAVE_URL or DATABASE_URL, by backend).
+    #[arg(long, hide_env_values = true)]
+    pub url: Option<String>,
+    /// A relation's primary key, overriding the catalog (views have none): REL=COL[,COL…].
+    #[arg(long = "primary-key", value_name = "REL=COLS")]
+    pub primary_keys: Vec<String>,
+    /// Declare an enum, values in their order: NAME=V1,V2,…
+    #[arg(long = "enum", value_name = "NAME=VALUES")]
+    pub enums: Vec<String>,
+    /// A column holding an enum's labels: REL.COLUMN=ENUM.
+    #[arg(long = "enum-column", value_name = "REL.COL=ENUM")]
+    pub enum_columns: Vec<String>,
+    /// Map numeric to Float (tycostream's mapping) instead of the exact Numeric.
+    #[arg(long)]
+    pub numeric_as_float: bool,
+    /// Write to this file instead of standard output.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+}
+
+impl IntrospectArgs {
+    /// The request the flags describe, or what is wrong with them.
+    pub fn request(&self) -> anyhow::Result<crate::introspect::Request> {
+        use anyhow::Context as _;
+        let backend = match self.backend.as_str() {
+            "postgres" => crate::config::Backend::Postgres,
+            "risingwave" => crate::config::Backend::RisingWave,
+            _ => crate::config::Backend::Materialize,
+        };
+        let pair = |flag: &str, value: &str| -> anyhow::Result<(String, String)> {
+            let (left, right) = value
+                .split_once('=')
+                .with_context(|| format!("--{flag} {value:?}: expected LEFT=RIGHT"))?;
+            anyhow::ensure!(
+                !left.is_empty() && !right.is_empty(),
+                "--{flag} {value:?}: both sides of = are needed"
+            );
+            Ok((left.to_owned(), right.to_owned()))
+        };
+        let list = |text: &str| text.split(',').map(|v| v.trim().to_owned()).collect();
+        let mut request = crate::introspect::Request {
+            backend: Some(backend),
+            relations: self.relations.clone(),
+            numeric_as_float: self.numeric_as_float,
+            ..crate::introspect::Request::default()
+        };
+        for value in &self.primary_keys {
+            let (relation, columns) = pair("primary-key", value)?;
+            request.primary_keys.insert(relation, list(&columns));
+        }
+        for value in &self.enums {
+            let (name, values) = pair("enum", value)?;
+            request.enums.push((name, list(&values)));
+        }
+        for value in &self.enum_columns {
+            let (column, name) = pair("enum-column", value)?;
+            request.enum_columns.insert(column, name);
+        }
+        Ok(request)
+    }
+
+    pub fn url(&self) -> anyhow::Result<String> {
+        if let Some(url) = &self.url {
+            return Ok(url.clone());
+        }
+        let var = match self.backend.as_str() {
+            "postgres" => "DATABASE_URL",
+            "risingwave" => "RISINGWAVE_URL",
+            _ => "MATERIALIZE_URL",
+        };
+        std::env::var(var).map_err(|_| anyhow::anyhow!("no database URL: pass --url or set {var}"))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -170,6 +262,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(args) => crate::demo::run(args).await,
+        Command::Introspect(args) => {
+            let request = args.request()?;
+            let url = args.url()?;
+            let yaml = crate::introspect::introspect(&url, &request).await?;
+            match &args.output {
+                Some(path) => {
+                    std::fs::write(path, &yaml)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    eprintln!("wrote {}", path.display());
+                }
+                None => print!("{yaml}"),
+            }
+            Ok(())
+        }
     }
 }
 

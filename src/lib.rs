@@ -9,6 +9,7 @@ pub mod feed;
 pub mod filter;
 pub mod http;
 pub mod hub;
+pub mod introspect;
 pub mod pgcluster;
 pub mod schema;
 pub mod server;

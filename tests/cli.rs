@@ -19,7 +19,7 @@ fn viewcast(args: &[&str]) -> (i32, String, String) {
 fn help_lists_commands_and_environment_variables() {
     let (code, out, _) = viewcast(&["--help"]);
     assert_eq!(code, 0);
-    for command in ["serve", "check", "demo"] {
+    for command in ["serve", "check", "demo", "introspect"] {
         assert!(out.contains(command), "{out}");
     }
     let (code, out, _) = viewcast(&["serve", "--help"]);
@@ -30,6 +30,8 @@ fn help_lists_commands_and_environment_variables() {
         "VIEWCAST_HOST",
         "VIEWCAST_CONFIG",
         "VIEWCAST_INSTANCE",
+        "MATERIALIZE_URL",
+        "RISINGWAVE_URL",
     ] {
         assert!(out.contains(env), "serve --help names {env}:\n{out}");
     }

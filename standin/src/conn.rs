@@ -905,6 +905,40 @@ impl Session {
         Ok((key, table.columns.clone(), table.primary_key.clone(), rows))
     }
 
+    /// `information_schema.columns`, as far as catalog readers (introspection) use it.
+    fn information_schema_columns(&self) -> (Vec<Column>, HashMap<Row, i64>) {
+        let column = |name: &str, ty| Column {
+            name: name.into(),
+            ty,
+            not_null: false,
+        };
+        let columns = vec![
+            column("table_schema", SqlType::Text),
+            column("table_name", SqlType::Text),
+            column("column_name", SqlType::Text),
+            column("data_type", SqlType::Text),
+            column("ordinal_position", SqlType::Int4),
+        ];
+        let catalog = self.shared.store.lock();
+        let mut rows = HashMap::new();
+        for (key, table) in &catalog.tables {
+            let (schema, name) = key.split_once('.').unwrap_or(("public", key));
+            for (i, c) in table.columns.iter().enumerate() {
+                rows.insert(
+                    vec![
+                        Some(schema.to_owned()),
+                        Some(name.to_owned()),
+                        Some(c.name.clone()),
+                        Some(c.ty.name().to_owned()),
+                        Some((i + 1).to_string()),
+                    ],
+                    1,
+                );
+            }
+        }
+        (columns, rows)
+    }
+
     /// A table's key, columns and primary key.
     fn table_meta(&self, name: &Name) -> Result<(String, Vec<Column>, Vec<usize>), Error> {
         let key = table_key(name, &self.schema);
@@ -1075,6 +1109,12 @@ impl Session {
         params: &[Option<String>],
     ) -> Result<Outcome, Error> {
         let (columns, rows) = match from {
+            Some(name)
+                if name.schema.as_deref() == Some("information_schema")
+                    && name.name == "columns" =>
+            {
+                self.information_schema_columns()
+            }
             Some(name) => {
                 let (_, columns, _, rows) = self.visible(name)?;
                 (columns, rows)

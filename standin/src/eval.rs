@@ -90,6 +90,7 @@ pub fn eval(expr: &Expr, scope: &Scope<'_>) -> Result<Val, String> {
         },
         Expr::Call(name) => match name.as_str() {
             "now" | "mz_now" => Val::Int(i128::from(now_ms())),
+            "current_schema" => Val::Text("public".into()),
             other => return Err(format!("function {other}() does not exist")),
         },
         Expr::Column(name) => {
