@@ -384,7 +384,10 @@ async fn a_lost_upstream_is_invisible_to_clients(kind: Kind) {
     sql.batch_execute("UPDATE items SET score = score + 1000 WHERE id <= 10")
         .await
         .unwrap();
+    // The feed has applied a change after its snapshot (so it has a resume point) …
+    converges(&rx, &table_rows(&backend, |_| true).await).await;
     drop(sql);
+    // … when the upstream goes away.
     backend.interrupt().await;
     let sql = backend.sql().await;
     sql.batch_execute("INSERT INTO items VALUES (100, 'after', 1, false, NULL)")
