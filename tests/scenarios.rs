@@ -478,6 +478,104 @@ async fn a_missing_relation_fails_its_source_only(kind: Kind) {
     backend.stop().await;
 }
 
+async fn composite_keys_quoted_identifiers_and_schemas(kind: Kind) {
+    let backend = Backend::start(kind).await;
+    backend
+        .sql()
+        .await
+        .batch_execute(r#"CREATE SCHEMA "Market""#)
+        .await
+        .unwrap();
+    backend
+        .create_table(
+            r#""Market"."Order Book""#,
+            r#"CREATE TABLE "Market"."Order Book" ("Venue" text, sym text, "Level" integer, qty bigint, PRIMARY KEY ("Venue", sym, "Level"))"#,
+        )
+        .await;
+    let sql = backend.sql().await;
+    sql.batch_execute(
+        r#"INSERT INTO "Market"."Order Book" VALUES ('X', 'AAPL', 1, 100), ('X', 'AAPL', 2, 200), ('Y', 'AAPL', 1, 300)"#,
+    )
+    .await
+    .unwrap();
+    let schema = format!(
+        r#"{}sources:
+  book:
+    table: '"Market"."Order Book"'
+    primary_key: [venue, sym, level]
+{}    columns:
+      venue: {{ type: String, column: '"Venue"' }}
+      sym: String
+      level: {{ type: Integer, column: '"Level"' }}
+      qty: BigInt
+"#,
+        backend.yaml_backend(),
+        backend.yaml_source_options()
+    );
+    let server = backend.server(&schema).await;
+    let mut ws = Ws::connect(server.addr(), "graphql-transport-ws").await;
+    ws.subscribe("b", r#"subscription { book(where: {venue: {_eq: "X"}}, snapshot_end: true) { operation data { venue sym level qty } fields } }"#).await;
+    let mut snapshot = vec![
+        ws.next_payload("b").await["data"]["book"]["data"].clone(),
+        ws.next_payload("b").await["data"]["book"]["data"].clone(),
+    ];
+    snapshot.sort_by_key(|d| d["level"].as_i64());
+    assert_eq!(
+        snapshot,
+        [
+            json!({"venue": "X", "sym": "AAPL", "level": 1, "qty": "100"}),
+            json!({"venue": "X", "sym": "AAPL", "level": 2, "qty": "200"})
+        ]
+    );
+    assert_eq!(
+        ws.next_payload("b").await["data"]["book"]["operation"],
+        "SNAPSHOT_END"
+    );
+
+    // A key change is a DELETE of the old key and an INSERT of the new one (in one batch, in
+    // no particular order).
+    sql.batch_execute(r#"UPDATE "Market"."Order Book" SET "Level" = 3, qty = 250 WHERE "Venue" = 'X' AND "Level" = 2"#).await.unwrap();
+    let mut pair = vec![
+        ws.next_payload("b").await["data"]["book"].clone(),
+        ws.next_payload("b").await["data"]["book"].clone(),
+    ];
+    pair.sort_by_key(|u| u["operation"].as_str().map(str::to_owned));
+    assert_eq!(
+        (
+            pair[0]["operation"].as_str(),
+            pair[0]["data"]["level"].as_i64()
+        ),
+        (Some("DELETE"), Some(2)),
+        "{pair:?}"
+    );
+    assert_eq!(
+        (pair[1]["operation"].as_str(), &pair[1]["data"]),
+        (
+            Some("INSERT"),
+            &json!({"venue": "X", "sym": "AAPL", "level": 3, "qty": "250"})
+        ),
+        "{pair:?}"
+    );
+    // Same other key columns, different venue: a different row.
+    sql.batch_execute(r#"UPDATE "Market"."Order Book" SET qty = 301 WHERE "Venue" = 'Y'"#)
+        .await
+        .unwrap();
+    sql.batch_execute(
+        r#"UPDATE "Market"."Order Book" SET qty = 101 WHERE "Venue" = 'X' AND "Level" = 1"#,
+    )
+    .await
+    .unwrap();
+    let update = ws.next_payload("b").await["data"]["book"].clone();
+    assert_eq!(
+        update["data"],
+        json!({"venue": "X", "sym": "AAPL", "level": 1, "qty": "101"}),
+        "the key and the change: {update}"
+    );
+    assert_eq!(update["fields"], json!(["qty"]));
+    server.shutdown().await;
+    backend.stop().await;
+}
+
 macro_rules! on_backend {
     ($module:ident, $kind:expr, [$($scenario:ident),* $(,)?]) => {
         mod $module {
@@ -507,4 +605,5 @@ on_every_backend!(
     late_joiners_during_a_burst_lose_nothing_and_see_nothing_twice,
     a_lost_upstream_is_invisible_to_clients,
     a_missing_relation_fails_its_source_only,
+    composite_keys_quoted_identifiers_and_schemas,
 );

@@ -604,6 +604,7 @@ impl Session {
         let store = self.shared.store.clone();
         match statement {
             Statement::Empty => Ok(Outcome::Tag(String::new())),
+            Statement::CreateSchema => Ok(Outcome::Tag("CREATE SCHEMA".into())),
             Statement::Begin => {
                 self.in_transaction = true;
                 Ok(Outcome::Tag("BEGIN".into()))

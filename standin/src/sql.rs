@@ -233,6 +233,7 @@ pub struct ColumnSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Statement {
     Empty,
+    CreateSchema,
     CreateTable {
         name: Name,
         columns: Vec<ColumnSpec>,
@@ -662,6 +663,12 @@ impl Parser<'_> {
     }
 
     fn create(&mut self) -> Result<Statement, String> {
+        if self.keyword("schema") {
+            // Schemas exist implicitly here (a table's key is `schema.name`).
+            let _ = self.keyword("if") && self.keyword("not") && self.keyword("exists");
+            self.ident()?;
+            return Ok(Statement::CreateSchema);
+        }
         if self.keyword("subscription") {
             let if_not_exists = self.keyword("if") && self.keyword("not") && self.keyword("exists");
             // Subscriptions live in one namespace here: a schema prefix is dropped.
