@@ -268,11 +268,21 @@ async fn a_key_violation_is_counted_and_not_applied() {
 
 #[tokio::test]
 async fn an_unknown_cluster_is_reported_for_its_source() {
+    unknown_setting_is_reported("cluster: nowhere", "unknown cluster 'nowhere'").await;
+}
+
+#[tokio::test]
+async fn an_unknown_database_is_reported_for_its_source() {
+    unknown_setting_is_reported("database: nowhere", "unknown database 'nowhere'").await;
+}
+
+/// A source whose `setting` names something Materialize does not have reports `message`.
+async fn unknown_setting_is_reported(setting: &str, message: &'static str) {
     let backend = Backend::start(Kind::Materialize).await;
     backend.create_table("items", TABLE).await;
     let yaml = schema(&backend).replace(
         "    primary_key: id\n",
-        "    primary_key: id\n    cluster: nowhere\n",
+        &format!("    primary_key: id\n    {setting}\n"),
     );
     let config = viewcast::config::load_str(std::path::Path::new("test.yaml"), &yaml).unwrap();
     let server = viewcast::server::Server::start(config, backend.options())
@@ -281,7 +291,7 @@ async fn an_unknown_cluster_is_reported_for_its_source() {
     let addr = server.addr();
     let (status, body) = eventually(
         || async move { common::http_get(addr, "/ready").await.unwrap() },
-        |(_, body)| body.contains("unknown cluster 'nowhere'"),
+        |(_, body)| body.contains(message),
     )
     .await;
     assert_eq!(status, 503, "{body}");

@@ -85,7 +85,9 @@ fn parse(text: &str) -> Result<Resolved, Problem> {
 // The file as serde sees it.
 
 /// Top-level keys, for hints (serde's own list is in its error message).
-const TOP_LEVEL_KEYS: &[&str] = &["backend", "start", "cluster", "enums", "sources"];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "backend", "start", "cluster", "database", "enums", "sources",
+];
 const SOURCE_KEYS: &[&str] = &[
     "primary_key",
     "table",
@@ -93,6 +95,7 @@ const SOURCE_KEYS: &[&str] = &[
     "backend",
     "start",
     "cluster",
+    "database",
     "envelope",
     "retention",
     "columns",
@@ -112,6 +115,7 @@ struct RawConfig {
     backend: Option<String>,
     start: Option<String>,
     cluster: Option<String>,
+    database: Option<String>,
     enums: Option<Entries<Vec<String>>>,
     sources: Option<Entries<RawSource>>,
 }
@@ -125,6 +129,7 @@ struct RawSource {
     backend: Option<String>,
     start: Option<String>,
     cluster: Option<String>,
+    database: Option<String>,
     envelope: Option<String>,
     retention: Option<String>,
     columns: Option<Entries<RawColumn>>,
@@ -395,6 +400,10 @@ impl Resolver<'_> {
         if let Some(cluster) = &raw_cluster {
             check_cluster(cluster, self.spans.value_at(&["cluster"]))?;
         }
+        let raw_database = raw.database;
+        if let Some(database) = &raw_database {
+            check_database(database, self.spans.value_at(&["database"]))?;
+        }
         let sources = raw.sources.map(|s| s.0).unwrap_or_default();
         if sources.is_empty() {
             let (at, message) = if self.spans.contains(&["sources"]) {
@@ -414,6 +423,7 @@ impl Resolver<'_> {
                     backend,
                     start,
                     cluster: raw_cluster.as_deref(),
+                    database: raw_database.as_deref(),
                 };
                 self.resolve_source(name, raw, &enums, &defaults)
                     .map(Arc::new)
@@ -582,6 +592,15 @@ impl Resolver<'_> {
             options.cluster = Some(cluster.clone());
         } else if backend == Backend::Materialize {
             options.cluster = defaults.cluster.map(str::to_owned);
+        }
+        if let Some(database) = &raw.database {
+            if backend != Backend::Materialize {
+                return Err(only_for("database", Backend::Materialize));
+            }
+            check_database(database, self.spans.value_at(&["sources", s, "database"]))?;
+            options.database = Some(database.clone());
+        } else if backend == Backend::Materialize {
+            options.database = defaults.database.map(str::to_owned);
         }
         if let Some(envelope) = &raw.envelope {
             if backend != Backend::Materialize {
@@ -874,6 +893,7 @@ struct Defaults<'a> {
     backend: Backend,
     start: StartMode,
     cluster: Option<&'a str>,
+    database: Option<&'a str>,
 }
 
 static RETENTION: LazyLock<Regex> = LazyLock::new(|| {
@@ -894,6 +914,19 @@ fn check_cluster(name: &str, at: Location) -> Result<(), Problem> {
     } else {
         Err(Problem::new(at, format!("invalid cluster name {name:?}"))
             .hint("cluster names are letters, digits, `_` and `-`, e.g. `quickstart`"))
+    }
+}
+
+/// A database name goes into `SET database = '…'`: a plain identifier.
+fn check_database(name: &str, at: Location) -> Result<(), Problem> {
+    let ok = !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(Problem::new(at, format!("invalid database name {name:?}"))
+            .hint("database names are letters, digits and `_`, e.g. `materialize`"))
     }
 }
 

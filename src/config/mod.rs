@@ -124,6 +124,9 @@ pub struct FeedOptions {
     /// Materialize: the cluster the subscribe runs on (`SET cluster`); the connection's
     /// default when unset.
     pub cluster: Option<String>,
+    /// Materialize: the database unqualified names resolve in (`SET database`); the
+    /// connection's (the URL's) when unset.
+    pub database: Option<String>,
     /// Materialize: the subscribe's envelope.
     pub envelope: Envelope,
     /// RisingWave: how long the subscription keeps changes, as RisingWave reads it (`'1h'`,

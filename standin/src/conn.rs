@@ -62,6 +62,7 @@ struct Session {
     streaming: Arc<AtomicBool>,
     schema: String,
     cluster: String,
+    database: String,
     in_transaction: bool,
     failed: bool,
     writes: Vec<(String, Changes)>,
@@ -151,6 +152,7 @@ pub async fn serve(socket: TcpStream, shared: Arc<Shared>, stop: CancellationTok
         streaming,
         schema: "public".into(),
         cluster: "quickstart".into(),
+        database: database.clone(),
         in_transaction: false,
         failed: false,
         writes: Vec::new(),
@@ -587,7 +589,15 @@ impl Session {
         !self.mz_cursors.is_empty() || !self.rw_cursors.is_empty()
     }
 
+    /// The session's cluster and database must exist when a query needs them (Materialize
+    /// accepts any `SET` and fails then).
     fn check_cluster(&self) -> Result<(), Error> {
+        if self.database != "materialize" {
+            return Err(Error {
+                code: "XX000",
+                message: format!("unknown database '{}'", self.database),
+            });
+        }
         if self.shared.options.clusters.contains(&self.cluster) {
             Ok(())
         } else {
@@ -632,6 +642,7 @@ impl Session {
                         self.cluster = value;
                     }
                     "search_path" => self.schema = value,
+                    "database" => self.database = value,
                     _ => {}
                 }
                 Ok(Outcome::Tag("SET".into()))

@@ -136,6 +136,9 @@ async fn session(
         if let Some(cluster) = &source.feed.cluster {
             let _ = write!(setup, "; SET cluster = {}", quote_literal(cluster));
         }
+        if let Some(database) = &source.feed.database {
+            let _ = write!(setup, "; SET database = {}", quote_literal(database));
+        }
         client
             .batch_execute(&setup)
             .await
