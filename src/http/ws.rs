@@ -477,7 +477,11 @@ async fn write(
                 .observe(flushed.saturating_duration_since(applied));
         }
     }
-    let _ = sink.close().await;
+    // Stop reading the subscriptions (their views stop working for us) and refuse further
+    // frames before closing; a peer that stopped reading cannot hold the close either.
+    drop(subscriptions);
+    out_rx.close();
+    let _ = tokio::time::timeout(write_timeout, sink.close()).await;
 }
 
 /// A frame that is ready now (queued, or from a subscription's reader), without waiting.

@@ -283,7 +283,9 @@ impl Hub {
     /// Turns the tracked before/after states into an [`AppliedBatch`], logs it and wakes readers.
     fn commit(&self, state: &mut State, position: Position, tracker: Tracker) {
         let changes = tracker.finish(&state.cache, &self.source);
-        state.position = position;
+        // Never backwards (a RisingWave snapshot is stamped with the clock, its next epochs
+        // may be a little older).
+        state.position = state.position.max(position);
         if !changes.is_empty() {
             state.head += 1;
             let batch = Arc::new(AppliedBatch {

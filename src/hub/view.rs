@@ -115,6 +115,11 @@ impl<E: Encoder> ViewSink for View<E> {
         let events = filter_changes(&self.filter, &batch.changes, batch.position, cursor);
         let mut state = self.lock();
         state.evaluated_through = batch.seq;
+        // The cached snapshot serves readers opening at its head only: past it, it is dead
+        // weight (a second copy of the view's rows).
+        if state.snapshot.as_ref().is_some_and(|s| s.head < batch.seq) {
+            state.snapshot = None;
+        }
         if events.is_empty() {
             return;
         }

@@ -7,9 +7,13 @@
 //! `rw_timestamp` (Unix milliseconds of the epoch; NULL on `FULL` snapshot rows). `SINCE t` is
 //! inclusive and must lie within the subscription's retention. One FETCH may span several
 //! epochs and an epoch may be split across `FETCH`es. Without a timeout FETCH returns at once
-//! (possibly nothing); with one it waits only while it has no row at all.
+//! what is ready (possibly nothing). With one it waits while it has no row, and, as RisingWave
+//! checks its deadline after every row, may return at the deadline with only part of what is
+//! ready, mid-epoch: the stand-in cuts every other such FETCH at a random row.
 
 use std::collections::VecDeque;
+
+use rand::Rng as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +44,8 @@ pub struct RwCursor {
     next: u64,
     hold: u64,
     buffer: VecDeque<OutRow>,
+    /// Timed `FETCH`es so far (every other one returns early, as at a deadline).
+    timed_fetches: u64,
 }
 
 impl Drop for RwCursor {
@@ -116,6 +122,7 @@ impl RwCursor {
             next,
             hold,
             buffer,
+            timed_fetches: 0,
         })
     }
 
@@ -205,7 +212,13 @@ impl RwCursor {
                 self.read()?;
             }
         }
-        let n = count.map_or(self.buffer.len(), |n| (n as usize).min(self.buffer.len()));
+        let mut n = count.map_or(self.buffer.len(), |n| (n as usize).min(self.buffer.len()));
+        if timeout.is_some() && n > 1 {
+            self.timed_fetches += 1;
+            if self.timed_fetches.is_multiple_of(2) {
+                n = rand::rng().random_range(1..n);
+            }
+        }
         Ok(self.buffer.drain(..n).collect())
     }
 }

@@ -31,6 +31,9 @@ use crate::config::{Envelope, SourceDef, quote_ident};
 use crate::hub::Hub;
 use protocol::{Decoder, Output, ProtocolError, output_layout};
 
+/// Silence longer than this on a subscribe means the connection is gone.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How the Materialize feeds of one server connect.
 #[derive(Debug, Clone)]
 pub struct MzFeedSettings {
@@ -88,16 +91,22 @@ pub async fn run(hub: Arc<Hub>, settings: Arc<MzFeedSettings>, cancel: Cancellat
             Ok(()) => FeedError::Connection("the subscribe ended".into()),
             Err(err) => err,
         };
-        let delay = match &err {
-            FeedError::Compacted(_) => Duration::ZERO,
-            FeedError::Setup(_) => backoff.max,
-            FeedError::Connection(_) => backoff.next(),
+        // A compacted resume point: a fresh snapshot at once (only when resuming; a fresh
+        // subscribe failing so is an ordinary error).
+        let err = match err {
+            FeedError::Compacted(message) if resume_from.is_some() => {
+                tracing::info!(source = %source, error = %message, "resume point compacted; taking a fresh snapshot");
+                resume_from = None;
+                continue;
+            }
+            FeedError::Compacted(message) => FeedError::Connection(message),
+            other => other,
         };
-        if let FeedError::Compacted(_) = err {
-            tracing::info!(source = %source, error = %err, "resume point compacted; taking a fresh snapshot");
-            resume_from = None;
-            continue;
-        }
+        let delay = if err.is_permanent() {
+            backoff.max
+        } else {
+            backoff.next()
+        };
         tracing::warn!(source = %source, error = %err, retry_in_ms = delay.as_millis() as u64, "materialize feed lost");
         hub.metrics().reconnects.inc();
         hub.apply(FeedEvent::Down {
@@ -149,28 +158,45 @@ async fn session(
             .copy_out(sql.as_str())
             .await
             .map_err(|e| classify("cannot subscribe", &e))?;
-        // Materialize accepted the subscribe: the next loss starts a fresh backoff.
-        backoff.reset();
         if resume_from.is_some() {
             hub.metrics().resumes.inc();
         }
         pin_mut!(stream);
         let mut decoder = Decoder::new(source.clone(), source.feed.envelope, *resume_from);
         let mut copy = CopyDecoder::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| classify("the subscribe failed", &e))?;
-            copy.feed(&chunk, |fields| {
-                decoder.row(fields, &mut |output| apply(hub, output))
-            })
-            .map_err(|e: ProtocolError| {
-                FeedError::Setup(format!("cannot read the subscribe: {e}"))
-            })?;
-            // Everything before the frontier is applied: a new session may resume there.
+        let mut received = false;
+        loop {
+            // Materialize sends a progress row whenever its frontier moves (about every second):
+            // a long silence is a half-open connection or a cluster without replicas.
+            let chunk = match tokio::time::timeout(READ_TIMEOUT, stream.next()).await {
+                Ok(Some(chunk)) => chunk.map_err(|e| classify("the subscribe failed", &e))?,
+                Ok(None) => return Ok(()),
+                Err(_) => {
+                    return Err(FeedError::Connection(format!(
+                        "no data or progress from Materialize for {} s (is the cluster running?)",
+                        READ_TIMEOUT.as_secs()
+                    )));
+                }
+            };
+            if !received {
+                // The subscribe streams: the next loss starts a fresh backoff.
+                received = true;
+                backoff.reset();
+            }
+            let read = copy
+                .feed(&chunk, |fields| {
+                    decoder.row(fields, &mut |output| apply(hub, output))
+                })
+                .map_err(|e: ProtocolError| {
+                    FeedError::Setup(format!("cannot read the subscribe: {e}"))
+                });
+            // Everything before the frontier is applied (even when a later row failed): a new
+            // session resumes there and does not apply those timestamps again.
             if decoder.snapshot_done() && decoder.frontier() > 0 {
                 *resume_from = Some(decoder.frontier());
             }
+            read?;
         }
-        Ok(())
     }
     .await;
     drop(client);

@@ -7,8 +7,10 @@
 //! `rw_timestamp`), then changes. Rows carry the relation's columns (matched by name), `op`
 //! (`Insert`, `Delete`, `UpdateDelete`, `UpdateInsert`) and `rw_timestamp` (the epoch, Unix
 //! milliseconds). An epoch's rows may be split across `FETCH`es, and one `FETCH` may hold several
-//! epochs, so an epoch is complete when a row of a later epoch arrives or a FETCH returns
-//! fewer rows than asked (RisingWave makes an epoch visible whole); each complete epoch
+//! epochs. A FETCH with a timeout may stop at its deadline mid-epoch (RisingWave checks it
+//! after every row), so an epoch is complete only when a row of a later epoch arrives or a
+//! `FETCH` without a timeout (which returns at once what is ready) returns nothing: epochs
+//! become visible whole, and an empty answer ends at an epoch boundary. Each complete epoch
 //! becomes one batch, consolidated per key.
 //!
 //! After a lost connection the cursor is declared again `SINCE <last complete epoch>`; SINCE
@@ -31,6 +33,8 @@ use crate::value::{Key, Row, Value, parse_text};
 
 /// Rows asked for per FETCH.
 const FETCH_ROWS: usize = 1000;
+/// A FETCH that takes longer than this means the connection is gone (half-open).
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a FETCH waits for a first row.
 const FETCH_TIMEOUT: &str = "1s";
 /// Retention of the subscription when the source sets none.
@@ -43,9 +47,23 @@ pub struct RwFeedSettings {
     pub url: String,
 }
 
-/// The subscription a source reads (in the relation's schema).
+/// The subscription a source reads (in the relation's schema). Its name carries a hash of
+/// the relation, so repointing a source (or two sources differing only in case) never reads
+/// another relation's subscription.
 pub fn subscription_name(source: &SourceDef) -> String {
-    let name = format!("viewcast_{}", source.name.to_ascii_lowercase());
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    let hash = source
+        .relation
+        .sql()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    let name = format!(
+        "viewcast_{}_{:08x}",
+        source.name.to_ascii_lowercase(),
+        hash & 0xffff_ffff
+    );
     match &source.relation.schema {
         Some(schema) => format!("{}.{}", quote_ident(schema), quote_ident(&name)),
         None => quote_ident(&name),
@@ -67,11 +85,17 @@ pub async fn run(hub: Arc<Hub>, settings: Arc<RwFeedSettings>, cancel: Cancellat
             Ok(()) => FeedError::Connection("the cursor ended".into()),
             Err(err) => err,
         };
-        if let FeedError::Compacted(_) = err {
-            tracing::info!(source = %source, error = %err, "resume point past the retention; taking a fresh snapshot");
-            resume = None;
-            continue;
-        }
+        // Past the retention: a fresh FULL cursor at once (only when resuming; a fresh
+        // cursor failing so is an ordinary error).
+        let err = match err {
+            FeedError::Compacted(message) if resume.is_some() => {
+                tracing::info!(source = %source, error = %message, "resume point past the retention; taking a fresh snapshot");
+                resume = None;
+                continue;
+            }
+            FeedError::Compacted(message) => FeedError::Connection(message),
+            other => other,
+        };
         let delay = if err.is_permanent() {
             backoff.max
         } else {
@@ -131,29 +155,37 @@ async fn session(
             .batch_execute(&declare)
             .await
             .map_err(|e| classify("cannot declare the cursor", &e))?;
-        // RisingWave accepted the cursor: the next loss starts a fresh backoff.
-        backoff.reset();
         if resume.is_some() {
             hub.metrics().resumes.inc();
         }
         let mut reader = Reader::new(source.clone(), *resume);
-        let fetch = format!("FETCH {FETCH_ROWS} FROM viewcast_cursor WITH (timeout = '{FETCH_TIMEOUT}')");
+        let wait = format!("FETCH {FETCH_ROWS} FROM viewcast_cursor WITH (timeout = '{FETCH_TIMEOUT}')");
+        let ready = format!("FETCH {FETCH_ROWS} FROM viewcast_cursor");
+        let mut fetched_once = false;
         loop {
-            let messages = client
-                .simple_query(&fetch)
-                .await
-                .map_err(|e| classify("the cursor failed", &e))?;
-            let rows: Vec<SimpleQueryRow> = messages
-                .into_iter()
-                .filter_map(|m| match m {
-                    SimpleQueryMessage::Row(row) => Some(row),
-                    _ => None,
-                })
-                .collect();
-            let drained = rows.len() < FETCH_ROWS;
-            reader.rows(&rows, drained, &mut |output| apply(hub, output))?;
-            if let Some(epoch) = reader.resume_point() {
-                *resume = Some(epoch);
+            // Wait for rows; then take what else is ready until nothing is: that empty answer
+            // closes the epochs read.
+            let mut query = &wait;
+            loop {
+                let rows = fetch(&client, query).await?;
+                if !fetched_once {
+                    // The cursor answers: the next loss starts a fresh backoff.
+                    fetched_once = true;
+                    backoff.reset();
+                }
+                let read = reader.rows(&rows, &mut |output| apply(hub, output));
+                if read.is_ok() && rows.is_empty() {
+                    reader.drained(&mut |output| apply(hub, output));
+                }
+                // Applied epochs count even when a later row fails.
+                if let Some(epoch) = reader.resume_point() {
+                    *resume = Some(epoch);
+                }
+                read?;
+                if rows.is_empty() {
+                    break;
+                }
+                query = &ready;
             }
         }
     }
@@ -161,6 +193,30 @@ async fn session(
     drop(client);
     connection.abort();
     result
+}
+
+/// One FETCH's rows; a FETCH that does not answer within [`READ_TIMEOUT`] is a lost
+/// connection.
+async fn fetch(
+    client: &tokio_postgres::Client,
+    query: &str,
+) -> Result<Vec<SimpleQueryRow>, FeedError> {
+    let messages = tokio::time::timeout(READ_TIMEOUT, client.simple_query(query))
+        .await
+        .map_err(|_| {
+            FeedError::Connection(format!(
+                "RisingWave did not answer a FETCH within {} s",
+                READ_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(|e| classify("the cursor failed", &e))?;
+    Ok(messages
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        })
+        .collect())
 }
 
 fn apply(hub: &Hub, output: Output) {
@@ -202,6 +258,8 @@ pub struct Reader {
     open: Option<(u64, Vec<(Row, i64)>)>,
     /// The last epoch applied whole.
     complete: Option<u64>,
+    /// A resumed cursor's `SINCE` epoch: its rows (and earlier ones) were applied before.
+    skip_through: Option<u64>,
 }
 
 struct Layout {
@@ -219,6 +277,7 @@ impl Reader {
             snapshot: resume.is_none().then(Vec::new),
             open: None,
             complete: resume,
+            skip_through: resume,
         }
     }
 
@@ -232,12 +291,11 @@ impl Reader {
         }
     }
 
-    /// Reads one FETCH's rows; `drained`: it returned fewer rows than asked, so every epoch
-    /// read so far is complete.
+    /// Reads one FETCH's rows, handing out the epochs they complete (those before a later
+    /// epoch's row).
     pub fn rows(
         &mut self,
         rows: &[SimpleQueryRow],
-        drained: bool,
         out: &mut impl FnMut(Output),
     ) -> Result<(), FeedError> {
         for row in rows {
@@ -285,9 +343,17 @@ impl Reader {
                 }
                 (Some(ts), _) => {
                     self.finish_snapshot(out);
-                    if self.complete.is_some_and(|c| ts <= c) {
+                    if self.skip_through.is_some_and(|s| ts <= s) {
                         // SINCE is inclusive: that epoch was applied before.
                         continue;
+                    }
+                    self.skip_through = None;
+                    let last = self.open.as_ref().map(|(t, _)| *t).or(self.complete);
+                    if last.is_some_and(|l| ts < l) || self.complete.is_some_and(|c| ts <= c) {
+                        return Err(FeedError::Connection(format!(
+                            "the cursor went back to epoch {ts} after {}",
+                            last.unwrap_or_default()
+                        )));
                     }
                     self.close_before(ts, out);
                     match &mut self.open {
@@ -297,11 +363,13 @@ impl Reader {
                 }
             }
         }
-        if drained {
-            self.finish_snapshot(out);
-            self.close_before(u64::MAX, out);
-        }
         Ok(())
+    }
+
+    /// A FETCH without a timeout returned nothing: every epoch read so far is complete.
+    pub fn drained(&mut self, out: &mut impl FnMut(Output)) {
+        self.finish_snapshot(out);
+        self.close_before(u64::MAX, out);
     }
 
     fn finish_snapshot(&mut self, out: &mut impl FnMut(Output)) {
