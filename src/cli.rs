@@ -62,6 +62,12 @@ pub struct ServeArgs {
     /// RisingWave URL for `backend: risingwave` sources (`postgres://root@host:4566/dev`).
     #[arg(long, env = "RISINGWAVE_URL", hide_env_values = true)]
     pub risingwave_url: Option<String>,
+    /// PostgreSQL database viewcast keeps triggers and deliveries in (default: `DATABASE_URL`).
+    #[arg(long, env = "VIEWCAST_STORE_URL", hide_env_values = true)]
+    pub store_url: Option<String>,
+    /// Let webhooks reach loopback and private addresses (refused by default).
+    #[arg(long, env = "VIEWCAST_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
     /// Address to listen on.
     #[arg(long, env = "VIEWCAST_HOST", default_value = "0.0.0.0")]
     pub host: String,
@@ -209,6 +215,10 @@ impl ServeArgs {
             database_url: self.database_url.clone(),
             materialize_url: self.materialize_url.clone(),
             risingwave_url: self.risingwave_url.clone(),
+            store_url: self.store_url.clone(),
+            triggers: crate::trigger::TriggerSettings {
+                allow_private_targets: self.webhook_allow_private,
+            },
             instance: self.instance.clone(),
             apply_setup: self.apply_setup,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout),
@@ -232,6 +242,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 (&args.database_url, "DATABASE_URL / --database-url"),
                 (&args.materialize_url, "MATERIALIZE_URL / --materialize-url"),
                 (&args.risingwave_url, "RISINGWAVE_URL / --risingwave-url"),
+                (&args.store_url, "VIEWCAST_STORE_URL / --store-url"),
             ] {
                 if let Some(url) = url {
                     check_database_url(url, flag)?;
@@ -254,9 +265,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 print!("{}", setup_sql(&config, &settings));
             } else {
-                let schema =
-                    crate::schema::build(&config, None, crate::schema::SchemaLimits::default())
-                        .context("the configuration is valid but its GraphQL schema is not")?;
+                let schema = crate::schema::build(
+                    &config,
+                    crate::schema::Services::default(),
+                    crate::schema::SchemaLimits::default(),
+                )
+                .context("the configuration is valid but its GraphQL schema is not")?;
                 print!("{}", schema.sdl());
             }
             Ok(())

@@ -13,5 +13,7 @@ pub mod introspect;
 pub mod pgcluster;
 pub mod schema;
 pub mod server;
+pub mod store;
 pub mod telemetry;
+pub mod trigger;
 pub mod value;

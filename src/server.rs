@@ -29,6 +29,9 @@ pub struct ServeOptions {
     pub materialize_url: Option<String>,
     /// RisingWave URL for `risingwave` sources.
     pub risingwave_url: Option<String>,
+    /// PostgreSQL URL of the store for triggers (default: `database_url`).
+    pub store_url: Option<String>,
+    pub triggers: crate::trigger::TriggerSettings,
     /// Names this server's replication slots (several servers on one database need distinct ones).
     pub instance: String,
     pub apply_setup: bool,
@@ -46,6 +49,8 @@ impl Default for ServeOptions {
             database_url: None,
             materialize_url: None,
             risingwave_url: None,
+            store_url: None,
+            triggers: crate::trigger::TriggerSettings::default(),
             instance: "default".into(),
             apply_setup: false,
             ws: WsSettings::default(),
@@ -122,7 +127,20 @@ impl Server {
         let feeds = FeedRuntime::new();
         let starter = feed_starter(&options, shutdown.clone(), tasks.clone(), feeds.handle());
         let hubs = Hubs::new(&config, options.hub_limits, &metrics, starter);
-        let schema = crate::schema::build(&config, Some(hubs.clone()), options.schema_limits)
+        let triggers = crate::trigger::Triggers::start(
+            Arc::new(config.clone()),
+            options.triggers.clone(),
+            options
+                .store_url
+                .clone()
+                .or_else(|| options.database_url.clone()),
+            shutdown.clone(),
+        );
+        let services = crate::schema::Services {
+            hubs: Some(hubs.clone()),
+            triggers: Some(triggers.clone()),
+        };
+        let schema = crate::schema::build(&config, services, options.schema_limits)
             .map_err(|e| ServerError::Schema(e.to_string()))?;
         let addr = format!("{}:{}", options.host, options.port);
         let listener = tokio::net::TcpListener::bind(&addr)
@@ -137,6 +155,7 @@ impl Server {
         let state = AppState {
             schema,
             hubs: hubs.clone(),
+            triggers,
             metrics: metrics.clone(),
             ws: options.ws,
             shutdown: shutdown.clone(),

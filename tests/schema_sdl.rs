@@ -5,9 +5,13 @@ use std::path::Path;
 fn sdl(case: &str) -> String {
     let path = format!("tests/fixtures/valid/{case}/schema.yaml");
     let config = viewcast::config::load(Path::new(&path)).expect("valid fixture");
-    viewcast::schema::build(&config, None, viewcast::schema::SchemaLimits::default())
-        .expect("schema builds")
-        .sdl()
+    viewcast::schema::build(
+        &config,
+        viewcast::schema::Services::default(),
+        viewcast::schema::SchemaLimits::default(),
+    )
+    .expect("schema builds")
+    .sdl()
 }
 
 #[test]

@@ -56,6 +56,7 @@ impl Default for WsSettings {
 pub struct AppState {
     pub schema: Schema,
     pub hubs: Arc<Hubs>,
+    pub triggers: Arc<crate::trigger::Triggers>,
     pub metrics: Arc<Metrics>,
     pub ws: WsSettings,
     /// Cancelled at shutdown: WebSocket connections close with 1001.
@@ -221,15 +222,18 @@ async fn ready(State(state): State<AppState>) -> Response {
         };
         sources.insert(name, entry);
     }
+    let mut body = serde_json::json!({ "ready": ready, "sources": sources });
+    if let Some(reason) = state.triggers.not_ready() {
+        ready = false;
+        body["ready"] = false.into();
+        body["store"] = serde_json::json!({ "status": "down", "reason": reason });
+    }
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    json_response(
-        status,
-        &serde_json::json!({ "ready": ready, "sources": sources }),
-    )
+    json_response(status, &body)
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

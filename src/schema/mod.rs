@@ -9,6 +9,7 @@
 
 mod encode;
 mod output;
+mod triggers;
 
 use std::sync::Arc;
 
@@ -41,31 +42,51 @@ impl Default for SchemaLimits {
     }
 }
 
-/// Builds the schema for `config`; `hubs` is attached as schema data (absent for `check`).
+/// What the resolvers reach at run time (absent when the schema is built only to check it).
+#[derive(Default, Clone)]
+pub struct Services {
+    pub hubs: Option<Arc<Hubs>>,
+    pub triggers: Option<Arc<crate::trigger::Triggers>>,
+}
+
+/// Builds the schema for `config`; `services` are attached as schema data.
 pub fn build(
     config: &Config,
-    hubs: Option<Arc<Hubs>>,
+    services: Services,
     limits: SchemaLimits,
 ) -> Result<Schema, SchemaError> {
     let mut query = Object::new("Query");
+    let mut mutation = Object::new("Mutation");
     let mut subscription = Subscription::new("Subscription");
     let mut builder_types = global_types(config);
+    builder_types.extend(triggers::global_types());
     for source in &config.sources {
         builder_types.extend(source_types(source));
+        builder_types.push(triggers::input_type(source).into());
         query = query.field(query_field(source));
+        for field in triggers::query_fields(source) {
+            query = query.field(field);
+        }
+        for field in triggers::mutation_fields(source) {
+            mutation = mutation.field(field);
+        }
         subscription = subscription.field(subscription_field(source));
     }
 
-    let mut builder = Schema::build("Query", None, Some("Subscription"))
+    let mut builder = Schema::build("Query", Some("Mutation"), Some("Subscription"))
         .register(query)
+        .register(mutation)
         .register(subscription)
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity);
     for ty in builder_types {
         builder = builder.register(ty);
     }
-    if let Some(hubs) = hubs {
+    if let Some(hubs) = services.hubs {
         builder = builder.data(hubs);
+    }
+    if let Some(triggers) = services.triggers {
+        builder = builder.data(triggers);
     }
     builder.finish()
 }

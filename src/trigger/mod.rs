@@ -1,0 +1,321 @@
+//! Triggers: webhooks that FIRE when a row enters a condition and CLEAR when it leaves.
+//!
+//! This module owns trigger definitions: validating what `create_S_trigger` is given
+//! (condition, webhook target, retry policy, payload format), persisting definitions in the
+//! store and keeping the live set in memory. It never blocks a hub: evaluation and delivery
+//! run in their own tasks.
+
+mod model;
+mod target;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+pub use model::{PayloadFormat, RetryPolicy, Trigger, TriggerSpec, TriggerStatus};
+pub use target::{TargetError, check_target};
+
+use crate::config::{Config, SourceDef};
+use crate::store::{Store, StoreError};
+
+/// How triggers behave on this server.
+#[derive(Debug, Clone, Default)]
+pub struct TriggerSettings {
+    /// Webhooks may target loopback and private addresses (refused by default: SSRF).
+    pub allow_private_targets: bool,
+}
+
+/// Why a trigger operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    #[error("trigger {name} already exists for source {source_name}")]
+    Exists { source_name: String, name: String },
+    #[error("trigger {name} not found for source {source_name}")]
+    NotFound { source_name: String, name: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error(
+        "triggers need a store: set VIEWCAST_STORE_URL (or DATABASE_URL) to a PostgreSQL database"
+    )]
+    NoStore,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl TriggerError {
+    /// The GraphQL error code (`extensions.code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            TriggerError::Exists { .. } => "ALREADY_EXISTS",
+            TriggerError::NotFound { .. } => "NOT_FOUND",
+            TriggerError::Invalid(_) | TriggerError::Target(_) => "BAD_USER_INPUT",
+            TriggerError::NoStore | TriggerError::Store(_) => "STORE_UNAVAILABLE",
+        }
+    }
+}
+
+/// The store, once connected.
+#[derive(Debug, Clone)]
+enum StoreState {
+    /// No store is configured.
+    None,
+    Connecting(String),
+    Ready(Store),
+}
+
+/// The triggers of a server, by source, in creation order.
+pub struct Triggers {
+    config: Arc<Config>,
+    settings: TriggerSettings,
+    store: watch::Sender<StoreState>,
+    /// std Mutex: held only for in-memory work, never across an await.
+    by_source: Mutex<HashMap<String, Vec<Arc<Trigger>>>>,
+}
+
+impl Triggers {
+    /// The triggers of `config`; connects to the store (if any) in the background, retrying,
+    /// and loads the persisted definitions once connected.
+    pub fn start(
+        config: Arc<Config>,
+        settings: TriggerSettings,
+        store_url: Option<String>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Arc<Triggers> {
+        let initial = if store_url.is_some() {
+            StoreState::Connecting("connecting".into())
+        } else {
+            StoreState::None
+        };
+        let triggers = Arc::new(Triggers {
+            config,
+            settings,
+            store: watch::channel(initial).0,
+            by_source: Mutex::new(HashMap::new()),
+        });
+        if let Some(url) = store_url {
+            let this = triggers.clone();
+            tokio::spawn(async move {
+                let mut delay = std::time::Duration::from_millis(200);
+                loop {
+                    let connected = tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        connected = Store::connect(&url) => connected,
+                    };
+                    match connected {
+                        Ok(store) => match this.load(&store).await {
+                            Ok(()) => {
+                                this.store.send_replace(StoreState::Ready(store));
+                                tracing::info!("trigger store ready");
+                                return;
+                            }
+                            Err(err) => this.store_failed(&err),
+                        },
+                        Err(err) => this.store_failed(&err),
+                    }
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(std::time::Duration::from_secs(30));
+                }
+            });
+        }
+        triggers
+    }
+
+    fn store_failed(&self, err: &dyn std::fmt::Display) {
+        tracing::warn!(error = %err, "trigger store unavailable; retrying");
+        self.store
+            .send_replace(StoreState::Connecting(err.to_string()));
+    }
+
+    /// `None` when triggers can run (or none are configured), else why not (for `/ready`).
+    pub fn not_ready(&self) -> Option<String> {
+        match &*self.store.borrow() {
+            StoreState::Connecting(reason) => Some(reason.clone()),
+            StoreState::None | StoreState::Ready(_) => None,
+        }
+    }
+
+    /// Waits for the store (a short while), for API calls made while it connects.
+    async fn store(&self) -> Result<Store, TriggerError> {
+        let mut rx = self.store.subscribe();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match &*rx.borrow_and_update() {
+                StoreState::Ready(store) => return Ok(store.clone()),
+                StoreState::None => return Err(TriggerError::NoStore),
+                StoreState::Connecting(_) => {}
+            }
+            if !matches!(
+                tokio::time::timeout_at(deadline, rx.changed()).await,
+                Ok(Ok(()))
+            ) {
+                let reason = match &*rx.borrow() {
+                    StoreState::Connecting(reason) => reason.clone(),
+                    _ => "shutting down".into(),
+                };
+                return Err(TriggerError::Store(StoreError::Unavailable(reason)));
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Arc<Trigger>>>> {
+        self.by_source
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn source(&self, name: &str) -> Result<Arc<SourceDef>, TriggerError> {
+        self.config
+            .source(name)
+            .cloned()
+            .ok_or_else(|| TriggerError::Invalid(format!("unknown source {name}")))
+    }
+
+    /// Loads every persisted trigger of a configured source.
+    async fn load(&self, store: &Store) -> Result<(), TriggerError> {
+        let client = store.client().await?;
+        let rows = client
+            .query(
+                "SELECT source, name, definition, status, declared, generation, \
+                 to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+                 FROM viewcast_triggers ORDER BY created_at, generation",
+                &[],
+            )
+            .await
+            .map_err(StoreError::from)?;
+        let mut loaded: HashMap<String, Vec<Arc<Trigger>>> = HashMap::new();
+        for row in rows {
+            let source_name: String = row.get(0);
+            let Some(source) = self.config.source(&source_name).cloned() else {
+                tracing::warn!(source = %source_name, "a stored trigger's source is not configured; ignoring it");
+                continue;
+            };
+            let name: String = row.get(1);
+            let definition: serde_json::Value = row.get(2);
+            match Trigger::from_stored(
+                source,
+                name.clone(),
+                &definition,
+                row.get::<_, String>(3).as_str(),
+                row.get(4),
+                row.get(5),
+                row.get(6),
+            ) {
+                Ok(trigger) => loaded
+                    .entry(source_name)
+                    .or_default()
+                    .push(Arc::new(trigger)),
+                Err(err) => {
+                    tracing::error!(source = %source_name, trigger = %name, error = %err, "a stored trigger no longer fits the configuration; ignoring it");
+                }
+            }
+        }
+        *self.lock() = loaded;
+        Ok(())
+    }
+
+    /// Creates a trigger: validates it (condition, target), persists it, and starts it.
+    pub async fn create(
+        &self,
+        source_name: &str,
+        spec: TriggerSpec,
+    ) -> Result<Arc<Trigger>, TriggerError> {
+        let source = self.source(source_name)?;
+        if spec.name.trim().is_empty() {
+            return Err(TriggerError::Invalid("a trigger needs a name".into()));
+        }
+        check_target(&spec.webhook, self.settings.allow_private_targets).await?;
+        if self.get(source_name, &spec.name).is_some() {
+            return Err(TriggerError::Exists {
+                source_name: source_name.into(),
+                name: spec.name,
+            });
+        }
+        let store = self.store().await?;
+        let client = store.client().await?;
+        let definition = spec.definition(&source);
+        let row = client
+            .query_opt(
+                "INSERT INTO viewcast_triggers (source, name, definition) VALUES ($1, $2, $3) \
+                 ON CONFLICT (source, name) DO NOTHING \
+                 RETURNING generation, \
+                 to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+                &[&source_name, &spec.name, &definition],
+            )
+            .await
+            .map_err(StoreError::from)?;
+        let Some(row) = row else {
+            // Another replica created it first.
+            return Err(TriggerError::Exists {
+                source_name: source_name.into(),
+                name: spec.name,
+            });
+        };
+        let trigger = Arc::new(Trigger::new(
+            source,
+            spec,
+            TriggerStatus::Active,
+            false,
+            row.get(0),
+            row.get(1),
+        ));
+        self.lock()
+            .entry(source_name.to_owned())
+            .or_default()
+            .push(trigger.clone());
+        tracing::info!(source = %source_name, trigger = %trigger.spec.name, "trigger created");
+        Ok(trigger)
+    }
+
+    /// Deletes a trigger (its pending deliveries are cancelled); returns it.
+    pub async fn delete(
+        &self,
+        source_name: &str,
+        name: &str,
+    ) -> Result<Arc<Trigger>, TriggerError> {
+        self.source(source_name)?;
+        let not_found = || TriggerError::NotFound {
+            source_name: source_name.into(),
+            name: name.into(),
+        };
+        let trigger = self.get(source_name, name).ok_or_else(not_found)?;
+        let store = self.store().await?;
+        let mut client = store.client().await?;
+        let tx = client.transaction().await.map_err(StoreError::from)?;
+        tx.execute(
+            "UPDATE viewcast_deliveries SET status = 'cancelled' \
+             WHERE source = $1 AND trigger_name = $2 AND status = 'pending'",
+            &[&source_name, &name],
+        )
+        .await
+        .map_err(StoreError::from)?;
+        tx.execute(
+            "DELETE FROM viewcast_triggers WHERE source = $1 AND name = $2",
+            &[&source_name, &name],
+        )
+        .await
+        .map_err(StoreError::from)?;
+        tx.commit().await.map_err(StoreError::from)?;
+        if let Some(list) = self.lock().get_mut(source_name) {
+            list.retain(|t| t.spec.name != name);
+        }
+        tracing::info!(source = %source_name, trigger = %name, "trigger deleted");
+        Ok(trigger)
+    }
+
+    /// The source's triggers, in creation order.
+    pub fn list(&self, source: &str) -> Vec<Arc<Trigger>> {
+        self.lock().get(source).cloned().unwrap_or_default()
+    }
+
+    pub fn get(&self, source: &str, name: &str) -> Option<Arc<Trigger>> {
+        self.lock()
+            .get(source)
+            .and_then(|list| list.iter().find(|t| t.spec.name == name).cloned())
+    }
+}
