@@ -68,6 +68,18 @@ pub struct ServeArgs {
     /// Let webhooks reach loopback and private addresses (refused by default).
     #[arg(long, env = "VIEWCAST_WEBHOOK_ALLOW_PRIVATE")]
     pub webhook_allow_private: bool,
+    /// Secrets that sign webhooks (Standard Webhooks: `whsec_<base64>`, or any text); give
+    /// several, comma-separated, while rotating: each delivery carries one signature per secret.
+    #[arg(
+        long = "webhook-secret",
+        env = "VIEWCAST_WEBHOOK_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub webhook_secrets: Vec<String>,
+    /// Webhook requests in flight at once, across triggers.
+    #[arg(long, env = "VIEWCAST_WEBHOOK_CONCURRENCY", default_value_t = 64)]
+    pub webhook_concurrency: usize,
     /// Address to listen on.
     #[arg(long, env = "VIEWCAST_HOST", default_value = "0.0.0.0")]
     pub host: String,
@@ -208,7 +220,14 @@ pub struct DemoArgs {
 }
 
 impl ServeArgs {
-    pub fn options(&self) -> ServeOptions {
+    pub fn options(&self) -> anyhow::Result<ServeOptions> {
+        let secrets = self
+            .webhook_secrets
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| crate::trigger::Secret::parse(s.trim()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("--webhook-secret / VIEWCAST_WEBHOOK_SECRETS: {e}"))?;
         let mut options = ServeOptions {
             host: self.host.clone(),
             port: self.port,
@@ -218,6 +237,8 @@ impl ServeArgs {
             store_url: self.store_url.clone(),
             triggers: crate::trigger::TriggerSettings {
                 allow_private_targets: self.webhook_allow_private,
+                secrets,
+                max_concurrent_deliveries: self.webhook_concurrency.max(1),
             },
             instance: self.instance.clone(),
             apply_setup: self.apply_setup,
@@ -228,7 +249,7 @@ impl ServeArgs {
         options.ws.keepalive = Duration::from_secs(self.ws_keepalive.max(1));
         options.ws.max_operations = self.ws_max_operations;
         options.hub_limits.max_batches = self.history_batches.max(1);
-        options
+        Ok(options)
     }
 }
 
@@ -248,7 +269,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     check_database_url(url, flag)?;
                 }
             }
-            let server = Server::start(config, args.options()).await?;
+            let server = Server::start(config, args.options()?).await?;
             wait_for_signal().await;
             tracing::info!("shutting down");
             server.shutdown().await;

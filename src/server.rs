@@ -134,7 +134,9 @@ impl Server {
                 .store_url
                 .clone()
                 .or_else(|| options.database_url.clone()),
+            Some(hubs.clone()),
             shutdown.clone(),
+            tasks.clone(),
         );
         let services = crate::schema::Services {
             hubs: Some(hubs.clone()),

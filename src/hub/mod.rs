@@ -121,7 +121,30 @@ pub struct Hub {
     /// std Mutex: held only for in-memory work, never across an await.
     state: Mutex<State>,
     status_tx: watch::Sender<HubStatus>,
+    /// The last applied batch's sequence number, for consumers of the whole log (triggers).
+    head_tx: watch::Sender<u64>,
     metrics: Arc<SourceMetrics>,
+}
+
+/// What a consumer that must see every batch (triggers) reads from a hub, under one lock.
+#[derive(Debug)]
+pub struct LogRead {
+    /// The last applied batch.
+    pub head: u64,
+    pub position: Position,
+    /// Every batch after the consumer's sequence number, through `head`.
+    pub batches: Vec<Arc<AppliedBatch>>,
+    /// The rows at `head`, when asked for.
+    pub rows: Option<Vec<Arc<Row>>>,
+}
+
+/// Why a log read has nothing to give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogError {
+    /// No snapshot yet.
+    NotSynced,
+    /// The batches after that sequence number have left the log: read the rows instead.
+    Behind,
 }
 
 impl Hub {
@@ -141,6 +164,7 @@ impl Hub {
                 status: HubStatus::Starting,
             }),
             status_tx: watch::channel(HubStatus::Starting).0,
+            head_tx: watch::channel(0).0,
             metrics,
         })
     }
@@ -155,6 +179,36 @@ impl Hub {
 
     pub fn watch_status(&self) -> watch::Receiver<HubStatus> {
         self.status_tx.subscribe()
+    }
+
+    /// Changes whenever a batch is applied (the new head).
+    pub fn watch_head(&self) -> watch::Receiver<u64> {
+        self.head_tx.subscribe()
+    }
+
+    /// The batches after `after` (and, `with_rows`, the rows at the head), read at one batch
+    /// boundary: a consumer applying them never misses or repeats a change.
+    pub fn read_log(&self, after: u64, with_rows: bool) -> Result<LogRead, LogError> {
+        let state = self.lock();
+        if !state.status.is_synced() {
+            return Err(LogError::NotSynced);
+        }
+        let oldest = state.log.front().map_or(state.head + 1, |b| b.seq);
+        if after < state.head && after + 1 < oldest && !with_rows {
+            return Err(LogError::Behind);
+        }
+        let batches = if after + 1 >= oldest {
+            let skip = (after + 1 - oldest) as usize;
+            state.log.iter().skip(skip).cloned().collect()
+        } else {
+            Vec::new()
+        };
+        Ok(LogRead {
+            head: state.head,
+            position: state.position,
+            batches,
+            rows: with_rows.then(|| state.cache.values().cloned().collect()),
+        })
     }
 
     pub fn metrics(&self) -> &Arc<SourceMetrics> {
@@ -311,6 +365,7 @@ impl Hub {
             if dropped {
                 state.views.retain(|weak| weak.strong_count() > 0);
             }
+            self.head_tx.send_replace(batch.seq);
             state.log.push_back(batch);
             while state.log.len() > self.limits.max_batches
                 || (state.logged_changes > self.limits.max_changes && state.log.len() > 1)

@@ -24,7 +24,7 @@ use crate::config::{ColumnType, Config, SourceDef, names};
 use crate::filter::{self, Filter};
 use crate::hub::{Cursor, Event, Hubs, Reader};
 pub use encode::{JsonEncoder, PlanSlot, SubscriptionPlan};
-pub use output::RowView;
+pub use output::{RowView, to_graphql};
 
 /// Limits applied to every operation.
 #[derive(Debug, Clone, Copy)]

@@ -47,7 +47,7 @@ pub fn global_types() -> Vec<Type> {
             TypeRef::named_nn("TriggerStatus"),
             |ctx| {
                 resolve(&ctx, |t| {
-                    GqlValue::Enum(async_graphql::Name::new(t.status.as_str().to_uppercase()))
+                    GqlValue::Enum(async_graphql::Name::new(t.status().as_str().to_uppercase()))
                 })
             },
         ))

@@ -8,8 +8,19 @@
 use tokio_postgres::NoTls;
 
 /// The migrations, in order: (version, name, SQL). A migration never changes once released.
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "triggers", include_str!("migrations/0001_triggers.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "triggers", include_str!("migrations/0001_triggers.sql")),
+    (
+        2,
+        "trigger_initialized",
+        include_str!("migrations/0002_trigger_initialized.sql"),
+    ),
+    (
+        3,
+        "json_payloads",
+        include_str!("migrations/0003_json_payloads.sql"),
+    ),
+];
 
 /// Serializes migrations across replicas (`pg_advisory_lock` key; "viewcast" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7669_6577_6361_7374;

@@ -6,6 +6,9 @@
 //! run in their own tasks.
 
 mod model;
+pub mod payload;
+mod runner;
+mod sender;
 mod target;
 
 use std::collections::HashMap;
@@ -14,16 +17,33 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 pub use model::{PayloadFormat, RetryPolicy, Trigger, TriggerSpec, TriggerStatus};
+pub use payload::Secret;
 pub use target::{TargetError, check_target};
 
 use crate::config::{Config, SourceDef};
+use crate::hub::Hubs;
 use crate::store::{Store, StoreError};
 
 /// How triggers behave on this server.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TriggerSettings {
     /// Webhooks may target loopback and private addresses (refused by default: SSRF).
     pub allow_private_targets: bool,
+    /// Signing secrets: every delivery carries one signature per secret (several while one
+    /// rotates). None: deliveries are not signed.
+    pub secrets: Vec<Secret>,
+    /// Requests in flight at once, across triggers.
+    pub max_concurrent_deliveries: usize,
+}
+
+impl Default for TriggerSettings {
+    fn default() -> Self {
+        TriggerSettings {
+            allow_private_targets: false,
+            secrets: Vec::new(),
+            max_concurrent_deliveries: 64,
+        }
+    }
 }
 
 /// Why a trigger operation failed.
@@ -73,6 +93,13 @@ pub struct Triggers {
     store: watch::Sender<StoreState>,
     /// std Mutex: held only for in-memory work, never across an await.
     by_source: Mutex<HashMap<String, Vec<Arc<Trigger>>>>,
+    /// Bumped whenever triggers are created or deleted (evaluators reload).
+    changes: watch::Sender<u64>,
+    hubs: Option<Arc<Hubs>>,
+    /// Sources whose evaluator runs (std Mutex: in-memory only).
+    running: Mutex<std::collections::HashSet<String>>,
+    shutdown: tokio_util::sync::CancellationToken,
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl Triggers {
@@ -82,7 +109,9 @@ impl Triggers {
         config: Arc<Config>,
         settings: TriggerSettings,
         store_url: Option<String>,
+        hubs: Option<Arc<Hubs>>,
         shutdown: tokio_util::sync::CancellationToken,
+        tasks: tokio_util::task::TaskTracker,
     ) -> Arc<Triggers> {
         let initial = if store_url.is_some() {
             StoreState::Connecting("connecting".into())
@@ -94,6 +123,11 @@ impl Triggers {
             settings,
             store: watch::channel(initial).0,
             by_source: Mutex::new(HashMap::new()),
+            changes: watch::channel(0).0,
+            hubs,
+            running: Mutex::new(std::collections::HashSet::new()),
+            shutdown: shutdown.clone(),
+            tasks,
         });
         if let Some(url) = store_url {
             let this = triggers.clone();
@@ -109,6 +143,10 @@ impl Triggers {
                             Ok(()) => {
                                 this.store.send_replace(StoreState::Ready(store));
                                 tracing::info!("trigger store ready");
+                                let sources: Vec<String> = this.lock().keys().cloned().collect();
+                                for source in sources {
+                                    this.evaluate(&source);
+                                }
                                 return;
                             }
                             Err(err) => this.store_failed(&err),
@@ -161,6 +199,59 @@ impl Triggers {
                 return Err(TriggerError::Store(StoreError::Unavailable(reason)));
             }
         }
+    }
+
+    /// Changes when triggers are created or deleted.
+    pub(crate) fn watch_changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Starts evaluating (and delivering) the triggers of `source`, once.
+    fn evaluate(self: &Arc<Self>, source: &str) {
+        let Some(hubs) = &self.hubs else { return };
+        let StoreState::Ready(store) = self.store.borrow().clone() else {
+            return;
+        };
+        let first = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(source.to_owned());
+        if !first {
+            return;
+        }
+        let Some(hub) = hubs.get(source) else { return };
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            // A redirect could lead anywhere, internal addresses included.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("viewcast/", env!("CARGO_PKG_VERSION")))
+            .build();
+        let http = match http {
+            Ok(http) => http,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot build the webhook client; triggers will not deliver");
+                return;
+            }
+        };
+        let shared = Arc::new(sender::Shared {
+            store: store.clone(),
+            http,
+            secrets: self.settings.secrets.clone(),
+            allow_private: self.settings.allow_private_targets,
+            concurrency: tokio::sync::Semaphore::new(
+                self.settings.max_concurrent_deliveries.max(1),
+            ),
+        });
+        let span = tracing::info_span!("triggers", source = %source);
+        self.tasks.spawn(tracing::Instrument::instrument(
+            runner::run(self.clone(), store, hub, shared, self.shutdown.clone()),
+            span,
+        ));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Arc<Trigger>>>> {
@@ -221,7 +312,7 @@ impl Triggers {
 
     /// Creates a trigger: validates it (condition, target), persists it, and starts it.
     pub async fn create(
-        &self,
+        self: &Arc<Self>,
         source_name: &str,
         spec: TriggerSpec,
     ) -> Result<Arc<Trigger>, TriggerError> {
@@ -268,6 +359,8 @@ impl Triggers {
             .entry(source_name.to_owned())
             .or_default()
             .push(trigger.clone());
+        self.changed();
+        self.evaluate(source_name);
         tracing::info!(source = %source_name, trigger = %trigger.spec.name, "trigger created");
         Ok(trigger)
     }
@@ -304,6 +397,7 @@ impl Triggers {
         if let Some(list) = self.lock().get_mut(source_name) {
             list.retain(|t| t.spec.name != name);
         }
+        self.changed();
         tracing::info!(source = %source_name, trigger = %name, "trigger deleted");
         Ok(trigger)
     }

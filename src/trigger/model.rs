@@ -223,7 +223,8 @@ impl TriggerSpec {
 pub struct Trigger {
     pub source: Arc<SourceDef>,
     pub spec: TriggerSpec,
-    pub status: TriggerStatus,
+    /// Disabled triggers are evaluated but not delivered.
+    disabled: std::sync::atomic::AtomicBool,
     pub declared: bool,
     /// Distinguishes the events of a trigger deleted and created again under its name.
     pub generation: i64,
@@ -243,11 +244,28 @@ impl Trigger {
         Trigger {
             source,
             spec,
-            status,
+            disabled: std::sync::atomic::AtomicBool::new(status == TriggerStatus::Disabled),
             declared,
             generation,
             created_at,
         }
+    }
+
+    pub fn status(&self) -> TriggerStatus {
+        if self.is_disabled() {
+            TriggerStatus::Disabled
+        } else {
+            TriggerStatus::Active
+        }
+    }
+
+    pub fn is_disabled(&self) -> bool {
+        self.disabled.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_disabled(&self, disabled: bool) {
+        self.disabled
+            .store(disabled, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn from_stored(

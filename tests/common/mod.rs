@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod receiver;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

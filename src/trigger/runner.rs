@@ -1,0 +1,635 @@
+//! Evaluation: one task per source with triggers reads every batch of the source's hub (the
+//! log, never conflated) and moves each trigger's keys in and out of its condition.
+//!
+//! A key **enters** when `fire` holds and **leaves** when `fire` does not hold and `clear`
+//! (default: not `fire`) holds, or when its row is deleted; changes while inside send nothing.
+//! Conditions are evaluated once per distinct condition per change, whatever the number of
+//! triggers sharing them. Each batch's transitions — the FIRE/CLEAR deliveries and the inside
+//! keys — are written to the store in one transaction before anything is sent.
+//!
+//! State at start (or after falling behind the hub's log) is established from the rows at a
+//! batch boundary: a trigger seen for the first time takes rows that already match as
+//! inside without a FIRE (or with one, with `fire_existing`) — the same rule whether or not
+//! the source was live; a trigger with stored state gets a FIRE for each row that entered and
+//! a CLEAR for each key that left while it was not evaluated.
+//!
+//! Each trigger is evaluated by one replica: the one holding its advisory lock.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use tokio::sync::Notify;
+
+use super::model::Trigger;
+use super::payload::{self, EventType};
+use super::{Triggers, sender};
+use crate::feed::Position;
+use crate::hub::{Hub, LogError, RowChange};
+use crate::store::{Store, StoreError};
+use crate::value::Row;
+
+/// How often a replica retries taking over triggers another one owns.
+const OWNERSHIP_RETRY: Duration = Duration::from_secs(5);
+
+/// One trigger as its evaluator holds it.
+struct State {
+    trigger: Arc<Trigger>,
+    /// Keys inside the condition (JSON text) → the row as last seen inside.
+    inside: HashMap<String, Value>,
+    /// Last FIRE per key, for the cooldown.
+    last_fire: HashMap<String, Instant>,
+}
+
+/// A transition to persist.
+struct Transition {
+    trigger: Arc<Trigger>,
+    event: EventType,
+    body: Value,
+    id: String,
+}
+
+/// What a batch does to the store.
+#[derive(Default)]
+struct Writes {
+    transitions: Vec<Transition>,
+    /// (trigger, key, Some(row): now inside with this row / None: left).
+    keys: Vec<(Arc<Trigger>, Value, Option<Value>)>,
+    initialized: Vec<Arc<Trigger>>,
+}
+
+fn now_rfc3339() -> String {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rest / 3600,
+        (rest / 60) % 60,
+        rest % 60,
+        now.subsec_micros()
+    )
+}
+
+/// Where and when a transition happened: the source position it was read at (part of the
+/// event id) and the wall-clock time put in the body.
+#[derive(Clone, Copy)]
+struct Stamp<'a> {
+    position: Position,
+    at: &'a str,
+}
+
+impl State {
+    fn transition(
+        &mut self,
+        writes: &mut Writes,
+        event: EventType,
+        key: &Value,
+        old: Option<&Value>,
+        new: Option<&Value>,
+        stamp: Stamp<'_>,
+    ) {
+        let id = payload::event_id(&self.trigger, key, event, stamp.position);
+        let body = payload::body(&self.trigger, event, &id, stamp.at, old, new);
+        writes.transitions.push(Transition {
+            trigger: self.trigger.clone(),
+            event,
+            body,
+            id,
+        });
+    }
+
+    /// A key leaves: CLEAR with `old` (default: the row as last seen inside) and `new`.
+    fn clear(
+        &mut self,
+        writes: &mut Writes,
+        key: &Value,
+        key_string: &str,
+        old: Option<Value>,
+        new: Option<&Value>,
+        stamp: Stamp<'_>,
+    ) {
+        let last = self.inside.remove(key_string);
+        let old = old.or(last);
+        self.transition(writes, EventType::Clear, key, old.as_ref(), new, stamp);
+        writes.keys.push((self.trigger.clone(), key.clone(), None));
+    }
+
+    /// Whether a row inside leaves (`fire` fails and `clear` holds).
+    fn leaves(&self, fire: bool, row: &Row) -> bool {
+        !fire
+            && self
+                .trigger
+                .spec
+                .clear
+                .as_ref()
+                .is_none_or(|clear| clear.matches(row))
+    }
+}
+
+/// A running sender: its trigger, how to wake it, how to stop it.
+type SenderHandle = (Arc<Trigger>, Arc<Notify>, CancellationToken);
+
+/// One sender per trigger evaluated here: stops the others, starts the missing.
+fn sync_senders(
+    senders: &mut Vec<SenderHandle>,
+    states: &[State],
+    shared: &Arc<sender::Shared>,
+    shutdown: &CancellationToken,
+) {
+    senders.retain(|(t, _, cancel)| {
+        let keep = states.iter().any(|s| Arc::ptr_eq(&s.trigger, t));
+        if !keep {
+            cancel.cancel();
+        }
+        keep
+    });
+    for state in states {
+        if !senders
+            .iter()
+            .any(|(t, _, _)| Arc::ptr_eq(t, &state.trigger))
+        {
+            let wake = Arc::new(Notify::new());
+            let cancel = shutdown.child_token();
+            tokio::spawn(sender::run(
+                state.trigger.clone(),
+                shared.clone(),
+                wake.clone(),
+                cancel.clone(),
+            ));
+            senders.push((state.trigger.clone(), wake, cancel));
+        }
+    }
+}
+
+/// Evaluates the triggers of one source until shutdown.
+pub(super) async fn run(
+    triggers: Arc<Triggers>,
+    store: Store,
+    hub: Arc<Hub>,
+    shared: Arc<sender::Shared>,
+    shutdown: CancellationToken,
+) {
+    let mut senders: Vec<SenderHandle> = Vec::new();
+    let source = hub.source().clone();
+    let mut changes = triggers.watch_changes();
+    let mut head_rx = hub.watch_head();
+    let mut status_rx = hub.watch_status();
+    let mut states: Vec<State> = Vec::new();
+    // Processed through this batch; `None`: establish every state from the rows.
+    let mut seq: Option<u64> = None;
+    let mut owner = loop {
+        match Owner::connect(&store).await {
+            Ok(owner) => break owner,
+            Err(err) => {
+                tracing::warn!(source = %source.name, error = %err, "trigger evaluation waits for the store");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    let mut claim = true;
+    loop {
+        changes.borrow_and_update();
+        head_rx.borrow_and_update();
+        status_rx.borrow_and_update();
+        let wanted = triggers.list(&source.name);
+        states.retain(|s| wanted.iter().any(|t| Arc::ptr_eq(t, &s.trigger)));
+        owner.release_missing(&wanted).await;
+        // Triggers this replica takes over now (new ones, or ones another replica left).
+        let mut fresh = Vec::new();
+        if claim {
+            for trigger in &wanted {
+                if states.iter().any(|s| Arc::ptr_eq(&s.trigger, trigger)) {
+                    continue;
+                }
+                match owner.claim(trigger).await {
+                    Ok(true) => fresh.push(trigger.clone()),
+                    Ok(false) => {}
+                    Err(err) => {
+                        tracing::warn!(source = %source.name, trigger = %trigger.spec.name, error = %err, "cannot claim a trigger");
+                    }
+                }
+            }
+            claim = false;
+        }
+        let result = step(&store, &hub, &mut states, &mut seq, fresh).await;
+        tracing::trace!(source = %source.name, evaluated = states.len(), seq = ?seq, result = ?result, "trigger evaluation step");
+        sync_senders(&mut senders, &states, &shared, &shutdown);
+        match result {
+            Ok(true) => {
+                for (_, wake, _) in &senders {
+                    wake.notify_one();
+                }
+            }
+            Ok(false) => {}
+            Err(err) => {
+                // Nothing of this read was saved: start over from the rows.
+                tracing::warn!(source = %source.name, error = %err, "trigger state could not be saved; retrying");
+                seq = None;
+                states.clear();
+                owner.reset().await;
+                claim = true;
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                if let Err(err) = owner.reconnect(&store).await {
+                    tracing::warn!(source = %source.name, error = %err, "trigger ownership connection lost");
+                }
+                continue;
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = changes.changed() => claim = true,
+            _ = head_rx.changed() => {}
+            _ = status_rx.changed() => {}
+            () = tokio::time::sleep(OWNERSHIP_RETRY) => claim = true,
+        }
+    }
+}
+
+/// Reads what the hub applied since the last step and saves the transitions; `true` when
+/// a delivery was saved.
+async fn step(
+    store: &Store,
+    hub: &Hub,
+    states: &mut Vec<State>,
+    seq: &mut Option<u64>,
+    fresh: Vec<Arc<Trigger>>,
+) -> Result<bool, StoreError> {
+    let need_rows = seq.is_none() || !fresh.is_empty();
+    let (read, behind) = match hub.read_log(seq.unwrap_or(0), need_rows) {
+        Err(LogError::NotSynced) => return Ok(false),
+        Err(LogError::Behind) => {
+            tracing::warn!(source = %hub.source().name, "trigger evaluation fell behind the source's history; comparing with the rows");
+            let read = hub
+                .read_log(0, true)
+                .map_err(|_| StoreError::Unavailable("the source is not synced".into()))?;
+            (read, true)
+        }
+        Ok(read) => (read, false),
+    };
+    let mut writes = Writes::default();
+    let at = now_rfc3339();
+    if seq.is_some() && !behind {
+        for batch in &read.batches {
+            apply_batch(states, &batch.changes, batch.position, &at, &mut writes);
+        }
+    }
+    if let Some(rows) = &read.rows {
+        let targets: Vec<Arc<Trigger>> = if seq.is_none() || behind {
+            states.drain(..).map(|s| s.trigger).chain(fresh).collect()
+        } else {
+            fresh
+        };
+        for trigger in targets {
+            states.push(establish(store, trigger, rows, read.position, &at, &mut writes).await?);
+        }
+    }
+    let saved = !writes.transitions.is_empty();
+    persist(store, writes).await?;
+    *seq = Some(read.head);
+    Ok(saved)
+}
+
+/// Moves keys in and out for one batch.
+fn apply_batch(
+    states: &mut [State],
+    changes: &[RowChange],
+    position: Position,
+    at: &str,
+    writes: &mut Writes,
+) {
+    let Some(first) = states.first() else {
+        return;
+    };
+    let source = first.trigger.source.clone();
+    // Distinct `fire` conditions: each is evaluated once per change, whatever the number of
+    // triggers sharing it.
+    let mut conditions: Vec<crate::filter::Filter> = Vec::new();
+    let condition_of: Vec<usize> = states
+        .iter()
+        .map(|s| {
+            let fire = &s.trigger.spec.fire;
+            conditions
+                .iter()
+                .position(|c| c.canonical() == fire.canonical())
+                .unwrap_or_else(|| {
+                    conditions.push(fire.clone());
+                    conditions.len() - 1
+                })
+        })
+        .collect();
+    let mut fired: Vec<Option<bool>> = vec![None; conditions.len()];
+    for change in changes {
+        let (old, new) = match change {
+            RowChange::Insert(new) => (None, Some(new)),
+            RowChange::Update { old, new, .. } => (Some(old), Some(new)),
+            RowChange::Delete(old) => (Some(old), None),
+        };
+        let Some(any) = new.or(old) else { continue };
+        let key = payload::key_json(&source, any);
+        let key_string = key.to_string();
+        fired.fill(None);
+        for (state, &condition) in states.iter_mut().zip(&condition_of) {
+            let fields = state.trigger.spec.fields.clone();
+            let render = |row: &Row| payload::row_json(&source, row, fields.as_deref());
+            let inside = state.inside.contains_key(&key_string);
+            let Some(row) = new else {
+                if inside {
+                    let old_json = old.map(|r| render(r));
+                    state.clear(
+                        writes,
+                        &key,
+                        &key_string,
+                        old_json,
+                        None,
+                        Stamp { position, at },
+                    );
+                }
+                continue;
+            };
+            let fire = *fired[condition].get_or_insert_with(|| conditions[condition].matches(row));
+            if inside {
+                let new_json = render(row);
+                if state.leaves(fire, row) {
+                    let stamp = Stamp { position, at };
+                    state.clear(writes, &key, &key_string, None, Some(&new_json), stamp);
+                } else {
+                    state.inside.insert(key_string.clone(), new_json.clone());
+                    writes
+                        .keys
+                        .push((state.trigger.clone(), key.clone(), Some(new_json)));
+                }
+            } else if fire {
+                let cooling = state.trigger.spec.cooldown.is_some_and(|cooldown| {
+                    state
+                        .last_fire
+                        .get(&key_string)
+                        .is_some_and(|at| at.elapsed() < cooldown)
+                });
+                if cooling {
+                    // Within the cooldown the key stays out; its next change looks again.
+                    continue;
+                }
+                let new_json = render(row);
+                let old_json = old.map(|r| render(r));
+                state.transition(
+                    writes,
+                    EventType::Fire,
+                    &key,
+                    old_json.as_ref(),
+                    Some(&new_json),
+                    Stamp { position, at },
+                );
+                state.last_fire.insert(key_string.clone(), Instant::now());
+                state.inside.insert(key_string.clone(), new_json.clone());
+                writes
+                    .keys
+                    .push((state.trigger.clone(), key.clone(), Some(new_json)));
+            }
+        }
+    }
+}
+
+/// A trigger's state from the rows at a batch boundary (see the module documentation).
+async fn establish(
+    store: &Store,
+    trigger: Arc<Trigger>,
+    rows: &[Arc<Row>],
+    position: Position,
+    at: &str,
+    writes: &mut Writes,
+) -> Result<State, StoreError> {
+    let client = store.client().await?;
+    let initialized: bool = client
+        .query_opt(
+            "SELECT initialized FROM viewcast_triggers WHERE source = $1 AND name = $2 AND generation = $3",
+            &[&trigger.source.name, &trigger.spec.name, &trigger.generation],
+        )
+        .await?
+        .is_some_and(|r| r.get(0));
+    let stored: HashMap<String, (Value, Value)> = client
+        .query(
+            "SELECT key, row FROM viewcast_trigger_keys WHERE source = $1 AND name = $2",
+            &[&trigger.source.name, &trigger.spec.name],
+        )
+        .await?
+        .into_iter()
+        .map(|r| {
+            let key: Value = r.get(0);
+            (key.to_string(), (key, r.get(1)))
+        })
+        .collect();
+    drop(client);
+    let mut state = State {
+        trigger: trigger.clone(),
+        inside: stored
+            .iter()
+            .map(|(k, (_, row))| (k.clone(), row.clone()))
+            .collect(),
+        last_fire: HashMap::new(),
+    };
+    let source = trigger.source.clone();
+    let fields = trigger.spec.fields.clone();
+    let mut seen = std::collections::HashSet::new();
+    for row in rows {
+        let key = payload::key_json(&source, row);
+        let key_string = key.to_string();
+        seen.insert(key_string.clone());
+        let fire = trigger.spec.fire.matches(row);
+        let json = payload::row_json(&source, row, fields.as_deref());
+        if state.inside.contains_key(&key_string) {
+            if state.leaves(fire, row) {
+                state.clear(
+                    writes,
+                    &key,
+                    &key_string,
+                    None,
+                    Some(&json),
+                    Stamp { position, at },
+                );
+            } else if state.inside.get(&key_string) != Some(&json) {
+                state.inside.insert(key_string, json.clone());
+                writes.keys.push((trigger.clone(), key, Some(json)));
+            }
+        } else if fire {
+            if initialized || trigger.spec.fire_existing {
+                state.transition(
+                    writes,
+                    EventType::Fire,
+                    &key,
+                    None,
+                    Some(&json),
+                    Stamp { position, at },
+                );
+            }
+            state.inside.insert(key_string, json.clone());
+            writes.keys.push((trigger.clone(), key, Some(json)));
+        }
+    }
+    // Keys inside whose rows are gone left while the trigger was not evaluated.
+    for (key_string, (key, _)) in &stored {
+        if !seen.contains(key_string) {
+            state.clear(writes, key, key_string, None, None, Stamp { position, at });
+        }
+    }
+    if !initialized {
+        writes.initialized.push(trigger);
+    }
+    Ok(state)
+}
+
+/// Writes a read's transitions and key changes in one transaction.
+async fn persist(store: &Store, writes: Writes) -> Result<(), StoreError> {
+    if writes.transitions.is_empty() && writes.keys.is_empty() && writes.initialized.is_empty() {
+        return Ok(());
+    }
+    let mut client = store.client().await?;
+    let tx = client.transaction().await?;
+    let insert = tx
+        .prepare(
+            "INSERT INTO viewcast_deliveries (event_id, source, trigger_name, generation, event_type, payload) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
+        )
+        .await?;
+    for t in &writes.transitions {
+        tx.execute(
+            &insert,
+            &[
+                &t.id,
+                &t.trigger.source.name,
+                &t.trigger.spec.name,
+                &t.trigger.generation,
+                &t.event.as_str(),
+                &t.body,
+            ],
+        )
+        .await?;
+    }
+    let upsert = tx
+        .prepare(
+            "INSERT INTO viewcast_trigger_keys (source, name, key, row) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (source, name, key) DO UPDATE SET row = excluded.row",
+        )
+        .await?;
+    let remove = tx
+        .prepare("DELETE FROM viewcast_trigger_keys WHERE source = $1 AND name = $2 AND key = $3")
+        .await?;
+    for (trigger, key, row) in &writes.keys {
+        match row {
+            Some(row) => {
+                tx.execute(
+                    &upsert,
+                    &[&trigger.source.name, &trigger.spec.name, key, row],
+                )
+                .await?;
+            }
+            None => {
+                tx.execute(&remove, &[&trigger.source.name, &trigger.spec.name, key])
+                    .await?;
+            }
+        }
+    }
+    for trigger in &writes.initialized {
+        tx.execute(
+            "UPDATE viewcast_triggers SET initialized = true WHERE source = $1 AND name = $2 AND generation = $3",
+            &[&trigger.source.name, &trigger.spec.name, &trigger.generation],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The connection that holds this replica's advisory locks on the triggers it evaluates.
+struct Owner {
+    client: deadpool_postgres::Object,
+    held: Vec<Arc<Trigger>>,
+}
+
+fn lock_key(trigger: &Trigger) -> String {
+    format!(
+        "viewcast trigger {}/{}",
+        trigger.source.name, trigger.spec.name
+    )
+}
+
+impl Owner {
+    async fn connect(store: &Store) -> Result<Owner, StoreError> {
+        Ok(Owner {
+            client: store.client().await?,
+            held: Vec::new(),
+        })
+    }
+
+    async fn reconnect(&mut self, store: &Store) -> Result<(), StoreError> {
+        *self = Owner::connect(store).await?;
+        Ok(())
+    }
+
+    /// Takes the trigger's lock if no other replica holds it.
+    async fn claim(&mut self, trigger: &Arc<Trigger>) -> Result<bool, StoreError> {
+        if self.held.iter().any(|t| Arc::ptr_eq(t, trigger)) {
+            return Ok(true);
+        }
+        let row = self
+            .client
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                &[&lock_key(trigger)],
+            )
+            .await?;
+        let won: bool = row.get(0);
+        if won {
+            self.held.push(trigger.clone());
+        }
+        Ok(won)
+    }
+
+    /// Releases the locks of triggers that were deleted.
+    async fn release_missing(&mut self, wanted: &[Arc<Trigger>]) {
+        let (keep, gone): (Vec<_>, Vec<_>) = self
+            .held
+            .drain(..)
+            .partition(|t| wanted.iter().any(|w| Arc::ptr_eq(w, t)));
+        self.held = keep;
+        for trigger in gone {
+            let _ = self
+                .client
+                .execute(
+                    "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
+                    &[&lock_key(&trigger)],
+                )
+                .await;
+        }
+    }
+
+    /// Gives up every lock (state is established again).
+    async fn reset(&mut self) {
+        self.held.clear();
+        let _ = self
+            .client
+            .execute("SELECT pg_advisory_unlock_all()", &[])
+            .await;
+    }
+}
