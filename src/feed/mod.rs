@@ -20,6 +20,19 @@ use crate::value::{Key, Row};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Position(pub u64);
 
+impl Position {
+    /// As a PostgreSQL `bigint` (the bits of the `u64`; every upstream's positions fit).
+    #[allow(clippy::cast_possible_wrap)]
+    pub fn to_stored(self) -> i64 {
+        self.0 as i64
+    }
+
+    #[allow(clippy::cast_sign_loss)]
+    pub fn from_stored(stored: i64) -> Position {
+        Position(stored as u64)
+    }
+}
+
 /// One change to one key, as the upstream reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {

@@ -182,12 +182,26 @@ impl Hub {
     }
 
     /// Changes whenever a batch is applied (the new head).
+    /// Where "now" is in this hub, for something that starts now (a trigger): the batch
+    /// boundary whose rows are the current ones — the head when synced, else the first batch
+    /// still to come (the next snapshot) — and the upstream position when synced.
+    pub fn mark(&self) -> (u64, Option<Position>) {
+        let state = self.lock();
+        if state.status.is_synced() {
+            (state.head, Some(state.position))
+        } else {
+            (state.head + 1, None)
+        }
+    }
+
     pub fn watch_head(&self) -> watch::Receiver<u64> {
         self.head_tx.subscribe()
     }
 
     /// The batches after `after` (and, `with_rows`, the rows at the head), read at one batch
-    /// boundary: a consumer applying them never misses or repeats a change.
+    /// boundary: a consumer applying them never misses or repeats a change. Without rows, a
+    /// consumer whose next batch has left the log gets `Behind`; with rows, it gets the
+    /// batches still in the log (check the first one's `seq`).
     pub fn read_log(&self, after: u64, with_rows: bool) -> Result<LogRead, LogError> {
         let state = self.lock();
         if !state.status.is_synced() {
@@ -197,16 +211,11 @@ impl Hub {
         if after < state.head && after + 1 < oldest && !with_rows {
             return Err(LogError::Behind);
         }
-        let batches = if after + 1 >= oldest {
-            let skip = (after + 1 - oldest) as usize;
-            state.log.iter().skip(skip).cloned().collect()
-        } else {
-            Vec::new()
-        };
+        let skip = usize::try_from((after + 1).saturating_sub(oldest)).unwrap_or(usize::MAX);
         Ok(LogRead {
             head: state.head,
             position: state.position,
-            batches,
+            batches: state.log.iter().skip(skip).cloned().collect(),
             rows: with_rows.then(|| state.cache.values().cloned().collect()),
         })
     }

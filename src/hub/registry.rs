@@ -61,6 +61,11 @@ impl Hubs {
         Some(entry.hub.clone())
     }
 
+    /// The hub of `source`, without starting its feed.
+    pub fn peek(&self, source: &str) -> Option<Arc<Hub>> {
+        self.entries.get(source).map(|entry| entry.hub.clone())
+    }
+
     /// Every source's status, started or not, sorted by name.
     pub fn statuses(&self) -> Vec<(String, Option<HubStatus>)> {
         let mut all: Vec<_> = self

@@ -20,6 +20,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "json_payloads",
         include_str!("migrations/0003_json_payloads.sql"),
     ),
+    (
+        4,
+        "trigger_created_position",
+        include_str!("migrations/0004_trigger_created_position.sql"),
+    ),
 ];
 
 /// Serializes migrations across replicas (`pg_advisory_lock` key; "viewcast" in ASCII).

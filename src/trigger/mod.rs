@@ -16,11 +16,12 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-pub use model::{PayloadFormat, RetryPolicy, Trigger, TriggerSpec, TriggerStatus};
+pub use model::{PayloadFormat, RetryPolicy, Trigger, TriggerRecord, TriggerSpec, TriggerStatus};
 pub use payload::Secret;
 pub use target::{TargetError, check_target};
 
 use crate::config::{Config, SourceDef};
+use crate::feed::Position;
 use crate::hub::Hubs;
 use crate::store::{Store, StoreError};
 
@@ -273,8 +274,8 @@ impl Triggers {
         let rows = client
             .query(
                 "SELECT source, name, definition, status, declared, generation, \
-                 to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
-                 FROM viewcast_triggers ORDER BY created_at, generation",
+                 to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+                 created_position FROM viewcast_triggers ORDER BY created_at, generation",
                 &[],
             )
             .await
@@ -288,15 +289,20 @@ impl Triggers {
             };
             let name: String = row.get(1);
             let definition: serde_json::Value = row.get(2);
-            match Trigger::from_stored(
-                source,
-                name.clone(),
-                &definition,
-                row.get::<_, String>(3).as_str(),
-                row.get(4),
-                row.get(5),
-                row.get(6),
-            ) {
+            let status = if row.get::<_, String>(3) == "disabled" {
+                TriggerStatus::Disabled
+            } else {
+                TriggerStatus::Active
+            };
+            let record = TriggerRecord {
+                status,
+                declared: row.get(4),
+                generation: row.get(5),
+                created_at: row.get(6),
+                created_position: row.get::<_, Option<i64>>(7).map(Position::from_stored),
+                created_boundary: None,
+            };
+            match Trigger::from_stored(source, name.clone(), &definition, record) {
                 Ok(trigger) => loaded
                     .entry(source_name)
                     .or_default()
@@ -330,13 +336,27 @@ impl Triggers {
         let store = self.store().await?;
         let client = store.client().await?;
         let definition = spec.definition(&source);
+        // Rows matching at this position are the ones that already match at creation.
+        let (created_boundary, created_position) = self
+            .hubs
+            .as_ref()
+            .and_then(|hubs| hubs.peek(source_name))
+            .map_or((None, None), |hub| {
+                let (boundary, position) = hub.mark();
+                (Some(boundary), position)
+            });
         let row = client
             .query_opt(
-                "INSERT INTO viewcast_triggers (source, name, definition) VALUES ($1, $2, $3) \
-                 ON CONFLICT (source, name) DO NOTHING \
+                "INSERT INTO viewcast_triggers (source, name, definition, created_position) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (source, name) DO NOTHING \
                  RETURNING generation, \
                  to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-                &[&source_name, &spec.name, &definition],
+                &[
+                    &source_name,
+                    &spec.name,
+                    &definition,
+                    &created_position.map(Position::to_stored),
+                ],
             )
             .await
             .map_err(StoreError::from)?;
@@ -347,14 +367,15 @@ impl Triggers {
                 name: spec.name,
             });
         };
-        let trigger = Arc::new(Trigger::new(
-            source,
-            spec,
-            TriggerStatus::Active,
-            false,
-            row.get(0),
-            row.get(1),
-        ));
+        let record = TriggerRecord {
+            status: TriggerStatus::Active,
+            declared: false,
+            generation: row.get(0),
+            created_at: row.get(1),
+            created_position,
+            created_boundary,
+        };
+        let trigger = Arc::new(Trigger::new(source, spec, record));
         self.lock()
             .entry(source_name.to_owned())
             .or_default()

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 use super::TriggerError;
 use crate::config::SourceDef;
+use crate::feed::Position;
 use crate::filter::{self, Filter};
 
 /// How a delivery is retried.
@@ -218,6 +219,24 @@ impl TriggerSpec {
     }
 }
 
+/// What the store knows of a trigger besides its definition.
+#[derive(Debug, Clone)]
+pub struct TriggerRecord {
+    pub status: TriggerStatus,
+    /// Declared in schema.yaml rather than created through the API.
+    pub declared: bool,
+    /// Distinguishes the events of a trigger deleted and created again under its name.
+    pub generation: i64,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    /// The source's position when the trigger was created (`None`: the source was not
+    /// synced): rows that matched then are the ones that "already match at creation".
+    pub created_position: Option<Position>,
+    /// On the replica that created it (not stored): the source hub's batch boundary at
+    /// creation, which settles the matching rows exactly even when the source was not synced.
+    pub created_boundary: Option<u64>,
+}
+
 /// A trigger as the server runs it.
 #[derive(Debug)]
 pub struct Trigger {
@@ -226,28 +245,23 @@ pub struct Trigger {
     /// Disabled triggers are evaluated but not delivered.
     disabled: std::sync::atomic::AtomicBool,
     pub declared: bool,
-    /// Distinguishes the events of a trigger deleted and created again under its name.
     pub generation: i64,
-    /// RFC 3339, UTC.
     pub created_at: String,
+    pub created_position: Option<Position>,
+    pub created_boundary: Option<u64>,
 }
 
 impl Trigger {
-    pub fn new(
-        source: Arc<SourceDef>,
-        spec: TriggerSpec,
-        status: TriggerStatus,
-        declared: bool,
-        generation: i64,
-        created_at: String,
-    ) -> Trigger {
+    pub fn new(source: Arc<SourceDef>, spec: TriggerSpec, record: TriggerRecord) -> Trigger {
         Trigger {
             source,
             spec,
-            disabled: std::sync::atomic::AtomicBool::new(status == TriggerStatus::Disabled),
-            declared,
-            generation,
-            created_at,
+            disabled: std::sync::atomic::AtomicBool::new(record.status == TriggerStatus::Disabled),
+            declared: record.declared,
+            generation: record.generation,
+            created_at: record.created_at,
+            created_position: record.created_position,
+            created_boundary: record.created_boundary,
         }
     }
 
@@ -272,19 +286,9 @@ impl Trigger {
         source: Arc<SourceDef>,
         name: String,
         definition: &Value,
-        status: &str,
-        declared: bool,
-        generation: i64,
-        created_at: String,
+        record: TriggerRecord,
     ) -> Result<Trigger, TriggerError> {
         let spec = TriggerSpec::from_definition(&source, name, definition)?;
-        let status = if status == "disabled" {
-            TriggerStatus::Disabled
-        } else {
-            TriggerStatus::Active
-        };
-        Ok(Trigger::new(
-            source, spec, status, declared, generation, created_at,
-        ))
+        Ok(Trigger::new(source, spec, record))
     }
 }

@@ -7,11 +7,15 @@
 //! triggers sharing them. Each batch's transitions — the FIRE/CLEAR deliveries and the inside
 //! keys — are written to the store in one transaction before anything is sent.
 //!
-//! State at start (or after falling behind the hub's log) is established from the rows at a
-//! batch boundary: a trigger seen for the first time takes rows that already match as
-//! inside without a FIRE (or with one, with `fire_existing`) — the same rule whether or not
-//! the source was live; a trigger with stored state gets a FIRE for each row that entered and
-//! a CLEAR for each key that left while it was not evaluated.
+//! A new trigger's state is established from the rows at its creation: the hub's batch
+//! boundary then (on the replica that created it; when the source was not synced, the first
+//! snapshot after creation), or the upstream position then (another replica). Those rows
+//! enter without a FIRE (or with one, with `fire_existing`); later batches are applied as
+//! usual, however late the evaluator gets to the trigger. A trigger with stored state (a
+//! restart, a takeover, or after falling behind the hub's log) is compared with the rows: a
+//! FIRE for each row that entered and a CLEAR for each key that left while it was not
+//! evaluated. On Materialize and RisingWave a trigger sees the view at each timestamp (epoch):
+//! a row that enters and leaves within one is never inside.
 //!
 //! Each trigger is evaluated by one replica: the one holding its advisory lock.
 
@@ -27,8 +31,9 @@ use tokio::sync::Notify;
 use super::model::Trigger;
 use super::payload::{self, EventType};
 use super::{Triggers, sender};
+use crate::config::SourceDef;
 use crate::feed::Position;
-use crate::hub::{Hub, LogError, RowChange};
+use crate::hub::{AppliedBatch, Hub, LogError, LogRead, RowChange};
 use crate::store::{Store, StoreError};
 use crate::value::Row;
 
@@ -206,22 +211,30 @@ pub(super) async fn run(
         }
     };
     let mut claim = true;
+    // Claimed, not yet established (the source is not synced, or not as far as a trigger's
+    // creation).
+    let mut pending: Vec<Arc<Trigger>> = Vec::new();
     loop {
+        // A change noticed with another wake-up still asks for a claim.
+        if changes.has_changed().unwrap_or(false) {
+            claim = true;
+        }
         changes.borrow_and_update();
         head_rx.borrow_and_update();
         status_rx.borrow_and_update();
         let wanted = triggers.list(&source.name);
         states.retain(|s| wanted.iter().any(|t| Arc::ptr_eq(t, &s.trigger)));
+        pending.retain(|p| wanted.iter().any(|t| Arc::ptr_eq(t, p)));
         owner.release_missing(&wanted).await;
         // Triggers this replica takes over now (new ones, or ones another replica left).
-        let mut fresh = Vec::new();
         if claim {
             for trigger in &wanted {
-                if states.iter().any(|s| Arc::ptr_eq(&s.trigger, trigger)) {
+                let known = |t: &Arc<Trigger>| Arc::ptr_eq(t, trigger);
+                if states.iter().any(|s| known(&s.trigger)) || pending.iter().any(known) {
                     continue;
                 }
                 match owner.claim(trigger).await {
-                    Ok(true) => fresh.push(trigger.clone()),
+                    Ok(true) => pending.push(trigger.clone()),
                     Ok(false) => {}
                     Err(err) => {
                         tracing::warn!(source = %source.name, trigger = %trigger.spec.name, error = %err, "cannot claim a trigger");
@@ -230,7 +243,7 @@ pub(super) async fn run(
             }
             claim = false;
         }
-        let result = step(&store, &hub, &mut states, &mut seq, fresh).await;
+        let result = step(&store, &hub, &mut states, &mut seq, &mut pending).await;
         tracing::trace!(source = %source.name, evaluated = states.len(), seq = ?seq, result = ?result, "trigger evaluation step");
         sync_senders(&mut senders, &states, &shared, &shutdown);
         match result {
@@ -245,6 +258,7 @@ pub(super) async fn run(
                 tracing::warn!(source = %source.name, error = %err, "trigger state could not be saved; retrying");
                 seq = None;
                 states.clear();
+                pending.clear();
                 owner.reset().await;
                 claim = true;
                 tokio::select! {
@@ -267,48 +281,148 @@ pub(super) async fn run(
     }
 }
 
-/// Reads what the hub applied since the last step and saves the transitions; `true` when
-/// a delivery was saved.
+/// Reads what the hub applied since the last step, establishes the triggers in `pending`
+/// that can be, and saves the transitions; `true` when a delivery was saved.
 async fn step(
     store: &Store,
     hub: &Hub,
     states: &mut Vec<State>,
     seq: &mut Option<u64>,
-    fresh: Vec<Arc<Trigger>>,
+    pending: &mut Vec<Arc<Trigger>>,
 ) -> Result<bool, StoreError> {
-    let need_rows = seq.is_none() || !fresh.is_empty();
-    let (read, behind) = match hub.read_log(seq.unwrap_or(0), need_rows) {
+    // A new trigger is established at its creation position, which may be in the log.
+    let history = !pending.is_empty();
+    let after = if history { 0 } else { seq.unwrap_or(0) };
+    let read = match hub.read_log(after, seq.is_none() || history) {
         Err(LogError::NotSynced) => return Ok(false),
-        Err(LogError::Behind) => {
-            tracing::warn!(source = %hub.source().name, "trigger evaluation fell behind the source's history; comparing with the rows");
-            let read = hub
-                .read_log(0, true)
-                .map_err(|_| StoreError::Unavailable("the source is not synced".into()))?;
-            (read, true)
-        }
-        Ok(read) => (read, false),
+        Err(LogError::Behind) => hub
+            .read_log(0, true)
+            .map_err(|_| StoreError::Unavailable("the source is not synced".into()))?,
+        Ok(read) => read,
     };
     let mut writes = Writes::default();
     let at = now_rfc3339();
-    if seq.is_some() && !behind {
-        for batch in &read.batches {
+    // Whether the states evaluated so far can go on from the batches read.
+    let continuous = seq.is_some_and(|seq| {
+        seq >= read.head || read.batches.first().is_some_and(|b| b.seq <= seq + 1)
+    });
+    if continuous {
+        let done = seq.unwrap_or(0);
+        for batch in read.batches.iter().filter(|b| b.seq > done) {
             apply_batch(states, &batch.changes, batch.position, &at, &mut writes);
         }
     }
-    if let Some(rows) = &read.rows {
-        let targets: Vec<Arc<Trigger>> = if seq.is_none() || behind {
-            states.drain(..).map(|s| s.trigger).chain(fresh).collect()
-        } else {
-            fresh
-        };
-        for trigger in targets {
-            states.push(establish(store, trigger, rows, read.position, &at, &mut writes).await?);
+    let rows = read.rows.as_deref().unwrap_or_default();
+    if !continuous && !states.is_empty() {
+        tracing::warn!(source = %hub.source().name, "trigger evaluation fell behind the source's history; comparing with the rows");
+        for state in std::mem::take(states) {
+            let stored = Stored::load(store, &state.trigger).await?;
+            let stamp = Stamp {
+                position: read.position,
+                at: &at,
+            };
+            states.push(establish(state.trigger, stored, rows, stamp, &mut writes));
         }
     }
+    let mut waiting = Vec::new();
+    for trigger in pending.drain(..) {
+        let stored = Stored::load(store, &trigger).await?;
+        let since = if stored.initialized {
+            Since::Now
+        } else {
+            creation(&trigger, &read)
+        };
+        let (later, position) = match since {
+            Since::Wait => {
+                waiting.push(trigger);
+                continue;
+            }
+            Since::Now => (Vec::new(), read.position),
+            Since::Batches(later) => {
+                // The position at creation (part of the ids of events found there).
+                let position = trigger.created_position.unwrap_or_else(|| {
+                    read.batches
+                        .iter()
+                        .rev()
+                        .find(|b| later.first().is_none_or(|first| b.seq < first.seq))
+                        .map_or(read.position, |b| b.position)
+                });
+                (later, position)
+            }
+        };
+        // The rows at creation: undo the batches after it, establish, then apply them.
+        let before = rows_before(&trigger.source, rows, &later);
+        let stamp = Stamp { position, at: &at };
+        let mut state = [establish(trigger, stored, &before, stamp, &mut writes)];
+        for batch in later {
+            apply_batch(&mut state, &batch.changes, batch.position, &at, &mut writes);
+        }
+        let [state] = state;
+        states.push(state);
+    }
+    *pending = waiting;
     let saved = !writes.transitions.is_empty();
     persist(store, writes).await?;
     *seq = Some(read.head);
     Ok(saved)
+}
+
+/// Where a trigger's state is established from.
+enum Since<'a> {
+    /// The rows read now.
+    Now,
+    /// The rows before these batches (the trigger was created before them).
+    Batches(Vec<&'a Arc<AppliedBatch>>),
+    /// Not read yet: the source is not as far as the trigger's creation.
+    Wait,
+}
+
+/// The batches read after a new trigger's creation: by the hub's boundary on the replica
+/// that created it, else by the upstream position (another replica, or a restart).
+fn creation<'a>(trigger: &Trigger, read: &'a LogRead) -> Since<'a> {
+    let after: Vec<&Arc<AppliedBatch>> = match (trigger.created_boundary, trigger.created_position)
+    {
+        (Some(boundary), _) if boundary > read.head => return Since::Wait,
+        (Some(boundary), _) => read.batches.iter().filter(|b| b.seq > boundary).collect(),
+        (None, Some(position)) if position > read.position => return Since::Wait,
+        (None, Some(position)) => read
+            .batches
+            .iter()
+            .filter(|b| b.position > position)
+            .collect(),
+        (None, None) => return Since::Now,
+    };
+    if after.len() == read.batches.len() && !after.is_empty() {
+        tracing::debug!(source = %trigger.source.name, trigger = %trigger.spec.name, "the source's history no longer reaches the trigger's creation; rows matching at the oldest point kept count as matching at creation");
+    }
+    Since::Batches(after)
+}
+
+/// The rows before `batches` were applied to `rows`: the batches undone, newest first.
+fn rows_before(
+    source: &SourceDef,
+    rows: &[Arc<Row>],
+    batches: &[&Arc<AppliedBatch>],
+) -> Vec<Arc<Row>> {
+    if batches.is_empty() {
+        return rows.to_vec();
+    }
+    let key = |row: &Row| payload::key_json(source, row).to_string();
+    let mut by_key: HashMap<String, Arc<Row>> =
+        rows.iter().map(|row| (key(row), row.clone())).collect();
+    for batch in batches.iter().rev() {
+        for change in batch.changes.iter().rev() {
+            match change {
+                RowChange::Insert(new) => {
+                    by_key.remove(&key(new));
+                }
+                RowChange::Update { old, .. } | RowChange::Delete(old) => {
+                    by_key.insert(key(old), old.clone());
+                }
+            }
+        }
+    }
+    by_key.into_values().collect()
 }
 
 /// Moves keys in and out for one batch.
@@ -347,6 +461,7 @@ fn apply_batch(
             RowChange::Delete(old) => (Some(old), None),
         };
         let Some(any) = new.or(old) else { continue };
+        let stamp = Stamp { position, at };
         let key = payload::key_json(&source, any);
         let key_string = key.to_string();
         fired.fill(None);
@@ -357,14 +472,7 @@ fn apply_batch(
             let Some(row) = new else {
                 if inside {
                     let old_json = old.map(|r| render(r));
-                    state.clear(
-                        writes,
-                        &key,
-                        &key_string,
-                        old_json,
-                        None,
-                        Stamp { position, at },
-                    );
+                    state.clear(writes, &key, &key_string, old_json, None, stamp);
                 }
                 continue;
             };
@@ -372,7 +480,6 @@ fn apply_batch(
             if inside {
                 let new_json = render(row);
                 if state.leaves(fire, row) {
-                    let stamp = Stamp { position, at };
                     state.clear(writes, &key, &key_string, None, Some(&new_json), stamp);
                 } else {
                     state.inside.insert(key_string.clone(), new_json.clone());
@@ -399,7 +506,7 @@ fn apply_batch(
                     &key,
                     old_json.as_ref(),
                     Some(&new_json),
-                    Stamp { position, at },
+                    stamp,
                 );
                 state.last_fire.insert(key_string.clone(), Instant::now());
                 state.inside.insert(key_string.clone(), new_json.clone());
@@ -411,36 +518,52 @@ fn apply_batch(
     }
 }
 
+/// What the store holds of a trigger's evaluation.
+struct Stored {
+    /// Its state was established once (a restart compares rows with `keys`).
+    initialized: bool,
+    /// Keys inside (JSON text) → (key, row as last seen inside).
+    keys: HashMap<String, (Value, Value)>,
+}
+
+impl Stored {
+    async fn load(store: &Store, trigger: &Trigger) -> Result<Stored, StoreError> {
+        let client = store.client().await?;
+        let initialized: bool = client
+            .query_opt(
+                "SELECT initialized FROM viewcast_triggers WHERE source = $1 AND name = $2 AND generation = $3",
+                &[&trigger.source.name, &trigger.spec.name, &trigger.generation],
+            )
+            .await?
+            .is_some_and(|r| r.get(0));
+        let keys = client
+            .query(
+                "SELECT key, row FROM viewcast_trigger_keys WHERE source = $1 AND name = $2",
+                &[&trigger.source.name, &trigger.spec.name],
+            )
+            .await?
+            .into_iter()
+            .map(|r| {
+                let key: Value = r.get(0);
+                (key.to_string(), (key, r.get(1)))
+            })
+            .collect();
+        Ok(Stored { initialized, keys })
+    }
+}
+
 /// A trigger's state from the rows at a batch boundary (see the module documentation).
-async fn establish(
-    store: &Store,
+fn establish(
     trigger: Arc<Trigger>,
+    stored: Stored,
     rows: &[Arc<Row>],
-    position: Position,
-    at: &str,
+    stamp: Stamp<'_>,
     writes: &mut Writes,
-) -> Result<State, StoreError> {
-    let client = store.client().await?;
-    let initialized: bool = client
-        .query_opt(
-            "SELECT initialized FROM viewcast_triggers WHERE source = $1 AND name = $2 AND generation = $3",
-            &[&trigger.source.name, &trigger.spec.name, &trigger.generation],
-        )
-        .await?
-        .is_some_and(|r| r.get(0));
-    let stored: HashMap<String, (Value, Value)> = client
-        .query(
-            "SELECT key, row FROM viewcast_trigger_keys WHERE source = $1 AND name = $2",
-            &[&trigger.source.name, &trigger.spec.name],
-        )
-        .await?
-        .into_iter()
-        .map(|r| {
-            let key: Value = r.get(0);
-            (key.to_string(), (key, r.get(1)))
-        })
-        .collect();
-    drop(client);
+) -> State {
+    let Stored {
+        initialized,
+        keys: stored,
+    } = stored;
     let mut state = State {
         trigger: trigger.clone(),
         inside: stored
@@ -460,28 +583,14 @@ async fn establish(
         let json = payload::row_json(&source, row, fields.as_deref());
         if state.inside.contains_key(&key_string) {
             if state.leaves(fire, row) {
-                state.clear(
-                    writes,
-                    &key,
-                    &key_string,
-                    None,
-                    Some(&json),
-                    Stamp { position, at },
-                );
+                state.clear(writes, &key, &key_string, None, Some(&json), stamp);
             } else if state.inside.get(&key_string) != Some(&json) {
                 state.inside.insert(key_string, json.clone());
                 writes.keys.push((trigger.clone(), key, Some(json)));
             }
         } else if fire {
             if initialized || trigger.spec.fire_existing {
-                state.transition(
-                    writes,
-                    EventType::Fire,
-                    &key,
-                    None,
-                    Some(&json),
-                    Stamp { position, at },
-                );
+                state.transition(writes, EventType::Fire, &key, None, Some(&json), stamp);
             }
             state.inside.insert(key_string, json.clone());
             writes.keys.push((trigger.clone(), key, Some(json)));
@@ -490,13 +599,13 @@ async fn establish(
     // Keys inside whose rows are gone left while the trigger was not evaluated.
     for (key_string, (key, _)) in &stored {
         if !seen.contains(key_string) {
-            state.clear(writes, key, key_string, None, None, Stamp { position, at });
+            state.clear(writes, key, key_string, None, None, stamp);
         }
     }
     if !initialized {
         writes.initialized.push(trigger);
     }
-    Ok(state)
+    state
 }
 
 /// Writes a read's transitions and key changes in one transaction.
@@ -513,6 +622,7 @@ async fn persist(store: &Store, writes: Writes) -> Result<(), StoreError> {
         )
         .await?;
     for t in &writes.transitions {
+        tracing::debug!(source = %t.trigger.source.name, trigger = %t.trigger.spec.name, event = t.event.as_str(), event_id = %t.id, "transition");
         tx.execute(
             &insert,
             &[

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 /// One request as the receiver saw it.
 #[derive(Debug, Clone)]
 pub struct Received {
+    pub path: String,
     pub headers: HeaderMap,
     pub raw: Bytes,
     pub body: Value,
@@ -61,11 +62,12 @@ impl Receiver {
         let script: Arc<Mutex<VecDeque<Reply>>> = Arc::default();
         let default = Arc::new(Mutex::new(Reply::Status(200)));
         let (s, d) = (script.clone(), default.clone());
-        let app = axum::Router::new().fallback(move |headers: HeaderMap, raw: Bytes| {
+        let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, raw: Bytes| {
             let (tx, s, d) = (tx.clone(), s.clone(), d.clone());
             async move {
                 let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
                 let _ = tx.send(Received {
+                    path: uri.path().to_owned(),
                     headers,
                     raw,
                     body,
@@ -112,6 +114,14 @@ impl Receiver {
             .await
             .ok()
             .flatten()
+    }
+
+    /// Asserts that no request arrives within `within` (a negative check: nothing more was sent).
+    #[allow(dead_code)]
+    pub async fn assert_quiet(&mut self, within: Duration) {
+        if let Some(extra) = self.next_within(within).await {
+            panic!("unexpected webhook: {}", extra.body);
+        }
     }
 
     /// The next request (panics after the test deadline).
