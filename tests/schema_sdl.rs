@@ -42,3 +42,33 @@ fn composite_key() {
 fn every_type() {
     insta::assert_snapshot!(sdl("every_type"));
 }
+
+/// Every type the schema defines is either generated from the configuration or one of the
+/// names the configuration loader reserves, so a source can never collide with viewcast's own.
+#[test]
+fn every_own_type_is_reserved() {
+    use viewcast::config::names;
+    let path = Path::new("tests/fixtures/valid/every_type/schema.yaml");
+    let config = viewcast::config::load(path).expect("valid fixture");
+    let sdl = sdl("every_type");
+    let mut generated: Vec<String> = Vec::new();
+    for source in &config.sources {
+        generated.extend(names::source_type_names(&source.name));
+    }
+    for def in &config.enums {
+        generated.extend(names::enum_type_names(&def.name));
+    }
+    for line in sdl.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(kind), Some(name)) = (words.next(), words.next()) else {
+            continue;
+        };
+        if !["type", "input", "enum", "scalar"].contains(&kind) {
+            continue;
+        }
+        assert!(
+            generated.iter().any(|g| g == name) || names::GLOBAL_TYPE_NAMES.contains(&name),
+            "{kind} {name} is neither generated from the configuration nor in GLOBAL_TYPE_NAMES"
+        );
+    }
+}

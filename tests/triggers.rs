@@ -23,17 +23,10 @@ sources:
 
 async fn server(db: &TestDb, allow_private: bool) -> Server {
     let config = viewcast::config::load_str(std::path::Path::new("test.yaml"), SCHEMA).unwrap();
-    let mut options = ServeOptions {
-        port: 0,
-        database_url: Some(db.url.clone()),
-        instance: format!("t{}", rand::random::<u32>()),
-        apply_setup: true,
-        ..ServeOptions::default()
-    };
-    options.triggers.allow_private_targets = allow_private;
-    let server = Server::start(config, options).await.unwrap();
-    common::wait_ready(server.addr()).await;
-    server
+    common::start_server_with_options(db, config, |options| {
+        options.triggers.allow_private_targets = allow_private;
+    })
+    .await
 }
 
 const CREATE: &str = r"mutation($input: itemsTriggerInput!) {

@@ -14,6 +14,16 @@ pub const GLOBAL_TYPE_NAMES: &[&str] = &[
     "Subscription",
     "RowOperation",
     "Trigger",
+    "TriggerStatus",
+    "TriggerCounters",
+    "TriggerEventType",
+    "Delivery",
+    "DeliveryStatus",
+    "DeliveryAttempt",
+    "RetryPolicy",
+    "RetryPolicyInput",
+    "WebhookHeaderInput",
+    "WebhookFormat",
     "StringComparison",
     "IntComparison",
     "FloatComparison",
@@ -116,6 +126,26 @@ pub fn delete_trigger_mutation_field(source: &str) -> String {
     format!("delete_{source}_trigger")
 }
 
+/// `Query.S_dead_letters`: the dead-letter queue of the source's triggers.
+pub fn source_dead_letters_query_field(source: &str) -> String {
+    format!("{source}_dead_letters")
+}
+
+/// `Mutation.enable_S_trigger`.
+pub fn enable_trigger_mutation_field(source: &str) -> String {
+    format!("enable_{source}_trigger")
+}
+
+/// `Mutation.disable_S_trigger`.
+pub fn disable_trigger_mutation_field(source: &str) -> String {
+    format!("disable_{source}_trigger")
+}
+
+/// `Mutation.redeliver_S_trigger`.
+pub fn redeliver_trigger_mutation_field(source: &str) -> String {
+    format!("redeliver_{source}_trigger")
+}
+
 /// `Subscription.S`: the live view.
 pub fn source_subscription_field(source: &str) -> String {
     source.to_owned()
@@ -127,6 +157,7 @@ pub fn source_query_fields(source: &str) -> Vec<String> {
         source_query_field(source),
         source_triggers_query_field(source),
         source_trigger_query_field(source),
+        source_dead_letters_query_field(source),
     ]
 }
 
@@ -135,6 +166,9 @@ pub fn source_mutation_fields(source: &str) -> Vec<String> {
     vec![
         create_trigger_mutation_field(source),
         delete_trigger_mutation_field(source),
+        enable_trigger_mutation_field(source),
+        disable_trigger_mutation_field(source),
+        redeliver_trigger_mutation_field(source),
     ]
 }
 
@@ -218,10 +252,19 @@ mod tests {
                 "user_scoresTriggerInput"
             ]
         );
-        assert_eq!(source_query_fields("t"), ["t", "t_triggers", "t_trigger"]);
+        assert_eq!(
+            source_query_fields("t"),
+            ["t", "t_triggers", "t_trigger", "t_dead_letters"]
+        );
         assert_eq!(
             source_mutation_fields("user_scores"),
-            ["create_user_scores_trigger", "delete_user_scores_trigger"]
+            [
+                "create_user_scores_trigger",
+                "delete_user_scores_trigger",
+                "enable_user_scores_trigger",
+                "disable_user_scores_trigger",
+                "redeliver_user_scores_trigger"
+            ]
         );
         assert_eq!(source_root_fields(RootType::Subscription, "t"), ["t"]);
         assert_eq!(enum_type_names("side"), ["side", "sideComparison"]);

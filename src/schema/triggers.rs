@@ -1,7 +1,9 @@
 //! The trigger API (tycostream's names, extended): `create_S_trigger(input:)`,
 //! `delete_S_trigger(name:)`, `S_triggers`, `S_trigger(name:)`, and the `Trigger` type with
 //! `fire`/`clear` readable (as the condition's canonical JSON), `source`, `status`, the
-//! creation time, the retry policy and the payload format.
+//! creation time, the retry policy and the payload format; plus each trigger's `counters` and
+//! `deliveries` (with their attempts), the source's dead-letter queue `S_dead_letters`, and
+//! `enable_S_trigger`, `disable_S_trigger` and `redeliver_S_trigger`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,13 +11,15 @@ use std::time::Duration;
 use async_graphql::Value as GqlValue;
 use async_graphql::dynamic::{
     Enum, Field, FieldFuture, FieldValue, InputObject, InputValue, Object, ResolverContext, Type,
-    TypeRef, ValueAccessor,
+    TypeRef,
 };
 
 use super::user_error;
 use crate::config::{SourceDef, names};
-use crate::filter;
-use crate::trigger::{PayloadFormat, RetryPolicy, Trigger, TriggerError, TriggerSpec, Triggers};
+use crate::trigger::{
+    AttemptRecord, Counters, Delivery, DeliveryStatus, Page, RetryPolicy, Trigger, TriggerError,
+    TriggerSpec, Triggers,
+};
 
 /// Types shared by every source's triggers.
 // One field list per type, in SDL order: split, the types would no longer read as the SDL.
@@ -89,7 +93,47 @@ pub fn global_types() -> Vec<Type> {
         ))
         .field(string_field("created_at", true, |t| {
             Some(t.created_at.clone())
-        }));
+        }))
+        .field(
+            Field::new("declared", TypeRef::named_nn(TypeRef::BOOLEAN), |ctx| {
+                resolve(&ctx, |t| GqlValue::Boolean(t.declared))
+            })
+            .description("Declared in schema.yaml (change it there) rather than created through the API."),
+        )
+        .field(
+            Field::new("counters", TypeRef::named_nn("TriggerCounters"), |ctx| {
+                FieldFuture::new(async move {
+                    let trigger = trigger_of(&ctx)?;
+                    let counters = triggers(&ctx)?
+                        .counters(&trigger)
+                        .await
+                        .map_err(|e| api_error(&e))?;
+                    Ok(Some(FieldValue::owned_any(counters)))
+                })
+            })
+            .description("Its events and deliveries so far."),
+        )
+        .field(
+            page_arguments(Field::new(
+                "deliveries",
+                TypeRef::named_nn_list_nn("Delivery"),
+                |ctx| {
+                    FieldFuture::new(async move {
+                        let trigger = trigger_of(&ctx)?;
+                        let page = page_of(&ctx, 20)?;
+                        let list = triggers(&ctx)?
+                            .deliveries(&trigger, page)
+                            .await
+                            .map_err(|e| api_error(&e))?;
+                        Ok(Some(FieldValue::list(
+                            list.into_iter().map(FieldValue::owned_any),
+                        )))
+                    })
+                },
+            ))
+            .argument(InputValue::new("status", TypeRef::named("DeliveryStatus")))
+            .description("Its deliveries, newest first (`limit` default 20, at most 1000; `before`: ids below this one)."),
+        );
     let ms = |d: Duration| GqlValue::from(d.as_millis().min(i32::MAX as u128) as i32);
     let retry = Object::new("RetryPolicy")
         .field(Field::new(
@@ -127,8 +171,153 @@ pub fn global_types() -> Vec<Type> {
     let header = InputObject::new("WebhookHeaderInput")
         .field(InputValue::new("name", TypeRef::named_nn(TypeRef::STRING)))
         .field(InputValue::new("value", TypeRef::named_nn(TypeRef::STRING)));
+    let delivery = Object::new("Delivery")
+        .description("A FIRE or CLEAR event and how its delivery went.")
+        .field(of::<Delivery>("id", TypeRef::named_nn(TypeRef::ID), |d| {
+            GqlValue::String(d.id.to_string())
+        }))
+        .field(
+            of::<Delivery>("event_id", TypeRef::named_nn(TypeRef::STRING), |d| {
+                GqlValue::String(d.event_id.clone())
+            })
+            .description("The `webhook-id` header: the same for every attempt and redelivery."),
+        )
+        .field(of::<Delivery>(
+            "source",
+            TypeRef::named_nn(TypeRef::STRING),
+            |d| GqlValue::String(d.source.clone()),
+        ))
+        .field(of::<Delivery>(
+            "trigger_name",
+            TypeRef::named_nn(TypeRef::STRING),
+            |d| GqlValue::String(d.trigger_name.clone()),
+        ))
+        .field(of::<Delivery>(
+            "event_type",
+            TypeRef::named_nn("TriggerEventType"),
+            |d| GqlValue::Enum(async_graphql::Name::new(&d.event_type)),
+        ))
+        .field(of::<Delivery>(
+            "status",
+            TypeRef::named_nn("DeliveryStatus"),
+            |d| GqlValue::Enum(async_graphql::Name::new(d.status.as_str().to_uppercase())),
+        ))
+        .field(of::<Delivery>(
+            "attempts",
+            TypeRef::named_nn(TypeRef::INT),
+            |d| GqlValue::from(d.attempts),
+        ))
+        .field(
+            of::<Delivery>("last_status", TypeRef::named(TypeRef::INT), |d| {
+                d.last_status.map_or(GqlValue::Null, GqlValue::from)
+            })
+            .description("The HTTP status of the last answer (null: none, or no answer)."),
+        )
+        .field(of::<Delivery>(
+            "last_error",
+            TypeRef::named(TypeRef::STRING),
+            |d| {
+                d.last_error
+                    .clone()
+                    .map_or(GqlValue::Null, GqlValue::String)
+            },
+        ))
+        .field(
+            of::<Delivery>("next_attempt_at", TypeRef::named(TypeRef::STRING), |d| {
+                d.next_attempt_at
+                    .clone()
+                    .map_or(GqlValue::Null, GqlValue::String)
+            })
+            .description("When a pending delivery is tried next (RFC 3339); null otherwise."),
+        )
+        .field(of::<Delivery>(
+            "created_at",
+            TypeRef::named_nn(TypeRef::STRING),
+            |d| GqlValue::String(d.created_at.clone()),
+        ))
+        .field(of::<Delivery>(
+            "delivered_at",
+            TypeRef::named(TypeRef::STRING),
+            |d| {
+                d.delivered_at
+                    .clone()
+                    .map_or(GqlValue::Null, GqlValue::String)
+            },
+        ))
+        .field(
+            of::<Delivery>("payload", TypeRef::named_nn("JSONValue"), |d| {
+                GqlValue::from_json(d.payload.clone()).unwrap_or(GqlValue::Null)
+            })
+            .description("The webhook's body (as first sent)."),
+        )
+        .field(
+            Field::new(
+                "recent_attempts",
+                TypeRef::named_nn_list_nn("DeliveryAttempt"),
+                |ctx| {
+                    FieldFuture::new(async move {
+                        let delivery = ctx.parent_value.try_downcast_ref::<Delivery>()?;
+                        let limit = limit_of(&ctx, 10)?;
+                        let list = triggers(&ctx)?
+                            .attempts(delivery.id, limit)
+                            .await
+                            .map_err(|e| api_error(&e))?;
+                        Ok(Some(FieldValue::list(
+                            list.into_iter().map(FieldValue::owned_any),
+                        )))
+                    })
+                },
+            )
+            .argument(InputValue::new("limit", TypeRef::named(TypeRef::INT)))
+            .description("Its attempts, newest first (`limit` default 10)."),
+        );
+    let attempt = Object::new("DeliveryAttempt")
+        .field(of::<AttemptRecord>(
+            "attempt",
+            TypeRef::named_nn(TypeRef::INT),
+            |a| GqlValue::from(a.attempt),
+        ))
+        .field(of::<AttemptRecord>(
+            "started_at",
+            TypeRef::named_nn(TypeRef::STRING),
+            |a| GqlValue::String(a.started_at.clone()),
+        ))
+        .field(of::<AttemptRecord>(
+            "duration_ms",
+            TypeRef::named_nn(TypeRef::INT),
+            |a| GqlValue::from(a.duration_ms),
+        ))
+        .field(
+            of::<AttemptRecord>("status", TypeRef::named(TypeRef::INT), |a| {
+                a.status.map_or(GqlValue::Null, GqlValue::from)
+            })
+            .description("The HTTP status (null: no answer)."),
+        )
+        .field(of::<AttemptRecord>(
+            "error",
+            TypeRef::named(TypeRef::STRING),
+            |a| a.error.clone().map_or(GqlValue::Null, GqlValue::String),
+        ));
+    let count = |name: &str, get: fn(&Counters) -> i64| {
+        of::<Counters>(name, TypeRef::named_nn(TypeRef::INT), move |c| {
+            GqlValue::from(i32::try_from(get(c)).unwrap_or(i32::MAX))
+        })
+    };
+    let counters = Object::new("TriggerCounters")
+        .field(count("fired", |c| c.fired).description("FIRE events."))
+        .field(count("cleared", |c| c.cleared).description("CLEAR events."))
+        .field(count("pending", |c| c.pending))
+        .field(count("delivered", |c| c.delivered))
+        .field(count("dead", |c| c.dead).description("In the dead-letter queue."));
     vec![
         trigger.into(),
+        delivery.into(),
+        attempt.into(),
+        counters.into(),
+        Enum::new("DeliveryStatus")
+            .items(DeliveryStatus::ALL.map(|s| s.as_str().to_uppercase()))
+            .into(),
+        Enum::new("TriggerEventType").items(["FIRE", "CLEAR"]).into(),
         retry.into(),
         retry_input.into(),
         header.into(),
@@ -142,6 +331,74 @@ pub fn global_types() -> Vec<Type> {
 
 fn trigger_of(ctx: &ResolverContext<'_>) -> async_graphql::Result<Arc<Trigger>> {
     ctx.parent_value.try_downcast_ref::<Arc<Trigger>>().cloned()
+}
+
+/// A field of an object whose parent value is a `T`.
+fn of<T: Send + Sync + 'static>(
+    name: &str,
+    ty: TypeRef,
+    get: impl Fn(&T) -> GqlValue + Send + Sync + 'static,
+) -> Field {
+    Field::new(name, ty, move |ctx| {
+        let value = ctx.parent_value.try_downcast_ref::<T>().map(&get);
+        FieldFuture::new(async move { Ok(Some(value?)) })
+    })
+}
+
+/// `limit` (default `default`, 1 to 1000).
+fn limit_of(ctx: &ResolverContext<'_>, default: i64) -> async_graphql::Result<i64> {
+    match ctx.args.get("limit") {
+        Some(v) if !v.is_null() => {
+            let n = v.i64()?;
+            if (1..=1000).contains(&n) {
+                Ok(n)
+            } else {
+                Err(user_error(
+                    "limit must be between 1 and 1000",
+                    "BAD_USER_INPUT",
+                ))
+            }
+        }
+        _ => Ok(default),
+    }
+}
+
+/// A delivery id argument.
+fn id_arg(ctx: &ResolverContext<'_>, name: &str) -> async_graphql::Result<Option<i64>> {
+    match ctx.args.get(name) {
+        Some(v) if !v.is_null() => {
+            let text = match v.as_value() {
+                GqlValue::Number(n) => n.to_string(),
+                _ => v.string()?.to_owned(),
+            };
+            text.parse::<i64>().map(Some).map_err(|_| {
+                user_error(
+                    format!("{name}: {text:?} is not a delivery id"),
+                    "BAD_USER_INPUT",
+                )
+            })
+        }
+        _ => Ok(None),
+    }
+}
+
+/// `limit`, `before` and `status`.
+fn page_of(ctx: &ResolverContext<'_>, default: i64) -> async_graphql::Result<Page> {
+    let status = match ctx.args.get("status") {
+        Some(v) if !v.is_null() => DeliveryStatus::parse(v.enum_name()?),
+        _ => None,
+    };
+    Ok(Page {
+        status,
+        limit: limit_of(ctx, default)?,
+        before: id_arg(ctx, "before")?,
+    })
+}
+
+fn page_arguments(field: Field) -> Field {
+    field
+        .argument(InputValue::new("limit", TypeRef::named(TypeRef::INT)))
+        .argument(InputValue::new("before", TypeRef::named(TypeRef::ID)))
 }
 
 fn resolve<'a>(
@@ -216,7 +473,7 @@ fn api_error(err: &TriggerError) -> async_graphql::Error {
 }
 
 /// `S_triggers` and `S_trigger(name:)`.
-pub fn query_fields(source: &Arc<SourceDef>) -> [Field; 2] {
+pub fn query_fields(source: &Arc<SourceDef>) -> [Field; 3] {
     let name = source.name.clone();
     let list = Field::new(
         names::source_triggers_query_field(&source.name),
@@ -246,11 +503,35 @@ pub fn query_fields(source: &Arc<SourceDef>) -> [Field; 2] {
         },
     )
     .argument(InputValue::new("name", TypeRef::named_nn(TypeRef::STRING)));
-    [list, one]
+    let name = source.name.clone();
+    let dead = page_arguments(Field::new(
+        names::source_dead_letters_query_field(&source.name),
+        TypeRef::named_nn_list_nn("Delivery"),
+        move |ctx| {
+            let source_name = name.clone();
+            FieldFuture::new(async move {
+                let trigger = match ctx.args.get("trigger") {
+                    Some(v) if !v.is_null() => Some(v.string()?.to_owned()),
+                    _ => None,
+                };
+                let page = page_of(&ctx, 100)?;
+                let list = triggers(&ctx)?
+                    .dead_letters(&source_name, trigger.as_deref(), page)
+                    .await
+                    .map_err(|e| api_error(&e))?;
+                Ok(Some(FieldValue::list(
+                    list.into_iter().map(FieldValue::owned_any),
+                )))
+            })
+        },
+    ))
+    .argument(InputValue::new("trigger", TypeRef::named(TypeRef::STRING)))
+    .description("The dead-letter queue: deliveries of the source's triggers (or of one) whose attempts are exhausted, newest first (`limit` default 100).");
+    [list, one, dead]
 }
 
 /// `create_S_trigger(input:)` and `delete_S_trigger(name:)`.
-pub fn mutation_fields(source: &Arc<SourceDef>) -> [Field; 2] {
+pub fn mutation_fields(source: &Arc<SourceDef>) -> [Field; 5] {
     let def = source.clone();
     let create = Field::new(
         names::create_trigger_mutation_field(&source.name),
@@ -289,7 +570,57 @@ pub fn mutation_fields(source: &Arc<SourceDef>) -> [Field; 2] {
         },
     )
     .argument(InputValue::new("name", TypeRef::named_nn(TypeRef::STRING)));
-    [create, delete]
+    let toggle = |field: String, disabled: bool, what: &str| {
+        let name = source.name.clone();
+        Field::new(field, TypeRef::named_nn("Trigger"), move |ctx| {
+            let source_name = name.clone();
+            FieldFuture::new(async move {
+                let wanted = ctx.args.try_get("name")?.string()?.to_owned();
+                let trigger = triggers(&ctx)?
+                    .set_disabled(&source_name, &wanted, disabled)
+                    .await
+                    .map_err(|e| api_error(&e))?;
+                Ok(Some(FieldValue::owned_any(trigger)))
+            })
+        })
+        .argument(InputValue::new("name", TypeRef::named_nn(TypeRef::STRING)))
+        .description(what)
+    };
+    let enable = toggle(
+        names::enable_trigger_mutation_field(&source.name),
+        false,
+        "Sends the trigger's pending deliveries again (after a disable or a 410 from its receiver).",
+    );
+    let disable = toggle(
+        names::disable_trigger_mutation_field(&source.name),
+        true,
+        "Stops sending: events are still recorded and go out when the trigger is enabled.",
+    );
+    let name = source.name.clone();
+    let redeliver = Field::new(
+        names::redeliver_trigger_mutation_field(&source.name),
+        TypeRef::named_nn_list_nn("Delivery"),
+        move |ctx| {
+            let source_name = name.clone();
+            FieldFuture::new(async move {
+                let wanted = ctx.args.try_get("name")?.string()?.to_owned();
+                let from = id_arg(&ctx, "from")?.unwrap_or_default();
+                let to = id_arg(&ctx, "to")?.unwrap_or(from);
+                let queued = triggers(&ctx)?
+                    .redeliver(&source_name, &wanted, from, to)
+                    .await
+                    .map_err(|e| api_error(&e))?;
+                Ok(Some(FieldValue::list(
+                    queued.into_iter().map(FieldValue::owned_any),
+                )))
+            })
+        },
+    )
+    .argument(InputValue::new("name", TypeRef::named_nn(TypeRef::STRING)))
+    .argument(InputValue::new("from", TypeRef::named_nn(TypeRef::ID)))
+    .argument(InputValue::new("to", TypeRef::named(TypeRef::ID)))
+    .description("Queues the trigger's deliveries with ids from `from` to `to` (default: just `from`) again, dead or delivered, with their attempts reset and their event ids kept.");
+    [create, delete, enable, disable, redeliver]
 }
 
 /// A validated spec from `STriggerInput`.
@@ -297,98 +628,7 @@ fn spec_of(
     source: &SourceDef,
     input: &async_graphql::dynamic::ObjectAccessor<'_>,
 ) -> async_graphql::Result<TriggerSpec> {
-    let bad = |message: String| user_error(message, "BAD_USER_INPUT");
-    let condition = |key: &str| -> async_graphql::Result<Option<filter::Filter>> {
-        match input.get(key) {
-            Some(value) if !value.is_null() => filter::compile(source, value.as_value())
-                .map(Some)
-                .map_err(|e| bad(format!("{key}: {e}"))),
-            _ => Ok(None),
-        }
-    };
-    let int =
-        |value: Option<ValueAccessor<'_>>, what: &str| -> async_graphql::Result<Option<u64>> {
-            match value {
-                Some(v) if !v.is_null() => {
-                    let n = v.i64()?;
-                    u64::try_from(n)
-                        .map(Some)
-                        .map_err(|_| bad(format!("{what} must not be negative")))
-                }
-                _ => Ok(None),
-            }
-        };
-    let mut retry = RetryPolicy::default();
-    if let Some(r) = input.get("retry").filter(|v| !v.is_null()) {
-        let r = r.object()?;
-        if let Some(n) = int(r.get("attempts"), "retry.attempts")? {
-            retry.attempts = u32::try_from(n).unwrap_or(u32::MAX);
-        }
-        if let Some(n) = int(r.get("initial_interval_ms"), "retry.initial_interval_ms")? {
-            retry.initial_interval = Duration::from_millis(n);
-        }
-        if let Some(n) = int(r.get("max_interval_ms"), "retry.max_interval_ms")? {
-            retry.max_interval = Duration::from_millis(n);
-        }
-        if let Some(n) = int(r.get("timeout_ms"), "retry.timeout_ms")? {
-            retry.timeout = Duration::from_millis(n);
-        }
-    }
-    retry.validate().map_err(|e| bad(e.to_string()))?;
-    let mut headers = Vec::new();
-    if let Some(list) = input.get("headers").filter(|v| !v.is_null()) {
-        for item in list.list()?.iter() {
-            let item = item.object()?;
-            let name = item.try_get("name")?.string()?.to_owned();
-            let value = item.try_get("value")?.string()?.to_owned();
-            let valid_name = axum::http::HeaderName::from_bytes(name.as_bytes()).is_ok();
-            let reserved = name.to_ascii_lowercase().starts_with("webhook-")
-                || ["content-type", "content-length", "host"]
-                    .contains(&name.to_ascii_lowercase().as_str());
-            if !valid_name || reserved {
-                return Err(bad(format!(
-                    "headers: {name:?} is not a header a trigger may set (the webhook-* signature headers, content-type, content-length and host are the server's)"
-                )));
-            }
-            if axum::http::HeaderValue::from_str(&value).is_err() {
-                return Err(bad(format!(
-                    "headers: the value of {name:?} is not a valid header value"
-                )));
-            }
-            headers.push((name, value));
-        }
-    }
-    let format = match input.get("format").filter(|v| !v.is_null()) {
-        Some(v) => PayloadFormat::parse(&v.enum_name()?.to_ascii_lowercase()).unwrap_or_default(),
-        None => PayloadFormat::default(),
-    };
-    let fields = match input.get("fields").filter(|v| !v.is_null()) {
-        None => None,
-        Some(list) => {
-            let mut indices = Vec::new();
-            for item in list.list()?.iter() {
-                let name = item.string()?;
-                let index = source
-                    .column_index(name)
-                    .ok_or_else(|| bad(format!("fields: {} has no column {name}", source.name)))?;
-                indices.push(index);
-            }
-            Some(indices)
-        }
-    };
-    Ok(TriggerSpec {
-        name: input.try_get("name")?.string()?.to_owned(),
-        webhook: input.try_get("webhook")?.string()?.to_owned(),
-        fire: condition("fire")?.ok_or_else(|| bad("fire is required".into()))?,
-        clear: condition("clear")?,
-        headers,
-        retry,
-        format,
-        fields,
-        cooldown: int(input.get("cooldown_ms"), "cooldown_ms")?.map(Duration::from_millis),
-        fire_existing: match input.get("fire_existing") {
-            Some(v) if !v.is_null() => v.boolean()?,
-            _ => false,
-        },
-    })
+    let json = input.as_index_map().clone();
+    let json = GqlValue::Object(json).into_json()?;
+    TriggerSpec::from_input(source, &json).map_err(|e| api_error(&e))
 }

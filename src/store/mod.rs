@@ -25,6 +25,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "trigger_created_position",
         include_str!("migrations/0004_trigger_created_position.sql"),
     ),
+    (
+        5,
+        "delivery_attempts",
+        include_str!("migrations/0005_delivery_attempts.sql"),
+    ),
 ];
 
 /// Serializes migrations across replicas (`pg_advisory_lock` key; "viewcast" in ASCII).

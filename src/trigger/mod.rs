@@ -5,6 +5,7 @@
 //! store and keeping the live set in memory. It never blocks a hub: evaluation and delivery
 //! run in their own tasks.
 
+pub mod deliveries;
 mod model;
 pub mod payload;
 mod runner;
@@ -16,6 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
+pub use deliveries::{AttemptRecord, Counters, Delivery, DeliveryStatus, Page};
 pub use model::{PayloadFormat, RetryPolicy, Trigger, TriggerRecord, TriggerSpec, TriggerStatus};
 pub use payload::Secret;
 pub use target::{TargetError, check_target};
@@ -421,6 +423,95 @@ impl Triggers {
         self.changed();
         tracing::info!(source = %source_name, trigger = %name, "trigger deleted");
         Ok(trigger)
+    }
+
+    fn find(&self, source_name: &str, name: &str) -> Result<Arc<Trigger>, TriggerError> {
+        self.source(source_name)?;
+        self.get(source_name, name)
+            .ok_or_else(|| TriggerError::NotFound {
+                source_name: source_name.into(),
+                name: name.into(),
+            })
+    }
+
+    /// Enables or disables a trigger. A disabled trigger is still evaluated (its FIRE and
+    /// CLEAR events are recorded) but nothing is sent until it is enabled again.
+    pub async fn set_disabled(
+        &self,
+        source_name: &str,
+        name: &str,
+        disabled: bool,
+    ) -> Result<Arc<Trigger>, TriggerError> {
+        let trigger = self.find(source_name, name)?;
+        let store = self.store().await?;
+        deliveries::set_disabled(&store, &trigger, disabled).await?;
+        trigger.set_disabled(disabled);
+        trigger.wake.notify_one();
+        tracing::info!(source = %source_name, trigger = %name, disabled, "trigger status changed");
+        Ok(trigger)
+    }
+
+    /// The trigger's deliveries, newest first.
+    pub async fn deliveries(
+        &self,
+        trigger: &Trigger,
+        page: Page,
+    ) -> Result<Vec<Delivery>, TriggerError> {
+        let store = self.store().await?;
+        Ok(deliveries::of_trigger(&store, trigger, page).await?)
+    }
+
+    /// The dead-letter queue of the source's triggers (or of one), newest first.
+    pub async fn dead_letters(
+        &self,
+        source_name: &str,
+        trigger: Option<&str>,
+        page: Page,
+    ) -> Result<Vec<Delivery>, TriggerError> {
+        self.source(source_name)?;
+        let store = self.store().await?;
+        Ok(deliveries::dead_letters(&store, source_name, trigger, page).await?)
+    }
+
+    /// A delivery's attempts, newest first.
+    pub async fn attempts(
+        &self,
+        delivery_id: i64,
+        limit: i64,
+    ) -> Result<Vec<AttemptRecord>, TriggerError> {
+        let store = self.store().await?;
+        Ok(deliveries::attempts(&store, delivery_id, limit).await?)
+    }
+
+    pub async fn counters(&self, trigger: &Trigger) -> Result<Counters, TriggerError> {
+        let store = self.store().await?;
+        Ok(deliveries::counters(&store, trigger).await?)
+    }
+
+    /// Sends the trigger's deliveries `from` through `to` again (their event ids unchanged).
+    pub async fn redeliver(
+        &self,
+        source_name: &str,
+        name: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<Delivery>, TriggerError> {
+        let trigger = self.find(source_name, name)?;
+        if to < from {
+            return Err(TriggerError::Invalid(format!(
+                "redeliver: `to` ({to}) is before `from` ({from})"
+            )));
+        }
+        let store = self.store().await?;
+        let queued = deliveries::redeliver(&store, &trigger, from, to).await?;
+        if queued.is_empty() {
+            return Err(TriggerError::Invalid(format!(
+                "trigger {name} of source {source_name} has no delivery with an id from {from} to {to}"
+            )));
+        }
+        trigger.wake.notify_one();
+        tracing::info!(source = %source_name, trigger = %name, from, to, count = queued.len(), "deliveries queued again");
+        Ok(queued)
     }
 
     /// The source's triggers, in creation order.

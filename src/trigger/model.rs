@@ -154,6 +154,74 @@ impl TriggerSpec {
         })
     }
 
+    /// A validated spec from the input of `create_S_trigger` as JSON (also the shape of a
+    /// trigger declared in schema.yaml, where `headers` may also be a map).
+    pub fn from_input(source: &SourceDef, input: &Value) -> Result<TriggerSpec, TriggerError> {
+        let bad = |message: String| TriggerError::Invalid(message);
+        let text = |key: &str| -> Result<String, TriggerError> {
+            input[key]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| bad(format!("{key} is required (a string)")))
+        };
+        let condition = |key: &str| -> Result<Option<Filter>, TriggerError> {
+            let value = &input[key];
+            if value.is_null() {
+                return Ok(None);
+            }
+            let gql = async_graphql::Value::from_json(value.clone())
+                .map_err(|e| bad(format!("{key}: {e}")))?;
+            filter::compile(source, &gql)
+                .map(Some)
+                .map_err(|e| bad(format!("{key}: {e}")))
+        };
+        let retry = retry_input(&input["retry"])?;
+        let headers = headers_input(&input["headers"])?;
+        let format = match &input["format"] {
+            Value::Null => PayloadFormat::default(),
+            v => v
+                .as_str()
+                .and_then(|f| PayloadFormat::parse(&f.to_ascii_lowercase()))
+                .ok_or_else(|| bad(format!("format must be tycostream or hasura, not {v}")))?,
+        };
+        let fields = match &input["fields"] {
+            Value::Null => None,
+            Value::Array(names) => Some(
+                names
+                    .iter()
+                    .map(|n| {
+                        let n = n.as_str().unwrap_or_default();
+                        source.column_index(n).ok_or_else(|| {
+                            bad(format!("fields: {} has no column {n}", source.name))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            _ => return Err(bad("fields must be a list of column names".into())),
+        };
+        let fire_existing = match &input["fire_existing"] {
+            Value::Null => false,
+            Value::Bool(b) => *b,
+            _ => return Err(bad("fire_existing must be true or false".into())),
+        };
+        let name = text("name")?;
+        if name.trim().is_empty() {
+            return Err(bad("a trigger needs a name".into()));
+        }
+        Ok(TriggerSpec {
+            name,
+            webhook: text("webhook")?,
+            fire: condition("fire")?.ok_or_else(|| bad("fire is required".into()))?,
+            clear: condition("clear")?,
+            headers,
+            retry,
+            format,
+            fields,
+            cooldown: millis(&input["cooldown_ms"], "cooldown_ms")?.map(Duration::from_millis),
+            fire_existing,
+        })
+    }
+
     /// A spec from the store's JSON (conditions compiled again against the current config).
     pub fn from_definition(
         source: &SourceDef,
@@ -219,6 +287,87 @@ impl TriggerSpec {
     }
 }
 
+/// A whole, non-negative number (`None`: absent).
+fn millis(value: &Value, what: &str) -> Result<Option<u64>, TriggerError> {
+    match value {
+        Value::Null => Ok(None),
+        v => v.as_u64().map(Some).ok_or_else(|| {
+            TriggerError::Invalid(format!("{what} must be a whole number, not negative"))
+        }),
+    }
+}
+
+/// The `retry` input (defaults for what it leaves out), validated.
+fn retry_input(r: &Value) -> Result<RetryPolicy, TriggerError> {
+    let bad = |message: String| TriggerError::Invalid(message);
+    let mut retry = RetryPolicy::default();
+    if !r.is_null() && !r.is_object() {
+        return Err(bad("retry must be an object".into()));
+    }
+    if let Some(n) = millis(&r["attempts"], "retry.attempts")? {
+        retry.attempts = u32::try_from(n).unwrap_or(u32::MAX);
+    }
+    if let Some(n) = millis(&r["initial_interval_ms"], "retry.initial_interval_ms")? {
+        retry.initial_interval = Duration::from_millis(n);
+    }
+    if let Some(n) = millis(&r["max_interval_ms"], "retry.max_interval_ms")? {
+        retry.max_interval = Duration::from_millis(n);
+    }
+    if let Some(n) = millis(&r["timeout_ms"], "retry.timeout_ms")? {
+        retry.timeout = Duration::from_millis(n);
+    }
+    retry.validate()?;
+    Ok(retry)
+}
+
+/// The `headers` input: a list of `{name, value}` or a map; the server's own refused.
+fn headers_input(value: &Value) -> Result<Vec<(String, String)>, TriggerError> {
+    let bad = |message: String| TriggerError::Invalid(message);
+    let pairs: Vec<(String, String)> = match value {
+        Value::Null => Vec::new(),
+        Value::Array(items) => items
+            .iter()
+            .map(
+                |item| match (item["name"].as_str(), item["value"].as_str()) {
+                    (Some(n), Some(v)) => Ok((n.to_owned(), v.to_owned())),
+                    _ => Err(bad("headers: each header needs a name and a value".into())),
+                },
+            )
+            .collect::<Result<_, _>>()?,
+        Value::Object(map) => map
+            .iter()
+            .map(|(n, v)| match v.as_str() {
+                Some(v) => Ok((n.clone(), v.to_owned())),
+                None => Err(bad(format!("headers: the value of {n:?} must be a string"))),
+            })
+            .collect::<Result<_, _>>()?,
+        _ => {
+            return Err(bad(
+                "headers must be a list of {name, value} or a map".into()
+            ));
+        }
+    };
+    let mut headers = Vec::new();
+    for (name, value) in pairs {
+        let lower = name.to_ascii_lowercase();
+        let valid_name = axum::http::HeaderName::from_bytes(name.as_bytes()).is_ok();
+        let reserved = lower.starts_with("webhook-")
+            || ["content-type", "content-length", "host"].contains(&lower.as_str());
+        if !valid_name || reserved {
+            return Err(bad(format!(
+                "headers: {name:?} is not a header a trigger may set (the webhook-* signature headers, content-type, content-length and host are the server's)"
+            )));
+        }
+        if axum::http::HeaderValue::from_str(&value).is_err() {
+            return Err(bad(format!(
+                "headers: the value of {name:?} is not a valid header value"
+            )));
+        }
+        headers.push((name, value));
+    }
+    Ok(headers)
+}
+
 /// What the store knows of a trigger besides its definition.
 #[derive(Debug, Clone)]
 pub struct TriggerRecord {
@@ -249,6 +398,8 @@ pub struct Trigger {
     pub created_at: String,
     pub created_position: Option<Position>,
     pub created_boundary: Option<u64>,
+    /// Wakes the trigger's sender (new deliveries, enabled again, redelivery).
+    pub wake: tokio::sync::Notify,
 }
 
 impl Trigger {
@@ -262,6 +413,7 @@ impl Trigger {
             created_at: record.created_at,
             created_position: record.created_position,
             created_boundary: record.created_boundary,
+            wake: tokio::sync::Notify::new(),
         }
     }
 

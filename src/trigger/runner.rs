@@ -26,8 +26,6 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use tokio::sync::Notify;
-
 use super::model::Trigger;
 use super::payload::{self, EventType};
 use super::{Triggers, sender};
@@ -147,8 +145,8 @@ impl State {
     }
 }
 
-/// A running sender: its trigger, how to wake it, how to stop it.
-type SenderHandle = (Arc<Trigger>, Arc<Notify>, CancellationToken);
+/// A running sender: its trigger and how to stop it.
+type SenderHandle = (Arc<Trigger>, CancellationToken);
 
 /// One sender per trigger evaluated here: stops the others, starts the missing.
 fn sync_senders(
@@ -157,7 +155,7 @@ fn sync_senders(
     shared: &Arc<sender::Shared>,
     shutdown: &CancellationToken,
 ) {
-    senders.retain(|(t, _, cancel)| {
+    senders.retain(|(t, cancel)| {
         let keep = states.iter().any(|s| Arc::ptr_eq(&s.trigger, t));
         if !keep {
             cancel.cancel();
@@ -165,19 +163,14 @@ fn sync_senders(
         keep
     });
     for state in states {
-        if !senders
-            .iter()
-            .any(|(t, _, _)| Arc::ptr_eq(t, &state.trigger))
-        {
-            let wake = Arc::new(Notify::new());
+        if !senders.iter().any(|(t, _)| Arc::ptr_eq(t, &state.trigger)) {
             let cancel = shutdown.child_token();
             tokio::spawn(sender::run(
                 state.trigger.clone(),
                 shared.clone(),
-                wake.clone(),
                 cancel.clone(),
             ));
-            senders.push((state.trigger.clone(), wake, cancel));
+            senders.push((state.trigger.clone(), cancel));
         }
     }
 }
@@ -248,8 +241,8 @@ pub(super) async fn run(
         sync_senders(&mut senders, &states, &shared, &shutdown);
         match result {
             Ok(true) => {
-                for (_, wake, _) in &senders {
-                    wake.notify_one();
+                for (trigger, _) in &senders {
+                    trigger.wake.notify_one();
                 }
             }
             Ok(false) => {}

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::model::{RetryPolicy, Trigger};
@@ -76,20 +76,9 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
-/// Sends the trigger's deliveries until cancelled.
-pub(super) async fn run(
-    trigger: Arc<Trigger>,
-    shared: Arc<Shared>,
-    wake: Arc<Notify>,
-    cancel: CancellationToken,
-) {
+/// Sends the trigger's deliveries until cancelled; `trigger.wake` says there may be new ones.
+pub(super) async fn run(trigger: Arc<Trigger>, shared: Arc<Shared>, cancel: CancellationToken) {
     loop {
-        if trigger.is_disabled() {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(POLL) => continue,
-            }
-        }
         let wait = match next(&trigger, &shared).await {
             Ok(Some(wait)) => wait,
             Ok(None) => POLL,
@@ -103,7 +92,7 @@ pub(super) async fn run(
         }
         tokio::select! {
             () = cancel.cancelled() => return,
-            () = wake.notified() => {}
+            () = trigger.wake.notified() => {}
             () = tokio::time::sleep(wait) => {}
         }
     }
@@ -118,20 +107,33 @@ async fn next(trigger: &Trigger, shared: &Shared) -> Result<Option<Duration>, St
         &trigger.spec.name,
         &trigger.generation,
     );
+    // The trigger's status as stored (another replica may have disabled or enabled it), and
+    // its oldest pending delivery.
     let head = client
         .query_opt(
-            "SELECT id, EXTRACT(EPOCH FROM (next_attempt_at - now()))::float8 \
-             FROM viewcast_deliveries \
-             WHERE source = $1 AND trigger_name = $2 AND generation = $3 AND status = 'pending' \
-             ORDER BY id LIMIT 1",
+            "SELECT t.status, d.id, EXTRACT(EPOCH FROM (d.next_attempt_at - now()))::float8 \
+             FROM viewcast_triggers t LEFT JOIN LATERAL ( \
+                 SELECT id, next_attempt_at FROM viewcast_deliveries \
+                 WHERE source = t.source AND trigger_name = t.name AND generation = t.generation \
+                   AND status = 'pending' \
+                 ORDER BY id LIMIT 1) d ON true \
+             WHERE t.source = $1 AND t.name = $2 AND t.generation = $3",
             &[key.0, key.1, key.2],
         )
         .await?;
     let Some(head) = head else {
+        // Deleted (the evaluator stops this sender).
         return Ok(None);
     };
-    let id: i64 = head.get(0);
-    let due_in: f64 = head.get(1);
+    let disabled = head.get::<_, String>(0) == "disabled";
+    trigger.set_disabled(disabled);
+    let (Some(id), Some(due_in), false) = (
+        head.get::<_, Option<i64>>(1),
+        head.get::<_, Option<f64>>(2),
+        disabled,
+    ) else {
+        return Ok(None);
+    };
     if due_in > 0.0 {
         return Ok(Some(Duration::from_secs_f64(due_in.min(86_400.0))));
     }
@@ -156,11 +158,19 @@ async fn next(trigger: &Trigger, shared: &Shared) -> Result<Option<Duration>, St
     let stored: Value = claimed.get(1);
     let attempts: i32 = claimed.get(2);
     let attempt = u32::try_from(attempts).unwrap_or(1);
+    let started = SystemTime::now();
+    let clock = std::time::Instant::now();
     let outcome = {
         let _permit = shared.concurrency.acquire().await;
         send(trigger, shared, &event_id, &stored, attempt).await
     };
-    record(trigger, shared, id, attempt, outcome).await?;
+    let attempted = Attempt {
+        id,
+        number: attempt,
+        started,
+        took: clock.elapsed(),
+    };
+    record(trigger, shared, &attempted, outcome).await?;
     Ok(Some(Duration::ZERO))
 }
 
@@ -226,35 +236,92 @@ async fn send(
     }
 }
 
+/// One attempt at a delivery, for its history.
+struct Attempt {
+    /// The delivery's.
+    id: i64,
+    number: u32,
+    started: SystemTime,
+    took: Duration,
+}
+
+/// Runs `update` (an UPDATE of one delivery whose parameters are `params`, `$1` its id) and
+/// records the attempt with its answer, in one statement.
+async fn update_and_log(
+    client: &deadpool_postgres::Object,
+    update: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    attempt: &Attempt,
+    status: Option<i32>,
+    error: Option<&str>,
+) -> Result<(), StoreError> {
+    let n = params.len();
+    let sql = format!(
+        "WITH d AS ({update} RETURNING id) \
+         INSERT INTO viewcast_delivery_attempts (delivery_id, attempt, started_at, duration_ms, status, error) \
+         SELECT id, ${}, to_timestamp(${}), ${}, ${}, ${} FROM d",
+        n + 1,
+        n + 2,
+        n + 3,
+        n + 4,
+        n + 5
+    );
+    let number = i32::try_from(attempt.number).unwrap_or(i32::MAX);
+    let started = attempt
+        .started
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let took = i32::try_from(attempt.took.as_millis()).unwrap_or(i32::MAX);
+    let mut all: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.to_vec();
+    all.extend([
+        &number as &(dyn tokio_postgres::types::ToSql + Sync),
+        &started,
+        &took,
+        &status,
+        &error,
+    ]);
+    client.execute(&sql, &all).await?;
+    Ok(())
+}
+
 /// Saves an attempt's outcome.
 async fn record(
     trigger: &Trigger,
     shared: &Shared,
-    id: i64,
-    attempt: u32,
+    attempt: &Attempt,
     outcome: Outcome,
 ) -> Result<(), StoreError> {
     let client = shared.store.client().await?;
+    let id = attempt.id;
     match outcome {
         Outcome::Delivered(status) => {
-            client
-                .execute(
-                    "UPDATE viewcast_deliveries SET status = 'delivered', delivered_at = now(), \
-                     last_status = $2, last_error = NULL WHERE id = $1",
-                    &[&id, &i32::from(status)],
-                )
-                .await?;
+            let status = i32::from(status);
+            update_and_log(
+                &client,
+                "UPDATE viewcast_deliveries SET status = 'delivered', delivered_at = now(), \
+                 last_status = $2, last_error = NULL WHERE id = $1",
+                &[&id, &status],
+                attempt,
+                Some(status),
+                None,
+            )
+            .await?;
         }
         Outcome::Gone(status) => {
             // The receiver is gone: the trigger stops; this delivery waits for it to be
             // enabled again.
-            client
-                .execute(
-                    "UPDATE viewcast_deliveries SET last_status = $2, last_error = 'HTTP 410: the receiver disabled the trigger', \
-                     next_attempt_at = now(), attempts = attempts - 1 WHERE id = $1",
-                    &[&id, &i32::from(status)],
-                )
-                .await?;
+            let status = i32::from(status);
+            let error = "HTTP 410: the receiver disabled the trigger";
+            update_and_log(
+                &client,
+                "UPDATE viewcast_deliveries SET last_status = $2, last_error = $3, \
+                 next_attempt_at = now(), attempts = attempts - 1 WHERE id = $1",
+                &[&id, &status, &error],
+                attempt,
+                Some(status),
+                Some(error),
+            )
+            .await?;
             client
                 .execute(
                     "UPDATE viewcast_triggers SET status = 'disabled' WHERE source = $1 AND name = $2 AND generation = $3",
@@ -265,12 +332,15 @@ async fn record(
             tracing::warn!(source = %trigger.source.name, trigger = %trigger.spec.name, "the webhook answered 410 Gone: trigger disabled");
         }
         Outcome::Refused(error) => {
-            client
-                .execute(
-                    "UPDATE viewcast_deliveries SET status = 'dead', last_status = NULL, last_error = $2 WHERE id = $1",
-                    &[&id, &error],
-                )
-                .await?;
+            update_and_log(
+                &client,
+                "UPDATE viewcast_deliveries SET status = 'dead', last_status = NULL, last_error = $2 WHERE id = $1",
+                &[&id, &error],
+                attempt,
+                None,
+                Some(&error),
+            )
+            .await?;
         }
         Outcome::Failed {
             status,
@@ -279,24 +349,32 @@ async fn record(
         } => {
             let policy = &trigger.spec.retry;
             let status = status.map(i32::from);
-            if attempt >= policy.attempts {
-                client
-                    .execute(
-                        "UPDATE viewcast_deliveries SET status = 'dead', last_status = $2, last_error = $3 WHERE id = $1",
-                        &[&id, &status, &error],
-                    )
-                    .await?;
+            if attempt.number >= policy.attempts {
+                update_and_log(
+                    &client,
+                    "UPDATE viewcast_deliveries SET status = 'dead', last_status = $2, last_error = $3 WHERE id = $1",
+                    &[&id, &status, &error],
+                    attempt,
+                    status,
+                    Some(&error),
+                )
+                .await?;
                 tracing::warn!(source = %trigger.source.name, trigger = %trigger.spec.name, delivery = id, error = %error, "delivery dead after its last attempt");
             } else {
                 // Retry-After wins over the backoff (a receiver that asked for an hour gets it).
-                let delay = retry_after.unwrap_or_else(|| backoff(policy, attempt));
-                client
-                    .execute(
-                        "UPDATE viewcast_deliveries SET last_status = $2, last_error = $3, \
-                         next_attempt_at = now() + make_interval(secs => $4) WHERE id = $1",
-                        &[&id, &status, &error, &delay.as_secs_f64()],
-                    )
-                    .await?;
+                let delay = retry_after
+                    .unwrap_or_else(|| backoff(policy, attempt.number))
+                    .as_secs_f64();
+                update_and_log(
+                    &client,
+                    "UPDATE viewcast_deliveries SET last_status = $2, last_error = $3, \
+                     next_attempt_at = now() + make_interval(secs => $4) WHERE id = $1",
+                    &[&id, &status, &error, &delay],
+                    attempt,
+                    status,
+                    Some(&error),
+                )
+                .await?;
             }
         }
     }

@@ -85,10 +85,20 @@ pub async fn start_server(db: &TestDb, yaml: &str) -> Server {
 
 /// Starts the server for a loaded `config` (e.g. from a fixture file) against `db`.
 pub async fn start_server_with_config(db: &TestDb, config: viewcast::config::Config) -> Server {
+    start_server_with_options(db, config, |_| {}).await
+}
+
+/// Starts the server for `config` against `db`, with `configure` applied to the options.
+#[allow(dead_code)]
+pub async fn start_server_with_options(
+    db: &TestDb,
+    config: viewcast::config::Config,
+    configure: impl FnOnce(&mut ServeOptions),
+) -> Server {
     if let Ok(filter) = std::env::var("VIEWCAST_TEST_LOG") {
         viewcast::telemetry::init_logging(&filter, false);
     }
-    let options = ServeOptions {
+    let mut options = ServeOptions {
         host: "127.0.0.1".into(),
         port: 0,
         database_url: Some(db.url.clone()),
@@ -96,6 +106,7 @@ pub async fn start_server_with_config(db: &TestDb, config: viewcast::config::Con
         apply_setup: true,
         ..ServeOptions::default()
     };
+    configure(&mut options);
     let server = Server::start(config, options).await.expect("server starts");
     wait_ready(server.addr()).await;
     server

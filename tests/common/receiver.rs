@@ -1,7 +1,7 @@
 //! A real HTTP webhook receiver for tests: records every request (headers, body, arrival)
 //! and answers from a script (status, headers, delay), 200 once the script is used up.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,12 +41,21 @@ pub enum Reply {
     After(Duration, u16),
 }
 
+/// How one path answers: its script, then its default.
+#[derive(Debug, Default)]
+struct PathScript {
+    script: VecDeque<Reply>,
+    default: Option<Reply>,
+}
+
 pub struct Receiver {
     pub addr: SocketAddr,
     rx: mpsc::UnboundedReceiver<Received>,
     script: Arc<Mutex<VecDeque<Reply>>>,
     /// Every reply once the script is used up.
     default: Arc<Mutex<Reply>>,
+    /// Scripts and defaults of single paths (before the others).
+    paths: Arc<Mutex<HashMap<String, PathScript>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -61,9 +70,10 @@ impl Receiver {
         let (tx, rx) = mpsc::unbounded_channel();
         let script: Arc<Mutex<VecDeque<Reply>>> = Arc::default();
         let default = Arc::new(Mutex::new(Reply::Status(200)));
-        let (s, d) = (script.clone(), default.clone());
+        let paths: Arc<Mutex<HashMap<String, PathScript>>> = Arc::default();
+        let (s, d, p) = (script.clone(), default.clone(), paths.clone());
         let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, raw: Bytes| {
-            let (tx, s, d) = (tx.clone(), s.clone(), d.clone());
+            let (tx, s, d, p) = (tx.clone(), s.clone(), d.clone(), p.clone());
             async move {
                 let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
                 let _ = tx.send(Received {
@@ -73,11 +83,17 @@ impl Receiver {
                     body,
                     at: Instant::now(),
                 });
-                let reply = s
+                let by_path = p
                     .lock()
                     .unwrap()
-                    .pop_front()
-                    .unwrap_or_else(|| d.lock().unwrap().clone());
+                    .get_mut(uri.path())
+                    .and_then(|path| path.script.pop_front().or_else(|| path.default.clone()));
+                let reply = by_path.unwrap_or_else(|| {
+                    s.lock()
+                        .unwrap()
+                        .pop_front()
+                        .unwrap_or_else(|| d.lock().unwrap().clone())
+                });
                 answer(reply).await
             }
         });
@@ -91,6 +107,7 @@ impl Receiver {
             rx,
             script,
             default,
+            paths,
             task,
         }
     }
@@ -102,6 +119,24 @@ impl Receiver {
     /// Replies for the next requests, in order.
     pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
         self.script.lock().unwrap().extend(replies);
+    }
+
+    /// Replies for the next requests to `path`, in order (then its default, if any).
+    #[allow(dead_code)]
+    pub fn script_path(&self, path: &str, replies: impl IntoIterator<Item = Reply>) {
+        let mut paths = self.paths.lock().unwrap();
+        paths
+            .entry(path.to_owned())
+            .or_default()
+            .script
+            .extend(replies);
+    }
+
+    /// How `path` answers once its script is used up.
+    #[allow(dead_code)]
+    pub fn path_default(&self, path: &str, reply: Reply) {
+        let mut paths = self.paths.lock().unwrap();
+        paths.entry(path.to_owned()).or_default().default = Some(reply);
     }
 
     pub fn default_reply(&self, reply: Reply) {
