@@ -66,6 +66,12 @@ impl Default for ServeOptions {
 pub enum ServerError {
     #[error("cannot build the GraphQL schema: {0}")]
     Schema(String),
+    #[error("trigger {name} of source {source_name}: {reason}")]
+    DeclaredTrigger {
+        source_name: String,
+        name: String,
+        reason: String,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -118,9 +124,33 @@ impl Drop for FeedRuntime {
     }
 }
 
+/// The webhooks of triggers declared in schema.yaml may not reach internal addresses (unless
+/// allowed): refused at start-up. A name that does not resolve yet is only a warning (every
+/// request checks again).
+async fn check_declared_targets(config: &Config, allow_private: bool) -> Result<(), ServerError> {
+    for declared in &config.triggers {
+        let webhook = declared.input["webhook"].as_str().unwrap_or_default();
+        match crate::trigger::check_target(webhook, allow_private).await {
+            Ok(_) => {}
+            Err(err @ crate::trigger::TargetError::Resolve { .. }) => {
+                tracing::warn!(source = %declared.source, trigger = %declared.name, error = %err, "a declared trigger's webhook does not resolve yet");
+            }
+            Err(err) => {
+                return Err(ServerError::DeclaredTrigger {
+                    source_name: declared.source.clone(),
+                    name: declared.name.clone(),
+                    reason: err.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Server {
     /// Starts feeds (eager sources), binds and serves. Returns once the socket is listening.
     pub async fn start(config: Config, options: ServeOptions) -> Result<Server, ServerError> {
+        check_declared_targets(&config, options.triggers.allow_private_targets).await?;
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let metrics = Arc::new(Metrics::default());

@@ -161,3 +161,27 @@ fn every_valid_fixture_loads() {
     }
     assert!(count >= 3);
 }
+
+#[test]
+fn triggers_declared_under_a_source_load_in_file_order() {
+    let config = load("triggers");
+    let declared: Vec<(&str, &str)> = config
+        .triggers
+        .iter()
+        .map(|t| (t.source.as_str(), t.name.as_str()))
+        .collect();
+    assert_eq!(declared, [("trades", "large_buy"), ("trades", "any_sell")]);
+    let large = &config.triggers[0].input;
+    assert_eq!(large["name"], "large_buy");
+    assert_eq!(large["headers"]["x-team"], "risk");
+    assert_eq!(large["retry"]["attempts"], 5);
+    assert_eq!(large["fire"]["side"]["_eq"], "buy");
+    // The same validation as the API's: the spec is what `create_trades_trigger` would make.
+    let source = config.source("trades").unwrap();
+    let spec = viewcast::trigger::TriggerSpec::from_input(source, large).unwrap();
+    assert_eq!(spec.retry.attempts, 5);
+    assert_eq!(spec.format, viewcast::trigger::PayloadFormat::Hasura);
+    assert_eq!(spec.fields, Some(vec![0, 2]));
+    assert_eq!(spec.cooldown, Some(std::time::Duration::from_secs(60)));
+    assert_eq!(spec.headers, [("x-team".to_owned(), "risk".to_owned())]);
+}

@@ -250,3 +250,143 @@ async fn a_store_that_is_down_is_reported_not_fatal() {
     server.shutdown().await;
     db.stop().await;
 }
+
+/// `SCHEMA` with `triggers` declared under `items`.
+fn declaring(triggers: &str) -> viewcast::config::Config {
+    let yaml = format!("{SCHEMA}    triggers:\n{triggers}");
+    viewcast::config::load_str(std::path::Path::new("test.yaml"), &yaml).unwrap()
+}
+
+const LIST: &str = "{ items_triggers { name fire declared status } }";
+
+async fn listed(server: &Server) -> Vec<(String, String, bool)> {
+    let result = common::graphql(server.addr(), LIST, Value::Null).await;
+    result["data"]["items_triggers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{result}"))
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_owned(),
+                t["fire"].as_str().unwrap().to_owned(),
+                t["declared"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// How many FIRE events the trigger has recorded.
+async fn fired_count(server: &Server, name: &str) -> i64 {
+    let result = common::graphql(
+        server.addr(),
+        "query($name: String!) { items_trigger(name: $name) { counters { fired } } }",
+        json!({ "name": name }),
+    )
+    .await;
+    result["data"]["items_trigger"]["counters"]["fired"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{result}"))
+}
+
+#[tokio::test]
+async fn triggers_declared_in_schema_yaml_are_reconciled_at_start_up() {
+    let db = TestDb::new().await;
+    let sql = db.client().await;
+    sql.batch_execute(
+        "CREATE TABLE items (id integer PRIMARY KEY, score integer, active boolean, rank text)",
+    )
+    .await
+    .unwrap();
+    let mut receiver = common::receiver::Receiver::start().await;
+    let start = |config| {
+        common::start_server_with_options(&db, config, |options| {
+            options.triggers.allow_private_targets = true;
+        })
+    };
+    let high = format!(
+        "      high:\n        webhook: {}\n        fire: {{ score: {{ _gt: 50 }} }}\n",
+        receiver.url("/high")
+    );
+    let server = start(declaring(&high)).await;
+    assert_eq!(
+        listed(&server).await,
+        [("high".into(), r#"{"score":{"_gt":50}}"#.into(), true)]
+    );
+    // A declared trigger delivers like any other.
+    sql.batch_execute("INSERT INTO items VALUES (1, 90, true, 'gold')")
+        .await
+        .unwrap();
+    let fired = receiver.next().await;
+    assert_eq!(
+        (fired.path.as_str(), &fired.body["event_type"]),
+        ("/high", &json!("FIRE"))
+    );
+    // It is changed in schema.yaml, not through the API.
+    let result = common::graphql(
+        server.addr(),
+        "mutation { delete_items_trigger(name: \"high\") { name } }",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(error_code(&result), "BAD_USER_INPUT", "{result}");
+    assert!(
+        result["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("declared in schema.yaml")
+    );
+    let input = json!({"name": "made_by_api", "webhook": receiver.url("/api"), "fire": {"score": {"_gt": 1}}});
+    let result = common::graphql(server.addr(), CREATE, json!({ "input": input })).await;
+    assert!(result["errors"].is_null(), "{result}");
+    assert_eq!(fired_count(&server, "high").await, 1);
+    server.shutdown().await;
+
+    // Restarted with the same declaration: kept as it was (no new FIRE for row 1).
+    let server = start(declaring(&high)).await;
+    assert_eq!(fired_count(&server, "high").await, 1);
+    server.shutdown().await;
+
+    // Changed and one more declared: `high` starts over, `low` is created, the API's stays.
+    let changed = format!(
+        "      high:\n        webhook: {}\n        fire: {{ score: {{ _gt: 95 }} }}\n      low:\n        webhook: {}\n        fire: {{ score: {{ _lt: 10 }} }}\n",
+        receiver.url("/high"),
+        receiver.url("/low")
+    );
+    let server = start(declaring(&changed)).await;
+    assert_eq!(
+        listed(&server).await,
+        [
+            ("made_by_api".into(), r#"{"score":{"_gt":1}}"#.into(), false),
+            ("high".into(), r#"{"score":{"_gt":95}}"#.into(), true),
+            ("low".into(), r#"{"score":{"_lt":10}}"#.into(), true),
+        ]
+    );
+    assert_eq!(fired_count(&server, "high").await, 0);
+    server.shutdown().await;
+
+    // No longer declared: deleted; the API's stays.
+    let server = common::start_server_with_options(&db, declaring(""), |options| {
+        options.triggers.allow_private_targets = true;
+    })
+    .await;
+    assert_eq!(
+        listed(&server).await,
+        [("made_by_api".into(), r#"{"score":{"_gt":1}}"#.into(), false)]
+    );
+    server.shutdown().await;
+
+    // A declared webhook on an internal address is refused at start-up unless allowed.
+    let options = ServeOptions {
+        port: 0,
+        database_url: Some(db.url.clone()),
+        ..ServeOptions::default()
+    };
+    let refused = Server::start(declaring(&high), options).await;
+    let message = refused.err().expect("refused").to_string();
+    assert!(
+        message.starts_with("trigger high of source items: webhook")
+            && message.contains("internal address"),
+        "{message}"
+    );
+    db.stop().await;
+}

@@ -23,8 +23,8 @@ use super::ident::{self, IdentError};
 use super::names::{self, RootType};
 use super::spans::Spans;
 use super::{
-    Backend, ColumnDef, ColumnType, Config, ConfigError, EnumDef, Envelope, FeedOptions,
-    QualifiedName, SourceDef, StartMode,
+    Backend, ColumnDef, ColumnType, Config, ConfigError, DeclaredTrigger, EnumDef, Envelope,
+    FeedOptions, QualifiedName, SourceDef, StartMode,
 };
 
 /// Reads and resolves the configuration file at `path`.
@@ -50,10 +50,11 @@ pub(crate) fn load_with_env(
 ) -> Result<Config, ConfigError> {
     let expanded = env::expand(text, lookup).map_err(|p| p.into_error(path.to_owned()))?;
     match parse(&expanded.text) {
-        Ok((enums, sources)) => Ok(Config {
+        Ok((enums, sources, triggers)) => Ok(Config {
             path: path.to_owned(),
             enums,
             sources,
+            triggers,
         }),
         Err(mut problem) => {
             problem.at = problem.at.map(|at| expanded.original(at));
@@ -62,7 +63,7 @@ pub(crate) fn load_with_env(
     }
 }
 
-type Resolved = (Vec<Arc<EnumDef>>, Vec<Arc<SourceDef>>);
+type Resolved = (Vec<Arc<EnumDef>>, Vec<Arc<SourceDef>>, Vec<DeclaredTrigger>);
 
 fn parse(text: &str) -> Result<Resolved, Problem> {
     match serde_yaml::from_str::<RawConfig>(text) {
@@ -99,6 +100,19 @@ const SOURCE_KEYS: &[&str] = &[
     "envelope",
     "retention",
     "columns",
+    "triggers",
+];
+/// The keys of a trigger declared under a source (the fields of `create_S_trigger`'s input).
+const TRIGGER_KEYS: &[&str] = &[
+    "webhook",
+    "fire",
+    "clear",
+    "headers",
+    "retry",
+    "format",
+    "fields",
+    "cooldown_ms",
+    "fire_existing",
 ];
 const ENVELOPES: &[(&str, Envelope)] = &[("upsert", Envelope::Upsert), ("diff", Envelope::Diff)];
 const COLUMN_KEYS: &[&str] = &["type", "column"];
@@ -133,6 +147,7 @@ struct RawSource {
     envelope: Option<String>,
     retention: Option<String>,
     columns: Option<Entries<RawColumn>>,
+    triggers: Option<Entries<serde_yaml::Value>>,
 }
 
 /// `primary_key: id` or `primary_key: [a, b]`.
@@ -416,21 +431,85 @@ impl Resolver<'_> {
             };
             return Err(Problem::new(at, message).hint(SOURCES_EXAMPLE_HINT));
         }
-        let sources = sources
-            .into_iter()
-            .map(|(name, raw)| {
-                let defaults = Defaults {
-                    backend,
-                    start,
-                    cluster: raw_cluster.as_deref(),
-                    database: raw_database.as_deref(),
-                };
-                self.resolve_source(name, raw, &enums, &defaults)
-                    .map(Arc::new)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        self.check_collisions(&enums, &sources)?;
-        Ok((enums, sources))
+        let defaults = Defaults {
+            backend,
+            start,
+            cluster: raw_cluster.as_deref(),
+            database: raw_database.as_deref(),
+        };
+        let mut resolved = Vec::with_capacity(sources.len());
+        let mut triggers = Vec::new();
+        for (name, mut raw) in sources {
+            let raw_triggers = raw.triggers.take().map(|t| t.0).unwrap_or_default();
+            let source = self.resolve_source(name, raw, &enums, &defaults)?;
+            for (name, value) in raw_triggers {
+                triggers.push(self.resolve_trigger(&source, name, &value)?);
+            }
+            resolved.push(Arc::new(source));
+        }
+        self.check_collisions(&enums, &resolved)?;
+        Ok((enums, resolved, triggers))
+    }
+
+    /// A trigger declared under a source: the same fields as `create_S_trigger`'s input,
+    /// validated the same way (the webhook's addresses are checked when the server starts).
+    fn resolve_trigger(
+        &self,
+        source: &SourceDef,
+        name: String,
+        value: &serde_yaml::Value,
+    ) -> Result<DeclaredTrigger, Problem> {
+        let s = source.name.as_str();
+        let path = ["sources", s, "triggers", name.as_str()];
+        let at = self.spans.key(&path);
+        let serde_yaml::Value::Mapping(mapping) = value else {
+            return Err(Problem::new(
+                at,
+                format!("trigger {name:?} of source {s:?} must be a mapping"),
+            )
+            .hint("e.g. { webhook: https://…, fire: { <column>: { _gt: 10 } } }"));
+        };
+        for key in mapping.keys() {
+            let key = key.as_str().unwrap_or_default();
+            if !TRIGGER_KEYS.contains(&key) {
+                let mut hint = format!("valid keys here are {}", list(TRIGGER_KEYS, "and"));
+                if let Some(near) = closest(key, TRIGGER_KEYS.iter().copied()) {
+                    hint = format!("did you mean {near:?}? {hint}");
+                }
+                return Err(Problem::new(
+                    self.spans.key(&["sources", s, "triggers", &name, key]),
+                    format!("unknown key {key:?} in trigger {name:?} of source {s:?}"),
+                )
+                .hint(hint));
+            }
+        }
+        let mut input = serde_json::to_value(value)
+            .map_err(|e| Problem::new(at, format!("trigger {name:?} of source {s:?}: {e}")))?;
+        input["name"] = serde_json::Value::String(name.clone());
+        let invalid = |message: String| {
+            // Point at the field the message is about, when it names one.
+            let field = TRIGGER_KEYS.iter().find(|k| {
+                let rest = message.strip_prefix(**k).unwrap_or("-");
+                rest.starts_with([':', ' ', '.']) && mapping.contains_key(**k)
+            });
+            let at = field.map_or(at, |k| {
+                self.spans.value_at(&["sources", s, "triggers", &name, k])
+            });
+            Problem::new(at, format!("trigger {name:?} of source {s:?}: {message}")).hint(
+                format!(
+                    "a declared trigger takes the fields of create_{s}_trigger's input: webhook and fire \
+                     (required), clear, headers, retry, format, fields, cooldown_ms, fire_existing"
+                ),
+            )
+        };
+        let spec = crate::trigger::TriggerSpec::from_input(source, &input)
+            .map_err(|e| invalid(e.to_string()))?;
+        crate::trigger::parse_target(&spec.webhook).map_err(|e| invalid(e.to_string()))?;
+        Ok(DeclaredTrigger {
+            source: source.name.clone(),
+            name,
+            input,
+        })
     }
 
     fn resolve_enum(&self, name: String, labels: Vec<String>) -> Result<EnumDef, Problem> {

@@ -28,6 +28,17 @@ pub struct Config {
     pub enums: Vec<Arc<EnumDef>>,
     /// Sources, in file order.
     pub sources: Vec<Arc<SourceDef>>,
+    /// Triggers declared under the sources, in file order.
+    pub triggers: Vec<DeclaredTrigger>,
+}
+
+/// A trigger declared in `schema.yaml` (created at start-up, reconciled with the store).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeclaredTrigger {
+    pub source: String,
+    pub name: String,
+    /// Its fields as `create_S_trigger`'s input takes them, `name` included (validated).
+    pub input: serde_json::Value,
 }
 
 impl Config {

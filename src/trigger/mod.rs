@@ -20,7 +20,7 @@ use tokio::sync::watch;
 pub use deliveries::{AttemptRecord, Counters, Delivery, DeliveryStatus, Page};
 pub use model::{PayloadFormat, RetryPolicy, Trigger, TriggerRecord, TriggerSpec, TriggerStatus};
 pub use payload::Secret;
-pub use target::{TargetError, check_target};
+pub use target::{TargetError, check_target, parse as parse_target};
 
 use crate::config::{Config, SourceDef};
 use crate::feed::Position;
@@ -89,6 +89,26 @@ enum StoreState {
     Ready(Store),
 }
 
+/// Deletes a stored trigger (its keys go with it) and cancels its pending deliveries.
+async fn remove(
+    tx: &deadpool_postgres::Transaction<'_>,
+    source: &str,
+    name: &str,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE viewcast_deliveries SET status = 'cancelled' \
+         WHERE source = $1 AND trigger_name = $2 AND status = 'pending'",
+        &[&source, &name],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM viewcast_triggers WHERE source = $1 AND name = $2",
+        &[&source, &name],
+    )
+    .await?;
+    Ok(())
+}
+
 /// The triggers of a server, by source, in creation order.
 pub struct Triggers {
     config: Arc<Config>,
@@ -142,7 +162,7 @@ impl Triggers {
                         connected = Store::connect(&url) => connected,
                     };
                     match connected {
-                        Ok(store) => match this.load(&store).await {
+                        Ok(store) => match this.reconcile_and_load(&store).await {
                             Ok(()) => {
                                 this.store.send_replace(StoreState::Ready(store));
                                 tracing::info!("trigger store ready");
@@ -268,6 +288,81 @@ impl Triggers {
             .source(name)
             .cloned()
             .ok_or_else(|| TriggerError::Invalid(format!("unknown source {name}")))
+    }
+
+    async fn reconcile_and_load(&self, store: &Store) -> Result<(), TriggerError> {
+        self.reconcile(store).await?;
+        self.load(store).await
+    }
+
+    /// Makes the stored triggers match the ones declared in schema.yaml: a declared trigger
+    /// missing or changed is (re)created (a changed one starts over: new generation, its old
+    /// pending deliveries cancelled), one no longer declared is deleted. An API-created
+    /// trigger with a declared name is replaced. Under a lock: replicas starting together
+    /// reconcile one after the other.
+    async fn reconcile(&self, store: &Store) -> Result<(), TriggerError> {
+        let mut client = store.client().await?;
+        let tx = client.transaction().await.map_err(StoreError::from)?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('viewcast declared triggers', 0))",
+            &[],
+        )
+        .await
+        .map_err(StoreError::from)?;
+        for declared in &self.config.triggers {
+            let source = self.source(&declared.source)?;
+            let spec = TriggerSpec::from_input(&source, &declared.input)?;
+            let definition = spec.definition(&source);
+            let stored = tx
+                .query_opt(
+                    "SELECT declared, definition = $3::jsonb FROM viewcast_triggers \
+                     WHERE source = $1 AND name = $2 FOR UPDATE",
+                    &[&declared.source, &declared.name, &definition],
+                )
+                .await
+                .map_err(StoreError::from)?;
+            if let Some(row) = stored {
+                let (was_declared, same): (bool, bool) = (row.get(0), row.get(1));
+                if was_declared && same {
+                    continue;
+                }
+                if was_declared {
+                    tracing::info!(source = %declared.source, trigger = %declared.name, "declared trigger changed in schema.yaml: it starts over");
+                } else {
+                    tracing::warn!(source = %declared.source, trigger = %declared.name, "schema.yaml declares a trigger that was created through the API: the declared one replaces it");
+                }
+                remove(&tx, &declared.source, &declared.name).await?;
+            } else {
+                tracing::info!(source = %declared.source, trigger = %declared.name, "declared trigger created");
+            }
+            tx.execute(
+                "INSERT INTO viewcast_triggers (source, name, definition, declared) VALUES ($1, $2, $3, true)",
+                &[&declared.source, &declared.name, &definition],
+            )
+            .await
+            .map_err(StoreError::from)?;
+        }
+        let gone = tx
+            .query(
+                "SELECT source, name FROM viewcast_triggers WHERE declared",
+                &[],
+            )
+            .await
+            .map_err(StoreError::from)?;
+        for row in gone {
+            let (source, name): (String, String) = (row.get(0), row.get(1));
+            let still = self
+                .config
+                .triggers
+                .iter()
+                .any(|d| d.source == source && d.name == name);
+            if !still {
+                tracing::info!(source = %source, trigger = %name, "trigger no longer declared in schema.yaml: deleted");
+                remove(&tx, &source, &name).await?;
+            }
+        }
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(())
     }
 
     /// Loads every persisted trigger of a configured source.
@@ -400,22 +495,15 @@ impl Triggers {
             name: name.into(),
         };
         let trigger = self.get(source_name, name).ok_or_else(not_found)?;
+        if trigger.declared {
+            return Err(TriggerError::Invalid(format!(
+                "trigger {name} of source {source_name} is declared in schema.yaml: remove it there (or disable it)"
+            )));
+        }
         let store = self.store().await?;
         let mut client = store.client().await?;
         let tx = client.transaction().await.map_err(StoreError::from)?;
-        tx.execute(
-            "UPDATE viewcast_deliveries SET status = 'cancelled' \
-             WHERE source = $1 AND trigger_name = $2 AND status = 'pending'",
-            &[&source_name, &name],
-        )
-        .await
-        .map_err(StoreError::from)?;
-        tx.execute(
-            "DELETE FROM viewcast_triggers WHERE source = $1 AND name = $2",
-            &[&source_name, &name],
-        )
-        .await
-        .map_err(StoreError::from)?;
+        remove(&tx, source_name, name).await?;
         tx.commit().await.map_err(StoreError::from)?;
         if let Some(list) = self.lock().get_mut(source_name) {
             list.retain(|t| t.spec.name != name);
