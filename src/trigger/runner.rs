@@ -207,9 +207,14 @@ pub(super) async fn run(
     // Claimed, not yet established (the source is not synced, or not as far as a trigger's
     // creation).
     let mut pending: Vec<Arc<Trigger>> = Vec::new();
+    // Claims are retried on a schedule that a busy source (woken constantly) cannot postpone.
+    let mut next_claim = tokio::time::Instant::now() + OWNERSHIP_RETRY;
     loop {
         // A change noticed with another wake-up still asks for a claim.
         if changes.has_changed().unwrap_or(false) {
+            claim = true;
+        }
+        if tokio::time::Instant::now() >= next_claim {
             claim = true;
         }
         changes.borrow_and_update();
@@ -220,7 +225,10 @@ pub(super) async fn run(
         pending.retain(|p| wanted.iter().any(|t| Arc::ptr_eq(t, p)));
         owner.release_missing(&wanted).await;
         // Triggers this replica takes over now (new ones, or ones another replica left).
-        if claim {
+        // The locks it holds live as long as their connection: it is checked first.
+        let alive = if claim { owner.ping().await } else { Ok(()) };
+        if claim && alive.is_ok() {
+            next_claim = tokio::time::Instant::now() + OWNERSHIP_RETRY;
             for trigger in &wanted {
                 let known = |t: &Arc<Trigger>| Arc::ptr_eq(t, trigger);
                 if states.iter().any(|s| known(&s.trigger)) || pending.iter().any(known) {
@@ -236,7 +244,10 @@ pub(super) async fn run(
             }
             claim = false;
         }
-        let result = step(&store, &hub, &mut states, &mut seq, &mut pending).await;
+        let result = match alive {
+            Ok(()) => step(&store, &hub, &mut states, &mut seq, &mut pending).await,
+            Err(err) => Err(err),
+        };
         tracing::trace!(source = %source.name, evaluated = states.len(), seq = ?seq, result = ?result, "trigger evaluation step");
         sync_senders(&mut senders, &states, &shared, &shutdown);
         match result {
@@ -248,7 +259,7 @@ pub(super) async fn run(
             Ok(false) => {}
             Err(err) => {
                 // Nothing of this read was saved: start over from the rows.
-                tracing::warn!(source = %source.name, error = %err, "trigger state could not be saved; retrying");
+                tracing::warn!(source = %source.name, error = %err, "trigger evaluation lost the store; starting over from the rows once it is back");
                 seq = None;
                 states.clear();
                 pending.clear();
@@ -269,7 +280,7 @@ pub(super) async fn run(
             _ = changes.changed() => claim = true,
             _ = head_rx.changed() => {}
             _ = status_rx.changed() => {}
-            () = tokio::time::sleep(OWNERSHIP_RETRY) => claim = true,
+            () = tokio::time::sleep_until(next_claim) => claim = true,
         }
     }
 }
@@ -687,6 +698,13 @@ impl Owner {
 
     async fn reconnect(&mut self, store: &Store) -> Result<(), StoreError> {
         *self = Owner::connect(store).await?;
+        Ok(())
+    }
+
+    /// Checks the connection that holds the locks (if it died, so did they: another replica
+    /// may evaluate the triggers now).
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.client.simple_query("").await?;
         Ok(())
     }
 
