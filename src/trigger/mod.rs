@@ -121,6 +121,10 @@ pub struct Triggers {
     hubs: Option<Arc<Hubs>>,
     /// Sources whose evaluator runs (std Mutex: in-memory only).
     running: Mutex<std::collections::HashSet<String>>,
+    /// Per source: the triggers its dispatcher sends for, and its wake-up (std Mutex).
+    dispatchers: Mutex<HashMap<String, Arc<sender::Owned>>>,
+    /// Webhook requests in flight, across sources.
+    concurrency: Arc<tokio::sync::Semaphore>,
     shutdown: tokio_util::sync::CancellationToken,
     tasks: tokio_util::task::TaskTracker,
 }
@@ -141,6 +145,7 @@ impl Triggers {
         } else {
             StoreState::None
         };
+        let concurrency = settings.max_concurrent_deliveries.max(1);
         let triggers = Arc::new(Triggers {
             config,
             settings,
@@ -149,6 +154,8 @@ impl Triggers {
             changes: watch::channel(0).0,
             hubs,
             running: Mutex::new(std::collections::HashSet::new()),
+            dispatchers: Mutex::new(HashMap::new()),
+            concurrency: Arc::new(tokio::sync::Semaphore::new(concurrency)),
             shutdown: shutdown.clone(),
             tasks,
         });
@@ -266,15 +273,23 @@ impl Triggers {
             http,
             secrets: self.settings.secrets.clone(),
             allow_private: self.settings.allow_private_targets,
-            concurrency: tokio::sync::Semaphore::new(
-                self.settings.max_concurrent_deliveries.max(1),
-            ),
+            concurrency: self.concurrency.clone(),
         });
         let span = tracing::info_span!("triggers", source = %source);
         self.tasks.spawn(tracing::Instrument::instrument(
             runner::run(self.clone(), store, hub, shared, self.shutdown.clone()),
             span,
         ));
+    }
+
+    /// What the source's evaluator and dispatcher share.
+    fn owned(&self, source: &str) -> Arc<sender::Owned> {
+        self.dispatchers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(source.to_owned())
+            .or_default()
+            .clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Arc<Trigger>>>> {
@@ -534,7 +549,7 @@ impl Triggers {
         let store = self.store().await?;
         deliveries::set_disabled(&store, &trigger, disabled).await?;
         trigger.set_disabled(disabled);
-        trigger.wake.notify_one();
+        self.owned(source_name).wake_all();
         tracing::info!(source = %source_name, trigger = %name, disabled, "trigger status changed");
         Ok(trigger)
     }
@@ -597,7 +612,7 @@ impl Triggers {
                 "trigger {name} of source {source_name} has no delivery with an id from {from} to {to}"
             )));
         }
-        trigger.wake.notify_one();
+        self.owned(source_name).wake_all();
         tracing::info!(source = %source_name, trigger = %name, from, to, count = queued.len(), "deliveries queued again");
         Ok(queued)
     }

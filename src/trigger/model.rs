@@ -398,8 +398,6 @@ pub struct Trigger {
     pub created_at: String,
     pub created_position: Option<Position>,
     pub created_boundary: Option<u64>,
-    /// Wakes the trigger's sender (new deliveries, enabled again, redelivery).
-    pub wake: tokio::sync::Notify,
 }
 
 impl Trigger {
@@ -413,7 +411,6 @@ impl Trigger {
             created_at: record.created_at,
             created_position: record.created_position,
             created_boundary: record.created_boundary,
-            wake: tokio::sync::Notify::new(),
         }
     }
 

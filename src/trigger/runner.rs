@@ -145,36 +145,6 @@ impl State {
     }
 }
 
-/// A running sender: its trigger and how to stop it.
-type SenderHandle = (Arc<Trigger>, CancellationToken);
-
-/// One sender per trigger evaluated here: stops the others, starts the missing.
-fn sync_senders(
-    senders: &mut Vec<SenderHandle>,
-    states: &[State],
-    shared: &Arc<sender::Shared>,
-    shutdown: &CancellationToken,
-) {
-    senders.retain(|(t, cancel)| {
-        let keep = states.iter().any(|s| Arc::ptr_eq(&s.trigger, t));
-        if !keep {
-            cancel.cancel();
-        }
-        keep
-    });
-    for state in states {
-        if !senders.iter().any(|(t, _)| Arc::ptr_eq(t, &state.trigger)) {
-            let cancel = shutdown.child_token();
-            tokio::spawn(sender::run(
-                state.trigger.clone(),
-                shared.clone(),
-                cancel.clone(),
-            ));
-            senders.push((state.trigger.clone(), cancel));
-        }
-    }
-}
-
 /// Evaluates the triggers of one source until shutdown.
 pub(super) async fn run(
     triggers: Arc<Triggers>,
@@ -183,8 +153,16 @@ pub(super) async fn run(
     shared: Arc<sender::Shared>,
     shutdown: CancellationToken,
 ) {
-    let mut senders: Vec<SenderHandle> = Vec::new();
     let source = hub.source().clone();
+    // Deliveries are sent by the source's dispatcher, for the triggers evaluated here.
+    let dispatcher = triggers.owned(&source.name);
+    dispatcher.set(Vec::new());
+    tokio::spawn(sender::dispatch(
+        source.name.clone(),
+        dispatcher.clone(),
+        shared,
+        shutdown.clone(),
+    ));
     let mut changes = triggers.watch_changes();
     let mut head_rx = hub.watch_head();
     let mut status_rx = hub.watch_status();
@@ -249,14 +227,9 @@ pub(super) async fn run(
             Err(err) => Err(err),
         };
         tracing::trace!(source = %source.name, evaluated = states.len(), seq = ?seq, result = ?result, "trigger evaluation step");
-        sync_senders(&mut senders, &states, &shared, &shutdown);
+        dispatcher.set(states.iter().map(|s| s.trigger.clone()).collect());
         match result {
-            Ok(true) => {
-                for (trigger, _) in &senders {
-                    trigger.wake.notify_one();
-                }
-            }
-            Ok(false) => {}
+            Ok(saved) => dispatcher.saved(&saved),
             Err(err) => {
                 // Nothing of this read was saved: start over from the rows.
                 tracing::warn!(source = %source.name, error = %err, "trigger evaluation lost the store; starting over from the rows once it is back");
@@ -286,19 +259,19 @@ pub(super) async fn run(
 }
 
 /// Reads what the hub applied since the last step, establishes the triggers in `pending`
-/// that can be, and saves the transitions; `true` when a delivery was saved.
+/// that can be, and saves the transitions; returns the triggers with new deliveries.
 async fn step(
     store: &Store,
     hub: &Hub,
     states: &mut Vec<State>,
     seq: &mut Option<u64>,
     pending: &mut Vec<Arc<Trigger>>,
-) -> Result<bool, StoreError> {
+) -> Result<Vec<Arc<Trigger>>, StoreError> {
     // A new trigger is established at its creation position, which may be in the log.
     let history = !pending.is_empty();
     let after = if history { 0 } else { seq.unwrap_or(0) };
     let read = match hub.read_log(after, seq.is_none() || history) {
-        Err(LogError::NotSynced) => return Ok(false),
+        Err(LogError::NotSynced) => return Ok(Vec::new()),
         Err(LogError::Behind) => hub
             .read_log(0, true)
             .map_err(|_| StoreError::Unavailable("the source is not synced".into()))?,
@@ -365,7 +338,15 @@ async fn step(
         states.push(state);
     }
     *pending = waiting;
-    let saved = !writes.transitions.is_empty();
+    let saved: Vec<Arc<Trigger>> = {
+        let mut seen = std::collections::HashSet::new();
+        writes
+            .transitions
+            .iter()
+            .filter(|t| seen.insert(Arc::as_ptr(&t.trigger) as usize))
+            .map(|t| t.trigger.clone())
+            .collect()
+    };
     persist(store, writes).await?;
     *seq = Some(read.head);
     Ok(saved)

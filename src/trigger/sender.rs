@@ -1,21 +1,27 @@
-//! Delivery: one task per trigger this replica evaluates sends its deliveries in order — the
-//! oldest pending one first; a later event waits for it — with a bound on concurrent requests
-//! across triggers.
+//! Delivery: one dispatcher per source sends the deliveries of the triggers this replica
+//! evaluates. Each round it claims, in one statement, the oldest pending delivery of every
+//! trigger that has nothing in flight (a later event of a trigger waits for the one before
+//! it: order per trigger) and is due and active, up to the free request slots; the requests
+//! run concurrently, bounded across triggers; their outcomes are recorded together, with
+//! each attempt, in one statement.
 //!
-//! An attempt is claimed in the store before the request (attempts + 1, and a lease on the
-//! row), so a crash mid-request leaves the delivery pending and it is sent again (at least
-//! once; the receiver drops duplicates by `webhook-id`). 2xx delivers; 410 Gone disables the
-//! trigger; 429/503 with `Retry-After` wait that long; anything else (another status, a
-//! timeout, a refused connection) retries with exponential backoff and jitter, and after the
-//! policy's last attempt the delivery is dead (the dead-letter queue). Each request carries
-//! the Standard Webhooks headers; the target's addresses are checked again before every
-//! request (a name may resolve elsewhere than when the trigger was created).
+//! A claim counts the attempt and leases the row (the request's timeout and a margin) before
+//! the request, so a crash mid-request leaves the delivery pending and it is sent again once
+//! the lease ends (at least once; the receiver drops duplicates by `webhook-id`). 2xx
+//! delivers; 410 Gone disables the trigger; 429/503 with `Retry-After` wait that long;
+//! anything else (another status, a timeout, a refused connection) retries with exponential
+//! backoff and jitter, and after the policy's last attempt the delivery is dead (the
+//! dead-letter queue). Each request carries the Standard Webhooks headers; the target's
+//! addresses are checked again before every request (a name may resolve elsewhere than when
+//! the trigger was created).
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::model::{RetryPolicy, Trigger};
@@ -24,17 +30,86 @@ use super::target::check_target;
 use crate::store::{Store, StoreError};
 
 /// How long a claimed attempt keeps others off its delivery beyond the request's timeout.
-const LEASE_MARGIN: Duration = Duration::from_secs(30);
-/// How often an idle sender looks for work another replica (or a restart) left.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// How often an idle dispatcher looks for work another replica (or a restart) left, and
+/// reads the triggers' status (enabled or disabled on another replica).
 const POLL: Duration = Duration::from_secs(1);
 
-/// What a sender shares with the others.
+/// What the dispatchers share.
 pub(super) struct Shared {
     pub store: Store,
     pub http: reqwest::Client,
     pub secrets: Vec<Secret>,
     pub allow_private: bool,
-    pub concurrency: Semaphore,
+    /// Requests in flight, across sources.
+    pub concurrency: Arc<Semaphore>,
+}
+
+/// What a source's evaluator, the API and its dispatcher share: the triggers to send for
+/// (the ones the evaluator owns), which of them may have a delivery to send, and the wake-up.
+#[derive(Default)]
+pub(super) struct Owned {
+    /// std Mutexes: never held across an await.
+    triggers: Mutex<Vec<Arc<Trigger>>>,
+    dirty: Mutex<Dirty>,
+    wake: Notify,
+}
+
+/// Triggers that may have a due delivery.
+#[derive(Default)]
+struct Dirty {
+    /// Any of them (a redelivery, a trigger enabled, a retry due, a periodic look).
+    all: bool,
+    some: HashSet<usize>,
+}
+
+impl Owned {
+    /// The evaluator's triggers now.
+    pub fn set(&self, triggers: Vec<Arc<Trigger>>) {
+        *self
+            .triggers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = triggers;
+    }
+
+    /// New deliveries of these triggers were saved.
+    pub fn saved<'a>(&self, triggers: impl IntoIterator<Item = &'a Arc<Trigger>>) {
+        let mut dirty = self.dirty();
+        dirty.some.extend(triggers.into_iter().map(key));
+        drop(dirty);
+        self.wake.notify_one();
+    }
+
+    /// Any trigger may have a delivery due (redelivered, enabled).
+    pub fn wake_all(&self) {
+        self.dirty().all = true;
+        self.wake.notify_one();
+    }
+
+    fn dirty(&self) -> std::sync::MutexGuard<'_, Dirty> {
+        self.dirty
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The triggers to look at now: not disabled, nothing in flight, and dirty.
+    fn candidates(&self, in_flight: &HashSet<usize>, carry: &mut HashSet<usize>) -> Vec<Arc<Trigger>> {
+        let dirty = std::mem::take(&mut *self.dirty());
+        let wanted = |k: &usize| dirty.all || dirty.some.contains(k) || carry.contains(k);
+        let picked = self
+            .triggers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|t| {
+                let k = key(t);
+                !t.is_disabled() && !in_flight.contains(&k) && wanted(&k)
+            })
+            .cloned()
+            .collect();
+        carry.clear();
+        picked
+    }
 }
 
 /// The outcome of one attempt.
@@ -76,112 +151,10 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
-/// Sends the trigger's deliveries until cancelled; `trigger.wake` says there may be new ones.
-pub(super) async fn run(trigger: Arc<Trigger>, shared: Arc<Shared>, cancel: CancellationToken) {
-    loop {
-        let wait = match next(&trigger, &shared).await {
-            Ok(Some(wait)) => wait,
-            Ok(None) => POLL,
-            Err(err) => {
-                tracing::warn!(source = %trigger.source.name, trigger = %trigger.spec.name, error = %err, "delivery store error");
-                POLL
-            }
-        };
-        if wait.is_zero() {
-            continue;
-        }
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = trigger.wake.notified() => {}
-            () = tokio::time::sleep(wait) => {}
-        }
-    }
-}
-
-/// Attempts the oldest pending delivery if it is due. `Some(ZERO)`: look again at once;
-/// `Some(d)`: it is due in `d`; `None`: nothing is pending.
-async fn next(trigger: &Trigger, shared: &Shared) -> Result<Option<Duration>, StoreError> {
-    let client = shared.store.client().await?;
-    let key = (
-        &trigger.source.name,
-        &trigger.spec.name,
-        &trigger.generation,
-    );
-    // The trigger's status as stored (another replica may have disabled or enabled it), and
-    // its oldest pending delivery.
-    let head = client
-        .query_opt(
-            "SELECT t.status, d.id, EXTRACT(EPOCH FROM (d.next_attempt_at - now()))::float8 \
-             FROM viewcast_triggers t LEFT JOIN LATERAL ( \
-                 SELECT id, next_attempt_at FROM viewcast_deliveries \
-                 WHERE source = t.source AND trigger_name = t.name AND generation = t.generation \
-                   AND status = 'pending' \
-                 ORDER BY id LIMIT 1) d ON true \
-             WHERE t.source = $1 AND t.name = $2 AND t.generation = $3",
-            &[key.0, key.1, key.2],
-        )
-        .await?;
-    let Some(head) = head else {
-        // Deleted (the evaluator stops this sender).
-        return Ok(None);
-    };
-    let disabled = head.get::<_, String>(0) == "disabled";
-    trigger.set_disabled(disabled);
-    let (Some(id), Some(due_in), false) = (
-        head.get::<_, Option<i64>>(1),
-        head.get::<_, Option<f64>>(2),
-        disabled,
-    ) else {
-        return Ok(None);
-    };
-    if due_in > 0.0 {
-        return Ok(Some(Duration::from_secs_f64(due_in.min(86_400.0))));
-    }
-    // Claim the head only (a later delivery never overtakes it), unless another sender holds
-    // it: attempts + 1 and a lease.
-    let lease = trigger.spec.retry.timeout + LEASE_MARGIN;
-    let claimed = client
-        .query_opt(
-            "UPDATE viewcast_deliveries SET attempts = attempts + 1, \
-                    next_attempt_at = now() + make_interval(secs => $2) \
-             WHERE id = (SELECT id FROM viewcast_deliveries WHERE id = $1 AND status = 'pending' \
-                         AND next_attempt_at <= now() FOR UPDATE SKIP LOCKED) \
-             RETURNING event_id, payload, attempts",
-            &[&id, &lease.as_secs_f64()],
-        )
-        .await?;
-    drop(client);
-    let Some(claimed) = claimed else {
-        return Ok(Some(POLL));
-    };
-    let event_id: String = claimed.get(0);
-    let stored: Value = claimed.get(1);
-    let attempts: i32 = claimed.get(2);
-    let attempt = u32::try_from(attempts).unwrap_or(1);
-    let started = SystemTime::now();
-    let clock = std::time::Instant::now();
-    let outcome = {
-        let _permit = shared.concurrency.acquire().await;
-        send(trigger, shared, &event_id, &stored, attempt).await
-    };
-    let attempted = Attempt {
-        id,
-        number: attempt,
-        started,
-        took: clock.elapsed(),
-    };
-    record(trigger, shared, &attempted, outcome).await?;
-    Ok(Some(Duration::ZERO))
-}
-
 /// One HTTP attempt.
-async fn send(
-    trigger: &Trigger,
-    shared: &Shared,
-    event_id: &str,
-    stored: &Value,
-    attempt: u32,
-) -> Outcome {
+async fn send(claimed: &Claimed, shared: &Shared) -> Outcome {
+    let trigger = &claimed.trigger;
+    let (event_id, stored, attempt) = (&claimed.event_id, &claimed.payload, claimed.attempt);
     if let Err(err) = check_target(&trigger.spec.webhook, shared.allow_private).await {
         return Outcome::Refused(err.to_string());
     }
@@ -236,149 +209,301 @@ async fn send(
     }
 }
 
-/// One attempt at a delivery, for its history.
-struct Attempt {
-    /// The delivery's.
+/// A delivery claimed for one attempt.
+struct Claimed {
     id: i64,
-    number: u32,
+    trigger: Arc<Trigger>,
+    event_id: String,
+    payload: Value,
+    attempt: u32,
+}
+
+/// An attempt and its outcome, to record.
+struct Done {
+    trigger: Arc<Trigger>,
+    id: i64,
+    attempt: u32,
     started: SystemTime,
     took: Duration,
-}
-
-/// Runs `update` (an UPDATE of one delivery whose parameters are `params`, `$1` its id) and
-/// records the attempt with its answer, in one statement.
-async fn update_and_log(
-    client: &deadpool_postgres::Object,
-    update: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    attempt: &Attempt,
-    status: Option<i32>,
-    error: Option<&str>,
-) -> Result<(), StoreError> {
-    let n = params.len();
-    let sql = format!(
-        "WITH d AS ({update} RETURNING id) \
-         INSERT INTO viewcast_delivery_attempts (delivery_id, attempt, started_at, duration_ms, status, error) \
-         SELECT id, ${}, to_timestamp(${}), ${}, ${}, ${} FROM d",
-        n + 1,
-        n + 2,
-        n + 3,
-        n + 4,
-        n + 5
-    );
-    let number = i32::try_from(attempt.number).unwrap_or(i32::MAX);
-    let started = attempt
-        .started
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    let took = i32::try_from(attempt.took.as_millis()).unwrap_or(i32::MAX);
-    let mut all: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.to_vec();
-    all.extend([
-        &number as &(dyn tokio_postgres::types::ToSql + Sync),
-        &started,
-        &took,
-        &status,
-        &error,
-    ]);
-    client.execute(&sql, &all).await?;
-    Ok(())
-}
-
-/// Saves an attempt's outcome.
-async fn record(
-    trigger: &Trigger,
-    shared: &Shared,
-    attempt: &Attempt,
     outcome: Outcome,
-) -> Result<(), StoreError> {
-    let client = shared.store.client().await?;
-    let id = attempt.id;
-    match outcome {
-        Outcome::Delivered(status) => {
-            let status = i32::from(status);
-            update_and_log(
-                &client,
-                "UPDATE viewcast_deliveries SET status = 'delivered', delivered_at = now(), \
-                 last_status = $2, last_error = NULL WHERE id = $1",
-                &[&id, &status],
-                attempt,
-                Some(status),
-                None,
-            )
-            .await?;
+}
+
+/// Sends the deliveries of the `owned` triggers until cancelled.
+pub(super) async fn dispatch(
+    source: String,
+    owned: Arc<Owned>,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+    // Triggers with a request in flight.
+    let mut in_flight: HashSet<usize> = HashSet::new();
+    // Candidates a saturated claim left for the next round.
+    let mut carry: HashSet<usize> = HashSet::new();
+    let mut finished: Vec<Done> = Vec::new();
+    let mut next_poll = Instant::now();
+    // The earliest retry this dispatcher scheduled.
+    let mut next_retry: Option<Instant> = None;
+    loop {
+        while let Ok(done) = done_rx.try_recv() {
+            finished.push(done);
         }
-        Outcome::Gone(status) => {
-            // The receiver is gone: the trigger stops; this delivery waits for it to be
-            // enabled again.
-            let status = i32::from(status);
-            let error = "HTTP 410: the receiver disabled the trigger";
-            update_and_log(
-                &client,
-                "UPDATE viewcast_deliveries SET last_status = $2, last_error = $3, \
-                 next_attempt_at = now(), attempts = attempts - 1 WHERE id = $1",
-                &[&id, &status, &error],
-                attempt,
-                Some(status),
-                Some(error),
-            )
-            .await?;
-            client
-                .execute(
-                    "UPDATE viewcast_triggers SET status = 'disabled' WHERE source = $1 AND name = $2 AND generation = $3",
-                    &[&trigger.source.name, &trigger.spec.name, &trigger.generation],
-                )
-                .await?;
-            trigger.set_disabled(true);
-            tracing::warn!(source = %trigger.source.name, trigger = %trigger.spec.name, "the webhook answered 410 Gone: trigger disabled");
-        }
-        Outcome::Refused(error) => {
-            update_and_log(
-                &client,
-                "UPDATE viewcast_deliveries SET status = 'dead', last_status = NULL, last_error = $2 WHERE id = $1",
-                &[&id, &error],
-                attempt,
-                None,
-                Some(&error),
-            )
-            .await?;
-        }
-        Outcome::Failed {
-            status,
-            error,
-            retry_after,
-        } => {
-            let policy = &trigger.spec.retry;
-            let status = status.map(i32::from);
-            if attempt.number >= policy.attempts {
-                update_and_log(
-                    &client,
-                    "UPDATE viewcast_deliveries SET status = 'dead', last_status = $2, last_error = $3 WHERE id = $1",
-                    &[&id, &status, &error],
-                    attempt,
-                    status,
-                    Some(&error),
-                )
-                .await?;
-                tracing::warn!(source = %trigger.source.name, trigger = %trigger.spec.name, delivery = id, error = %error, "delivery dead after its last attempt");
-            } else {
-                // Retry-After wins over the backoff (a receiver that asked for an hour gets it).
-                let delay = retry_after
-                    .unwrap_or_else(|| backoff(policy, attempt.number))
-                    .as_secs_f64();
-                update_and_log(
-                    &client,
-                    "UPDATE viewcast_deliveries SET last_status = $2, last_error = $3, \
-                     next_attempt_at = now() + make_interval(secs => $4) WHERE id = $1",
-                    &[&id, &status, &error, &delay],
-                    attempt,
-                    status,
-                    Some(&error),
-                )
-                .await?;
+        if !finished.is_empty() {
+            let batch = std::mem::take(&mut finished);
+            for done in &batch {
+                in_flight.remove(&key(&done.trigger));
+                // It may have more to send.
+                carry.insert(key(&done.trigger));
             }
+            match record(&shared, batch).await {
+                Ok(Some(retry)) => next_retry = Some(next_retry.map_or(retry, |r| r.min(retry))),
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(source = %source, error = %err, "cannot record delivery outcomes; their deliveries are sent again after their lease");
+                }
+            }
+        }
+        let now = Instant::now();
+        if now >= next_poll {
+            if let Err(err) = refresh_status(&shared.store, &source, &owned).await {
+                tracing::warn!(source = %source, error = %err, "cannot read the triggers' status");
+            }
+            next_poll = now + POLL;
+            owned.dirty().all = true;
+        }
+        if next_retry.is_some_and(|r| r <= now) {
+            next_retry = None;
+            owned.dirty().all = true;
+        }
+        let candidates = owned.candidates(&in_flight, &mut carry);
+        let slots = shared.concurrency.available_permits().max(1);
+        if !candidates.is_empty() {
+            match claim(&shared.store, &source, &candidates, slots).await {
+                Ok(claimed) => {
+                    if claimed.len() >= slots {
+                        // Saturated: the others are looked at again next round.
+                        carry.extend(candidates.iter().map(key));
+                    }
+                    for claimed in claimed {
+                        carry.remove(&key(&claimed.trigger));
+                        in_flight.insert(key(&claimed.trigger));
+                        tokio::spawn(attempt(claimed, shared.clone(), done_tx.clone()));
+                    }
+                }
+                Err(err) => {
+                    carry.extend(candidates.iter().map(key));
+                    tracing::warn!(source = %source, error = %err, "cannot claim deliveries");
+                }
+            }
+        }
+        let until = next_retry.map_or(next_poll, |r| r.min(next_poll));
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = owned.wake.notified() => {}
+            Some(done) = done_rx.recv() => finished.push(done),
+            () = tokio::time::sleep_until(until) => {}
+        }
+    }
+}
+
+/// One attempt, within the concurrency bound; its outcome goes to `done`.
+async fn attempt(claimed: Claimed, shared: Arc<Shared>, done: mpsc::UnboundedSender<Done>) {
+    let Ok(_permit) = shared.concurrency.clone().acquire_owned().await else {
+        return;
+    };
+    let started = SystemTime::now();
+    let clock = std::time::Instant::now();
+    let outcome = send(&claimed, &shared).await;
+    let _ = done.send(Done {
+        trigger: claimed.trigger,
+        id: claimed.id,
+        attempt: claimed.attempt,
+        started,
+        took: clock.elapsed(),
+        outcome,
+    });
+}
+
+/// A trigger's identity while it is evaluated here.
+fn key(trigger: &Arc<Trigger>) -> usize {
+    Arc::as_ptr(trigger) as usize
+}
+
+/// Reads the status of the owned triggers (enabled or disabled on any replica).
+async fn refresh_status(store: &Store, source: &str, owned: &Owned) -> Result<(), StoreError> {
+    let client = store.client().await?;
+    let rows = client
+        .query(
+            "SELECT name, generation, status FROM viewcast_triggers WHERE source = $1",
+            &[&source],
+        )
+        .await?;
+    let status: HashMap<(String, i64), bool> = rows
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get::<_, String>(2) == "disabled"))
+        .collect();
+    for trigger in owned
+        .triggers
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+    {
+        if let Some(&disabled) = status.get(&(trigger.spec.name.clone(), trigger.generation)) {
+            trigger.set_disabled(disabled);
         }
     }
     Ok(())
+}
+
+/// Claims the oldest pending delivery of each of `idle` that is due and active, at most
+/// `limit`, skipping rows another replica holds.
+async fn claim(
+    store: &Store,
+    source: &str,
+    idle: &[Arc<Trigger>],
+    limit: usize,
+) -> Result<Vec<Claimed>, StoreError> {
+    let names: Vec<&str> = idle.iter().map(|t| t.spec.name.as_str()).collect();
+    let generations: Vec<i64> = idle.iter().map(|t| t.generation).collect();
+    let leases: Vec<f64> = idle
+        .iter()
+        .map(|t| (t.spec.retry.timeout + LEASE_MARGIN).as_secs_f64())
+        .collect();
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let client = store.client().await?;
+    let rows = client
+        .query(
+            "WITH heads AS ( \
+                 SELECT h.id, t.lease FROM unnest($2::text[], $3::bigint[], $4::float8[]) \
+                        AS t(name, generation, lease) \
+                 JOIN viewcast_triggers tr ON tr.source = $1 AND tr.name = t.name \
+                      AND tr.generation = t.generation AND tr.status = 'active' \
+                 CROSS JOIN LATERAL ( \
+                     SELECT id, next_attempt_at FROM viewcast_deliveries d \
+                     WHERE d.source = $1 AND d.trigger_name = t.name \
+                       AND d.generation = t.generation AND d.status = 'pending' \
+                     ORDER BY d.id LIMIT 1) h \
+                 WHERE h.next_attempt_at <= now() \
+                 LIMIT $5), \
+             locked AS ( \
+                 SELECT d.id, heads.lease FROM viewcast_deliveries d JOIN heads ON heads.id = d.id \
+                 WHERE d.status = 'pending' FOR UPDATE OF d SKIP LOCKED) \
+             UPDATE viewcast_deliveries d SET attempts = d.attempts + 1, \
+                    next_attempt_at = now() + make_interval(secs => locked.lease) \
+             FROM locked WHERE d.id = locked.id \
+             RETURNING d.id, d.trigger_name, d.generation, d.event_id, d.payload, d.attempts",
+            &[&source, &names, &generations, &leases, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| {
+            let (name, generation): (&str, i64) = (row.get(1), row.get(2));
+            let trigger = idle
+                .iter()
+                .find(|t| t.spec.name == name && t.generation == generation)?;
+            Some(Claimed {
+                id: row.get(0),
+                trigger: trigger.clone(),
+                event_id: row.get(3),
+                payload: row.get(4),
+                attempt: u32::try_from(row.get::<_, i32>(5)).unwrap_or(1),
+            })
+        })
+        .collect())
+}
+
+/// Records attempts and their outcomes in one statement (a delivery no longer pending —
+/// its trigger deleted meanwhile — is left as it is). Returns when the earliest retry it
+/// scheduled is due.
+async fn record(shared: &Shared, done: Vec<Done>) -> Result<Option<Instant>, StoreError> {
+    let n = done.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut statuses: Vec<&str> = Vec::with_capacity(n);
+    let mut codes: Vec<Option<i32>> = Vec::with_capacity(n);
+    let mut errors: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut delays: Vec<f64> = Vec::with_capacity(n);
+    let mut undo: Vec<i32> = Vec::with_capacity(n);
+    let mut attempts: Vec<i32> = Vec::with_capacity(n);
+    let mut started: Vec<f64> = Vec::with_capacity(n);
+    let mut took: Vec<i32> = Vec::with_capacity(n);
+    let mut gone: Vec<&Arc<Trigger>> = Vec::new();
+    let mut earliest: Option<Duration> = None;
+    for d in &done {
+        let (status, code, error, delay, back) = match &d.outcome {
+            Outcome::Delivered(code) => ("delivered", Some(*code), None, 0.0, 0),
+            Outcome::Gone(code) => {
+                gone.push(&d.trigger);
+                let error = "HTTP 410: the receiver disabled the trigger".to_owned();
+                ("pending", Some(*code), Some(error), 0.0, -1)
+            }
+            Outcome::Refused(error) => ("dead", None, Some(error.clone()), 0.0, 0),
+            Outcome::Failed {
+                status,
+                error,
+                retry_after,
+            } => {
+                let policy = &d.trigger.spec.retry;
+                if d.attempt >= policy.attempts {
+                    tracing::warn!(source = %d.trigger.source.name, trigger = %d.trigger.spec.name, delivery = d.id, error = %error, "delivery dead after its last attempt");
+                    ("dead", *status, Some(error.clone()), 0.0, 0)
+                } else {
+                    // Retry-After wins over the backoff (a receiver that asked for an hour
+                    // gets it).
+                    let delay = retry_after.unwrap_or_else(|| backoff(policy, d.attempt));
+                    earliest = Some(earliest.map_or(delay, |e| e.min(delay)));
+                    ("pending", *status, Some(error.clone()), delay.as_secs_f64(), 0)
+                }
+            }
+        };
+        ids.push(d.id);
+        statuses.push(status);
+        codes.push(code.map(i32::from));
+        errors.push(error);
+        delays.push(delay);
+        undo.push(back);
+        attempts.push(i32::try_from(d.attempt).unwrap_or(i32::MAX));
+        started.push(
+            d.started
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |t| t.as_secs_f64()),
+        );
+        took.push(i32::try_from(d.took.as_millis()).unwrap_or(i32::MAX));
+    }
+    let client = shared.store.client().await?;
+    client
+        .execute(
+            "WITH o AS ( \
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::int4[], $4::text[], \
+                                      $5::float8[], $6::int4[], $7::int4[], $8::float8[], $9::int4[]) \
+                 AS o(id, status, code, error, delay, undo, attempt, started, took)), \
+             u AS ( \
+                 UPDATE viewcast_deliveries d SET status = o.status, last_status = o.code, \
+                        last_error = o.error, attempts = d.attempts + o.undo, \
+                        delivered_at = CASE WHEN o.status = 'delivered' THEN now() END, \
+                        next_attempt_at = CASE WHEN o.status = 'pending' \
+                            THEN now() + make_interval(secs => o.delay) ELSE d.next_attempt_at END \
+                 FROM o WHERE d.id = o.id AND d.status = 'pending' RETURNING d.id) \
+             INSERT INTO viewcast_delivery_attempts \
+                 (delivery_id, attempt, started_at, duration_ms, status, error) \
+             SELECT o.id, o.attempt, to_timestamp(o.started), o.took, o.code, o.error \
+             FROM o JOIN u ON u.id = o.id",
+            &[
+                &ids, &statuses, &codes, &errors, &delays, &undo, &attempts, &started, &took,
+            ],
+        )
+        .await?;
+    for trigger in gone {
+        client
+            .execute(
+                "UPDATE viewcast_triggers SET status = 'disabled' WHERE source = $1 AND name = $2 AND generation = $3",
+                &[&trigger.source.name, &trigger.spec.name, &trigger.generation],
+            )
+            .await?;
+        trigger.set_disabled(true);
+        tracing::warn!(source = %trigger.source.name, trigger = %trigger.spec.name, "the webhook answered 410 Gone: trigger disabled");
+    }
+    Ok(earliest.map(|e| Instant::now() + e))
 }
 
 #[cfg(test)]
