@@ -80,6 +80,10 @@ impl TriggerError {
     }
 }
 
+/// How often the live set is compared with the store (triggers created, deleted, enabled or
+/// disabled through another replica).
+const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The store, once connected.
 #[derive(Debug, Clone)]
 enum StoreState {
@@ -171,12 +175,13 @@ impl Triggers {
                     match connected {
                         Ok(store) => match this.reconcile_and_load(&store).await {
                             Ok(()) => {
-                                this.store.send_replace(StoreState::Ready(store));
+                                this.store.send_replace(StoreState::Ready(store.clone()));
                                 tracing::info!("trigger store ready");
                                 let sources: Vec<String> = this.lock().keys().cloned().collect();
                                 for source in sources {
                                     this.evaluate(&source);
                                 }
+                                this.clone().follow(store, shutdown).await;
                                 return;
                             }
                             Err(err) => this.store_failed(&err),
@@ -383,16 +388,43 @@ impl Triggers {
     /// Loads every persisted trigger of a configured source.
     async fn load(&self, store: &Store) -> Result<(), TriggerError> {
         let client = store.client().await?;
+        let mut loaded: HashMap<String, Vec<Arc<Trigger>>> = HashMap::new();
+        for trigger in self.fetch(&client, None).await? {
+            loaded
+                .entry(trigger.source.name.clone())
+                .or_default()
+                .push(trigger);
+        }
+        *self.lock() = loaded;
+        Ok(())
+    }
+
+    /// Stored triggers of configured sources (those of `only`, or all), in creation order.
+    async fn fetch(
+        &self,
+        client: &deadpool_postgres::Object,
+        only: Option<&[(String, String, i64)]>,
+    ) -> Result<Vec<Arc<Trigger>>, TriggerError> {
+        let column = |i: usize| -> Vec<&str> {
+            only.unwrap_or_default()
+                .iter()
+                .map(|k| if i == 0 { k.0.as_str() } else { k.1.as_str() })
+                .collect()
+        };
+        let generations: Vec<i64> = only.unwrap_or_default().iter().map(|k| k.2).collect();
         let rows = client
             .query(
                 "SELECT source, name, definition, status, declared, generation, \
                  to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
-                 created_position FROM viewcast_triggers ORDER BY created_at, generation",
-                &[],
+                 created_position FROM viewcast_triggers \
+                 WHERE $1 OR (source, name, generation) IN \
+                     (SELECT * FROM unnest($2::text[], $3::text[], $4::bigint[])) \
+                 ORDER BY created_at, generation",
+                &[&only.is_none(), &column(0), &column(1), &generations],
             )
             .await
             .map_err(StoreError::from)?;
-        let mut loaded: HashMap<String, Vec<Arc<Trigger>>> = HashMap::new();
+        let mut fetched = Vec::new();
         for row in rows {
             let source_name: String = row.get(0);
             let Some(source) = self.config.source(&source_name).cloned() else {
@@ -415,16 +447,97 @@ impl Triggers {
                 created_boundary: None,
             };
             match Trigger::from_stored(source, name.clone(), &definition, record) {
-                Ok(trigger) => loaded
-                    .entry(source_name)
-                    .or_default()
-                    .push(Arc::new(trigger)),
+                Ok(trigger) => fetched.push(Arc::new(trigger)),
                 Err(err) => {
                     tracing::error!(source = %source_name, trigger = %name, error = %err, "a stored trigger no longer fits the configuration; ignoring it");
                 }
             }
         }
-        *self.lock() = loaded;
+        Ok(fetched)
+    }
+
+    /// Follows, until shutdown, the triggers other replicas create, delete, enable and disable.
+    async fn follow(self: Arc<Self>, store: Store, shutdown: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(FOLLOW_INTERVAL) => {}
+            }
+            if let Err(err) = self.sync(&store).await {
+                tracing::warn!(error = %err, "cannot read the stored triggers");
+            }
+        }
+    }
+
+    /// Brings the live set in line with the store.
+    async fn sync(self: &Arc<Self>, store: &Store) -> Result<(), TriggerError> {
+        let client = store.client().await?;
+        let rows = client
+            .query(
+                "SELECT source, name, generation, status FROM viewcast_triggers",
+                &[],
+            )
+            .await
+            .map_err(StoreError::from)?;
+        let stored: HashMap<(String, String, i64), bool> = rows
+            .iter()
+            .filter(|r| self.config.source(r.get(0)).is_some())
+            .map(|r| {
+                (
+                    (r.get(0), r.get(1), r.get(2)),
+                    r.get::<_, String>(3) == "disabled",
+                )
+            })
+            .collect();
+        let identity = |t: &Trigger| (t.source.name.clone(), t.spec.name.clone(), t.generation);
+        let new: Vec<(String, String, i64)> = {
+            let live = self.lock();
+            let known: std::collections::HashSet<(String, String, i64)> =
+                live.values().flatten().map(|t| identity(t)).collect();
+            for trigger in live.values().flatten() {
+                if let Some(&disabled) = stored.get(&identity(trigger)) {
+                    trigger.set_disabled(disabled);
+                }
+            }
+            stored
+                .keys()
+                .filter(|k| !known.contains(*k))
+                .cloned()
+                .collect()
+        };
+        let fetched = if new.is_empty() {
+            Vec::new()
+        } else {
+            self.fetch(&client, Some(&new)).await?
+        };
+        drop(client);
+        let mut changed = false;
+        let mut started = Vec::new();
+        {
+            let mut live = self.lock();
+            for list in live.values_mut() {
+                let before = list.len();
+                list.retain(|t| stored.contains_key(&identity(t)));
+                changed |= list.len() != before;
+            }
+            for trigger in fetched {
+                let list = live.entry(trigger.source.name.clone()).or_default();
+                // Created here meanwhile: already live.
+                if list.iter().any(|t| identity(t) == identity(&trigger)) {
+                    continue;
+                }
+                tracing::info!(source = %trigger.source.name, trigger = %trigger.spec.name, "trigger created on another replica");
+                started.push(trigger.source.name.clone());
+                list.push(trigger);
+                changed = true;
+            }
+        }
+        if changed {
+            self.changed();
+        }
+        for source in started {
+            self.evaluate(&source);
+        }
         Ok(())
     }
 
@@ -488,10 +601,13 @@ impl Triggers {
             created_boundary,
         };
         let trigger = Arc::new(Trigger::new(source, spec, record));
-        self.lock()
-            .entry(source_name.to_owned())
-            .or_default()
-            .push(trigger.clone());
+        {
+            let mut live = self.lock();
+            let list = live.entry(source_name.to_owned()).or_default();
+            // Another replica's change may have been followed meanwhile.
+            list.retain(|t| t.spec.name != trigger.spec.name);
+            list.push(trigger.clone());
+        }
         self.changed();
         self.evaluate(source_name);
         tracing::info!(source = %source_name, trigger = %trigger.spec.name, "trigger created");

@@ -593,7 +593,8 @@ fn establish(
     state
 }
 
-/// Writes a read's transitions and key changes in one transaction.
+/// Writes a read's transitions and key changes in one transaction (nothing for a trigger
+/// deleted meanwhile, here or on another replica: this evaluator drops it on its next step).
 async fn persist(store: &Store, writes: Writes) -> Result<(), StoreError> {
     if writes.transitions.is_empty() && writes.keys.is_empty() && writes.initialized.is_empty() {
         return Ok(());
@@ -603,7 +604,9 @@ async fn persist(store: &Store, writes: Writes) -> Result<(), StoreError> {
     let insert = tx
         .prepare(
             "INSERT INTO viewcast_deliveries (event_id, source, trigger_name, generation, event_type, payload) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
+             SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM viewcast_triggers \
+                 WHERE source = $2 AND name = $3 AND generation = $4) \
+             ON CONFLICT (event_id) DO NOTHING",
         )
         .await?;
     for t in &writes.transitions {
@@ -623,25 +626,45 @@ async fn persist(store: &Store, writes: Writes) -> Result<(), StoreError> {
     }
     let upsert = tx
         .prepare(
-            "INSERT INTO viewcast_trigger_keys (source, name, key, row) VALUES ($1, $2, $3, $4) \
+            "INSERT INTO viewcast_trigger_keys (source, name, key, row) \
+             SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM viewcast_triggers \
+                 WHERE source = $1 AND name = $2 AND generation = $5) \
              ON CONFLICT (source, name, key) DO UPDATE SET row = excluded.row",
         )
         .await?;
     let remove = tx
-        .prepare("DELETE FROM viewcast_trigger_keys WHERE source = $1 AND name = $2 AND key = $3")
+        .prepare(
+            "DELETE FROM viewcast_trigger_keys WHERE source = $1 AND name = $2 AND key = $3 \
+             AND EXISTS (SELECT 1 FROM viewcast_triggers \
+                 WHERE source = $1 AND name = $2 AND generation = $4)",
+        )
         .await?;
     for (trigger, key, row) in &writes.keys {
         match row {
             Some(row) => {
                 tx.execute(
                     &upsert,
-                    &[&trigger.source.name, &trigger.spec.name, key, row],
+                    &[
+                        &trigger.source.name,
+                        &trigger.spec.name,
+                        key,
+                        row,
+                        &trigger.generation,
+                    ],
                 )
                 .await?;
             }
             None => {
-                tx.execute(&remove, &[&trigger.source.name, &trigger.spec.name, key])
-                    .await?;
+                tx.execute(
+                    &remove,
+                    &[
+                        &trigger.source.name,
+                        &trigger.spec.name,
+                        key,
+                        &trigger.generation,
+                    ],
+                )
+                .await?;
             }
         }
     }

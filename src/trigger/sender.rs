@@ -93,7 +93,11 @@ impl Owned {
     }
 
     /// The triggers to look at now: not disabled, nothing in flight, and dirty.
-    fn candidates(&self, in_flight: &HashSet<usize>, carry: &mut HashSet<usize>) -> Vec<Arc<Trigger>> {
+    fn candidates(
+        &self,
+        in_flight: &HashSet<usize>,
+        carry: &mut HashSet<usize>,
+    ) -> Vec<Arc<Trigger>> {
         let dirty = std::mem::take(&mut *self.dirty());
         let wanted = |k: &usize| dirty.all || dirty.some.contains(k) || carry.contains(k);
         let picked = self
@@ -452,7 +456,13 @@ async fn record(shared: &Shared, done: Vec<Done>) -> Result<Option<Instant>, Sto
                     // gets it).
                     let delay = retry_after.unwrap_or_else(|| backoff(policy, d.attempt));
                     earliest = Some(earliest.map_or(delay, |e| e.min(delay)));
-                    ("pending", *status, Some(error.clone()), delay.as_secs_f64(), 0)
+                    (
+                        "pending",
+                        *status,
+                        Some(error.clone()),
+                        delay.as_secs_f64(),
+                        0,
+                    )
                 }
             }
         };
