@@ -239,6 +239,7 @@ impl ServeArgs {
                 allow_private_targets: self.webhook_allow_private,
                 secrets,
                 max_concurrent_deliveries: self.webhook_concurrency.max(1),
+                instance: self.instance.clone(),
             },
             instance: self.instance.clone(),
             apply_setup: self.apply_setup,

@@ -159,7 +159,10 @@ impl Server {
         let hubs = Hubs::new(&config, options.hub_limits, &metrics, starter);
         let triggers = crate::trigger::Triggers::start(
             Arc::new(config.clone()),
-            options.triggers.clone(),
+            crate::trigger::TriggerSettings {
+                instance: options.instance.clone(),
+                ..options.triggers.clone()
+            },
             options
                 .store_url
                 .clone()

@@ -30,6 +30,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "delivery_attempts",
         include_str!("migrations/0005_delivery_attempts.sql"),
     ),
+    (
+        6,
+        "trigger_positions",
+        include_str!("migrations/0006_trigger_positions.sql"),
+    ),
 ];
 
 /// Serializes migrations across replicas (`pg_advisory_lock` key; "viewcast" in ASCII).

@@ -37,6 +37,8 @@ pub struct TriggerSettings {
     pub secrets: Vec<Secret>,
     /// Requests in flight at once, across triggers.
     pub max_concurrent_deliveries: usize,
+    /// This server's name among the replicas sharing the store (`--instance`).
+    pub instance: String,
 }
 
 impl Default for TriggerSettings {
@@ -45,6 +47,7 @@ impl Default for TriggerSettings {
             allow_private_targets: false,
             secrets: Vec::new(),
             max_concurrent_deliveries: 64,
+            instance: "default".into(),
         }
     }
 }

@@ -17,7 +17,10 @@
 //! evaluated. On Materialize and RisingWave a trigger sees the view at each timestamp (epoch):
 //! a row that enters and leaves within one is never inside.
 //!
-//! Each trigger is evaluated by one replica: the one holding its advisory lock.
+//! Each trigger is evaluated by one replica: the one holding its advisory lock. The position
+//! each replica's written state reflects is stored (`viewcast_trigger_positions`); a replica
+//! taking a trigger over waits until its own view of the source is that far (at most
+//! `CATCH_UP`), so it never compares the stored keys with older rows.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -62,6 +65,8 @@ struct Writes {
     /// (trigger, key, Some(row): now inside with this row / None: left).
     keys: Vec<(Arc<Trigger>, Value, Option<Value>)>,
     initialized: Vec<Arc<Trigger>>,
+    /// The position the written state reflects (saved with the keys).
+    reached: Option<Position>,
 }
 
 fn now_rfc3339() -> String {
@@ -185,6 +190,8 @@ pub(super) async fn run(
     // Claimed, not yet established (the source is not synced, or not as far as a trigger's
     // creation).
     let mut pending: Vec<Arc<Trigger>> = Vec::new();
+    // When a taken-over trigger started waiting for this replica's view to catch up.
+    let mut waits: HashMap<usize, Instant> = HashMap::new();
     // Claims are retried on a schedule that a busy source (woken constantly) cannot postpone.
     let mut next_claim = tokio::time::Instant::now() + OWNERSHIP_RETRY;
     loop {
@@ -207,23 +214,19 @@ pub(super) async fn run(
         let alive = if claim { owner.ping().await } else { Ok(()) };
         if claim && alive.is_ok() {
             next_claim = tokio::time::Instant::now() + OWNERSHIP_RETRY;
-            for trigger in &wanted {
-                let known = |t: &Arc<Trigger>| Arc::ptr_eq(t, trigger);
-                if states.iter().any(|s| known(&s.trigger)) || pending.iter().any(known) {
-                    continue;
-                }
-                match owner.claim(trigger).await {
-                    Ok(true) => pending.push(trigger.clone()),
-                    Ok(false) => {}
-                    Err(err) => {
-                        tracing::warn!(source = %source.name, trigger = %trigger.spec.name, error = %err, "cannot claim a trigger");
-                    }
-                }
-            }
+            owner.claim_new(&wanted, &states, &mut pending).await;
             claim = false;
         }
         let result = match alive {
-            Ok(()) => step(&store, &hub, &mut states, &mut seq, &mut pending).await,
+            Ok(()) => {
+                let mut evaluation = Evaluation {
+                    store: &store,
+                    hub: &hub,
+                    instance: &triggers.settings.instance,
+                    waits: &mut waits,
+                };
+                evaluation.step(&mut states, &mut seq, &mut pending).await
+            }
             Err(err) => Err(err),
         };
         tracing::trace!(source = %source.name, evaluated = states.len(), seq = ?seq, result = ?result, "trigger evaluation step");
@@ -258,98 +261,139 @@ pub(super) async fn run(
     }
 }
 
-/// Reads what the hub applied since the last step, establishes the triggers in `pending`
-/// that can be, and saves the transitions; returns the triggers with new deliveries.
-async fn step(
-    store: &Store,
-    hub: &Hub,
-    states: &mut Vec<State>,
-    seq: &mut Option<u64>,
-    pending: &mut Vec<Arc<Trigger>>,
-) -> Result<Vec<Arc<Trigger>>, StoreError> {
-    // A new trigger is established at its creation position, which may be in the log.
-    let history = !pending.is_empty();
-    let after = if history { 0 } else { seq.unwrap_or(0) };
-    let read = match hub.read_log(after, seq.is_none() || history) {
-        Err(LogError::NotSynced) => return Ok(Vec::new()),
-        Err(LogError::Behind) => hub
-            .read_log(0, true)
-            .map_err(|_| StoreError::Unavailable("the source is not synced".into()))?,
-        Ok(read) => read,
-    };
-    let mut writes = Writes::default();
-    let at = now_rfc3339();
-    // Whether the states evaluated so far can go on from the batches read.
-    let continuous = seq.is_some_and(|seq| {
-        seq >= read.head || read.batches.first().is_some_and(|b| b.seq <= seq + 1)
-    });
-    if continuous {
-        let done = seq.unwrap_or(0);
-        for batch in read.batches.iter().filter(|b| b.seq > done) {
-            apply_batch(states, &batch.changes, batch.position, &at, &mut writes);
+/// One evaluation step's context.
+struct Evaluation<'a> {
+    store: &'a Store,
+    hub: &'a Hub,
+    /// This server's name (the stored position of its writes).
+    instance: &'a str,
+    /// When each taken-over trigger started waiting for this replica's view to catch up.
+    waits: &'a mut HashMap<usize, Instant>,
+}
+
+/// How long a trigger taken over waits for this replica's view of the source to reach the
+/// stored state's position; after that (the upstream was reset, say) it goes on, with a warning.
+const CATCH_UP: Duration = Duration::from_secs(30);
+
+impl Evaluation<'_> {
+    /// Reads what the hub applied since the last step, establishes the triggers in `pending`
+    /// that can be, and saves the transitions; returns the triggers with new deliveries.
+    async fn step(
+        &mut self,
+        states: &mut Vec<State>,
+        seq: &mut Option<u64>,
+        pending: &mut Vec<Arc<Trigger>>,
+    ) -> Result<Vec<Arc<Trigger>>, StoreError> {
+        let (store, hub) = (self.store, self.hub);
+        // A new trigger is established at its creation position, which may be in the log.
+        let history = !pending.is_empty();
+        let after = if history { 0 } else { seq.unwrap_or(0) };
+        let read = match hub.read_log(after, seq.is_none() || history) {
+            Err(LogError::NotSynced) => return Ok(Vec::new()),
+            Err(LogError::Behind) => hub
+                .read_log(0, true)
+                .map_err(|_| StoreError::Unavailable("the source is not synced".into()))?,
+            Ok(read) => read,
+        };
+        let mut writes = Writes::default();
+        let at = now_rfc3339();
+        // Whether the states evaluated so far can go on from the batches read.
+        let continuous = seq.is_some_and(|seq| {
+            seq >= read.head || read.batches.first().is_some_and(|b| b.seq <= seq + 1)
+        });
+        if continuous {
+            let done = seq.unwrap_or(0);
+            for batch in read.batches.iter().filter(|b| b.seq > done) {
+                apply_batch(states, &batch.changes, batch.position, &at, &mut writes);
+            }
         }
-    }
-    let rows = read.rows.as_deref().unwrap_or_default();
-    if !continuous && !states.is_empty() {
-        tracing::warn!(source = %hub.source().name, "trigger evaluation fell behind the source's history; comparing with the rows");
-        for state in std::mem::take(states) {
-            let stored = Stored::load(store, &state.trigger).await?;
-            let stamp = Stamp {
-                position: read.position,
-                at: &at,
+        let rows = read.rows.as_deref().unwrap_or_default();
+        if !continuous && !states.is_empty() {
+            tracing::warn!(source = %hub.source().name, "trigger evaluation fell behind the source's history; comparing with the rows");
+            for state in std::mem::take(states) {
+                let stored = Stored::load(store, &state.trigger).await?;
+                let stamp = Stamp {
+                    position: read.position,
+                    at: &at,
+                };
+                states.push(establish(state.trigger, stored, rows, stamp, &mut writes));
+            }
+        }
+        let mut waiting = Vec::new();
+        for trigger in pending.drain(..) {
+            let stored = Stored::load(store, &trigger).await?;
+            let since = if stored.initialized {
+                self.caught_up(&trigger, stored.position, read.position)
+            } else {
+                creation(&trigger, &read)
             };
-            states.push(establish(state.trigger, stored, rows, stamp, &mut writes));
-        }
-    }
-    let mut waiting = Vec::new();
-    for trigger in pending.drain(..) {
-        let stored = Stored::load(store, &trigger).await?;
-        let since = if stored.initialized {
-            Since::Now
-        } else {
-            creation(&trigger, &read)
-        };
-        let (later, position) = match since {
-            Since::Wait => {
-                waiting.push(trigger);
-                continue;
+            let (later, position) = match since {
+                Since::Wait => {
+                    waiting.push(trigger);
+                    continue;
+                }
+                Since::Now => (Vec::new(), read.position),
+                Since::Batches(later) => {
+                    // The position at creation (part of the ids of events found there).
+                    let position = trigger.created_position.unwrap_or_else(|| {
+                        read.batches
+                            .iter()
+                            .rev()
+                            .find(|b| later.first().is_none_or(|first| b.seq < first.seq))
+                            .map_or(read.position, |b| b.position)
+                    });
+                    (later, position)
+                }
+            };
+            // The rows at creation: undo the batches after it, establish, then apply them.
+            let before = rows_before(&trigger.source, rows, &later);
+            let stamp = Stamp { position, at: &at };
+            let mut state = [establish(trigger, stored, &before, stamp, &mut writes)];
+            for batch in later {
+                apply_batch(&mut state, &batch.changes, batch.position, &at, &mut writes);
             }
-            Since::Now => (Vec::new(), read.position),
-            Since::Batches(later) => {
-                // The position at creation (part of the ids of events found there).
-                let position = trigger.created_position.unwrap_or_else(|| {
-                    read.batches
-                        .iter()
-                        .rev()
-                        .find(|b| later.first().is_none_or(|first| b.seq < first.seq))
-                        .map_or(read.position, |b| b.position)
-                });
-                (later, position)
-            }
-        };
-        // The rows at creation: undo the batches after it, establish, then apply them.
-        let before = rows_before(&trigger.source, rows, &later);
-        let stamp = Stamp { position, at: &at };
-        let mut state = [establish(trigger, stored, &before, stamp, &mut writes)];
-        for batch in later {
-            apply_batch(&mut state, &batch.changes, batch.position, &at, &mut writes);
+            let [state] = state;
+            states.push(state);
         }
-        let [state] = state;
-        states.push(state);
+        *pending = waiting;
+        let saved: Vec<Arc<Trigger>> = {
+            let mut seen = std::collections::HashSet::new();
+            writes
+                .transitions
+                .iter()
+                .filter(|t| seen.insert(Arc::as_ptr(&t.trigger) as usize))
+                .map(|t| t.trigger.clone())
+                .collect()
+        };
+        if !writes.keys.is_empty() {
+            writes.reached = Some(read.position);
+        }
+        persist(store, &hub.source().name, self.instance, writes).await?;
+        *seq = Some(read.head);
+        Ok(saved)
     }
-    *pending = waiting;
-    let saved: Vec<Arc<Trigger>> = {
-        let mut seen = std::collections::HashSet::new();
-        writes
-            .transitions
-            .iter()
-            .filter(|t| seen.insert(Arc::as_ptr(&t.trigger) as usize))
-            .map(|t| t.trigger.clone())
-            .collect()
-    };
-    persist(store, writes).await?;
-    *seq = Some(read.head);
-    Ok(saved)
+
+    /// Whether this replica's view (at `now`) has reached the stored state of a trigger it
+    /// takes over (written at `stored`), or has waited long enough.
+    fn caught_up(
+        &mut self,
+        trigger: &Arc<Trigger>,
+        stored: Option<Position>,
+        now: Position,
+    ) -> Since<'static> {
+        let key = Arc::as_ptr(trigger) as usize;
+        let Some(stored) = stored.filter(|&stored| stored > now) else {
+            self.waits.remove(&key);
+            return Since::Now;
+        };
+        let since = *self.waits.entry(key).or_insert_with(Instant::now);
+        if since.elapsed() < CATCH_UP {
+            return Since::Wait;
+        }
+        self.waits.remove(&key);
+        tracing::warn!(source = %trigger.source.name, trigger = %trigger.spec.name, stored = ?stored, now = ?now, "this server's view of the source is behind the trigger's stored state and did not catch up; going on from the rows it has");
+        Since::Now
+    }
 }
 
 /// Where a trigger's state is established from.
@@ -509,6 +553,8 @@ struct Stored {
     initialized: bool,
     /// Keys inside (JSON text) → (key, row as last seen inside).
     keys: HashMap<String, (Value, Value)>,
+    /// The furthest position any server wrote the source's trigger state at.
+    position: Option<Position>,
 }
 
 impl Stored {
@@ -533,7 +579,19 @@ impl Stored {
                 (key.to_string(), (key, r.get(1)))
             })
             .collect();
-        Ok(Stored { initialized, keys })
+        let position = client
+            .query_one(
+                "SELECT max(position) FROM viewcast_trigger_positions WHERE source = $1",
+                &[&trigger.source.name],
+            )
+            .await?
+            .get::<_, Option<i64>>(0)
+            .map(Position::from_stored);
+        Ok(Stored {
+            initialized,
+            keys,
+            position,
+        })
     }
 }
 
@@ -548,6 +606,7 @@ fn establish(
     let Stored {
         initialized,
         keys: stored,
+        ..
     } = stored;
     let mut state = State {
         trigger: trigger.clone(),
@@ -595,7 +654,12 @@ fn establish(
 
 /// Writes a read's transitions and key changes in one transaction (nothing for a trigger
 /// deleted meanwhile, here or on another replica: this evaluator drops it on its next step).
-async fn persist(store: &Store, writes: Writes) -> Result<(), StoreError> {
+async fn persist(
+    store: &Store,
+    source: &str,
+    instance: &str,
+    writes: Writes,
+) -> Result<(), StoreError> {
     if writes.transitions.is_empty() && writes.keys.is_empty() && writes.initialized.is_empty() {
         return Ok(());
     }
@@ -668,6 +732,14 @@ async fn persist(store: &Store, writes: Writes) -> Result<(), StoreError> {
             }
         }
     }
+    if let Some(position) = writes.reached {
+        tx.execute(
+            "INSERT INTO viewcast_trigger_positions (source, instance, position) VALUES ($1, $2, $3) \
+             ON CONFLICT (source, instance) DO UPDATE SET position = excluded.position",
+            &[&source, &instance, &position.to_stored()],
+        )
+        .await?;
+    }
     for trigger in &writes.initialized {
         tx.execute(
             "UPDATE viewcast_triggers SET initialized = true WHERE source = $1 AND name = $2 AND generation = $3",
@@ -729,6 +801,28 @@ impl Owner {
             self.held.push(trigger.clone());
         }
         Ok(won)
+    }
+
+    /// Claims the `wanted` triggers not evaluated here yet; those won go to `pending`.
+    async fn claim_new(
+        &mut self,
+        wanted: &[Arc<Trigger>],
+        states: &[State],
+        pending: &mut Vec<Arc<Trigger>>,
+    ) {
+        for trigger in wanted {
+            let known = |t: &Arc<Trigger>| Arc::ptr_eq(t, trigger);
+            if states.iter().any(|s| known(&s.trigger)) || pending.iter().any(known) {
+                continue;
+            }
+            match self.claim(trigger).await {
+                Ok(true) => pending.push(trigger.clone()),
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(source = %trigger.source.name, trigger = %trigger.spec.name, error = %err, "cannot claim a trigger");
+                }
+            }
+        }
     }
 
     /// Releases the locks of triggers that were deleted.
