@@ -78,7 +78,7 @@ pub struct ServeArgs {
     )]
     pub webhook_secrets: Vec<String>,
     /// Webhook requests in flight at once, across triggers.
-    #[arg(long, env = "VIEWCAST_WEBHOOK_CONCURRENCY", default_value_t = 64)]
+    #[arg(long, env = "VIEWCAST_WEBHOOK_CONCURRENCY", default_value_t = 256)]
     pub webhook_concurrency: usize,
     /// Address to listen on.
     #[arg(long, env = "VIEWCAST_HOST", default_value = "0.0.0.0")]

@@ -114,6 +114,13 @@ impl Filter {
         &self.inner.columns
     }
 
+    /// A column and value the filter requires (an `_eq` at the top level or in a top-level
+    /// `_and`) on an integer, text, boolean or enum column: a row whose value there has
+    /// another [`eq_key`] cannot match. `None` when the filter has no such equality.
+    pub fn required_equality(&self) -> Option<(usize, EqKey)> {
+        self.inner.root.required_equality()
+    }
+
     /// A canonical text of the filter, for sharing work between clients with the same filter
     /// on the same source: keys are sorted, lists keep their order, ignored nulls are dropped
     /// and operands are in a normal form (`"007"` and `7` on a `BigInt` column, `"1.50"` and
@@ -121,6 +128,29 @@ impl Filter {
     /// source with the same text select the same rows.
     pub fn canonical(&self) -> &str {
         &self.inner.canonical
+    }
+}
+
+/// A value a filter requires a column to equal, keyed as rows are looked up by [`eq_key`]:
+/// an index of filters by these keys visits only the filters a row can satisfy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EqKey {
+    Int(i64),
+    Text(Box<str>),
+    Bool(bool),
+    Enum(u32),
+}
+
+/// The key of a row's value, to look up filters by their [`Filter::required_equality`]
+/// (`None`: NULL or a float, which no indexed equality matches).
+pub fn eq_key(value: &crate::value::Value) -> Option<EqKey> {
+    use crate::value::Value;
+    match value {
+        Value::Int(i) => Some(EqKey::Int(*i)),
+        Value::Text(t) => Some(EqKey::Text(t.as_ref().into())),
+        Value::Bool(b) => Some(EqKey::Bool(*b)),
+        Value::Enum(o) => Some(EqKey::Enum(*o)),
+        Value::Null | Value::Float(_) => None,
     }
 }
 

@@ -205,6 +205,32 @@ fn equals(lhs: Lhs<'_>, operand: &Operand) -> Option<bool> {
 }
 
 impl Node {
+    /// See [`super::Filter::required_equality`]. Floats and decimals are left out (NaN, -0
+    /// and decimal spellings compare equal without being the same value); so are enum labels
+    /// the data may hold undeclared.
+    pub(crate) fn required_equality(&self) -> Option<(usize, super::EqKey)> {
+        use super::EqKey;
+        match self {
+            Node::Compare {
+                column,
+                kind,
+                op: CmpOp::Eq,
+                operand,
+            } => {
+                let key = match (kind, operand) {
+                    (Kind::Int, Operand::Int(i)) => EqKey::Int(*i),
+                    (Kind::Text, Operand::Text(t)) => EqKey::Text(t.clone()),
+                    (Kind::Bool, Operand::Bool(b)) => EqKey::Bool(*b),
+                    (Kind::Enum, Operand::Enum { ordinal, .. }) => EqKey::Enum(*ordinal),
+                    _ => return None,
+                };
+                Some((*column, key))
+            }
+            Node::And(nodes) => nodes.iter().find_map(Node::required_equality),
+            _ => None,
+        }
+    }
+
     pub(crate) fn eval(&self, row: &Row) -> Truth {
         match self {
             Node::Const(value) => Truth::from(*value),

@@ -1399,3 +1399,52 @@ proptest! {
         prop_assert_eq!(big.matches(&r), a < b);
     }
 }
+
+#[test]
+fn required_equalities_are_found_at_the_top_level_only() {
+    use super::EqKey;
+    let col = |name: &str| COLUMNS.iter().position(|c| *c == name).unwrap();
+    for (json, expected) in [
+        (json!({"id": {"_eq": 7}}), Some((col("id"), EqKey::Int(7)))),
+        (
+            json!({"name": {"_eq": "x"}, "id": {"_gt": 1}}),
+            Some((col("name"), EqKey::Text("x".into()))),
+        ),
+        (
+            json!({"_and": [{"price": {"_gt": 1}}, {"side": {"_eq": "sell"}}]}),
+            Some((col("side"), EqKey::Enum(1))),
+        ),
+        (
+            json!({"ok": {"_eq": true}}),
+            Some((col("ok"), EqKey::Bool(true))),
+        ),
+        // Floats and decimals compare equal across spellings: not indexed.
+        (json!({"price": {"_eq": 1.5}}), None),
+        (json!({"amount": {"_eq": "1.50"}}), None),
+        // Not required: under `_or` or `_not`, or another operator.
+        (
+            json!({"_or": [{"id": {"_eq": 1}}, {"id": {"_eq": 2}}]}),
+            None,
+        ),
+        (json!({"_not": {"id": {"_eq": 1}}}), None),
+        (json!({"id": {"_neq": 1}}), None),
+        (json!({}), None),
+    ] {
+        let shown = json.to_string();
+        let found = filter(json.clone()).required_equality();
+        assert_eq!(found, expected, "{shown}");
+        // A row whose key differs never matches; one with the key may.
+        if let Some((column, key)) = found {
+            let mut values = vec![Value::Null; COLUMNS.len()];
+            values[column] = match &key {
+                EqKey::Int(i) => Value::Int(i + 1),
+                EqKey::Text(t) => text(&format!("{t}!")),
+                EqKey::Bool(b) => Value::Bool(!b),
+                EqKey::Enum(o) => Value::Enum(o + 1),
+            };
+            let other = Row::new(values);
+            assert_ne!(super::eq_key(&other.values()[column]), Some(key));
+            assert!(!filter(json).matches(&other), "{shown}");
+        }
+    }
+}

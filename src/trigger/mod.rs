@@ -46,7 +46,7 @@ impl Default for TriggerSettings {
         TriggerSettings {
             allow_private_targets: false,
             secrets: Vec::new(),
-            max_concurrent_deliveries: 64,
+            max_concurrent_deliveries: 256,
             instance: "default".into(),
         }
     }

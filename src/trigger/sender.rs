@@ -377,7 +377,7 @@ async fn claim(
     let client = store.client().await?;
     let rows = client
         .query(
-            "WITH heads AS ( \
+            "WITH heads AS MATERIALIZED ( \
                  SELECT h.id, t.lease FROM unnest($2::text[], $3::bigint[], $4::float8[]) \
                         AS t(name, generation, lease) \
                  JOIN viewcast_triggers tr ON tr.source = $1 AND tr.name = t.name \
