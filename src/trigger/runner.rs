@@ -779,10 +779,20 @@ fn establish(
     let fields = trigger.spec.fields.clone();
     let mut seen = std::collections::HashSet::new();
     for row in rows {
+        let fire = trigger.spec.fire.matches(row);
+        // Keys are inside only if stored so (each row's key is its own): a row that does
+        // not match and no stored key needs nothing more.
+        if !fire && stored.is_empty() {
+            continue;
+        }
         let key = payload::key_json(&source, row);
         let key_string = key.to_string();
-        seen.insert(key_string.clone());
-        let fire = trigger.spec.fire.matches(row);
+        if !stored.is_empty() {
+            seen.insert(key_string.clone());
+        }
+        if !fire && !state.inside.contains_key(&key_string) {
+            continue;
+        }
         let json = payload::row_json(&source, row, fields.as_deref());
         if state.inside.contains_key(&key_string) {
             if state.leaves(fire, row) {

@@ -240,8 +240,11 @@ pub(super) async fn dispatch(
     cancel: CancellationToken,
 ) {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
-    // Triggers with a request in flight.
+    let (recorded_tx, mut recorded_rx) = mpsc::unbounded_channel::<Recorded>();
+    // Triggers with a request in flight, or whose outcome is being recorded.
     let mut in_flight: HashSet<usize> = HashSet::new();
+    // One recording at a time, overlapping the claims; outcomes wait in `finished`.
+    let mut recording = false;
     // Candidates a saturated claim left for the next round.
     let mut carry: HashSet<usize> = HashSet::new();
     let mut finished: Vec<Done> = Vec::new();
@@ -252,20 +255,19 @@ pub(super) async fn dispatch(
         while let Ok(done) = done_rx.try_recv() {
             finished.push(done);
         }
-        if !finished.is_empty() {
+        while let Ok(recorded) = recorded_rx.try_recv() {
+            recording = false;
+            recorded.settle(&source, &mut in_flight, &mut carry, &mut next_retry);
+        }
+        if !recording && !finished.is_empty() {
+            recording = true;
             let batch = std::mem::take(&mut finished);
-            for done in &batch {
-                in_flight.remove(&key(&done.trigger));
-                // It may have more to send.
-                carry.insert(key(&done.trigger));
-            }
-            match record(&shared, batch).await {
-                Ok(Some(retry)) => next_retry = Some(next_retry.map_or(retry, |r| r.min(retry))),
-                Ok(None) => {}
-                Err(err) => {
-                    tracing::warn!(source = %source, error = %err, "cannot record delivery outcomes; their deliveries are sent again after their lease");
-                }
-            }
+            let (shared, recorded_tx) = (shared.clone(), recorded_tx.clone());
+            tokio::spawn(async move {
+                let triggers = batch.iter().map(|d| key(&d.trigger)).collect();
+                let result = record(&shared, batch).await;
+                let _ = recorded_tx.send(Recorded { triggers, result });
+            });
         }
         let now = Instant::now();
         if now >= next_poll {
@@ -305,7 +307,41 @@ pub(super) async fn dispatch(
             () = cancel.cancelled() => return,
             () = owned.wake.notified() => {}
             Some(done) = done_rx.recv() => finished.push(done),
+            Some(recorded) = recorded_rx.recv() => {
+                recording = false;
+                recorded.settle(&source, &mut in_flight, &mut carry, &mut next_retry);
+            }
             () = tokio::time::sleep_until(until) => {}
+        }
+    }
+}
+
+/// Outcomes recorded (or not): their triggers may send again.
+struct Recorded {
+    triggers: Vec<usize>,
+    result: Result<Option<Instant>, StoreError>,
+}
+
+impl Recorded {
+    /// Its triggers may send again (they are looked at next round); a retry it scheduled is
+    /// remembered.
+    fn settle(
+        self,
+        source: &str,
+        in_flight: &mut HashSet<usize>,
+        carry: &mut HashSet<usize>,
+        next_retry: &mut Option<Instant>,
+    ) {
+        for k in self.triggers {
+            in_flight.remove(&k);
+            carry.insert(k);
+        }
+        match self.result {
+            Ok(Some(retry)) => *next_retry = Some(next_retry.map_or(retry, |r| r.min(retry))),
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(source = %source, error = %err, "cannot record delivery outcomes; their deliveries are sent again after their lease");
+            }
         }
     }
 }
