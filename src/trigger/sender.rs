@@ -425,12 +425,14 @@ async fn claim(
                      ORDER BY d.id LIMIT 1) h \
                  WHERE h.next_attempt_at <= now() \
                  LIMIT $5), \
-             locked AS ( \
-                 SELECT d.id, heads.lease FROM viewcast_deliveries d JOIN heads ON heads.id = d.id \
-                 WHERE d.status = 'pending' FOR UPDATE OF d SKIP LOCKED) \
+             locked AS MATERIALIZED ( \
+                 SELECT d.id FROM viewcast_deliveries d \
+                 WHERE d.id = ANY (ARRAY(SELECT id FROM heads)) AND d.status = 'pending' \
+                 FOR UPDATE SKIP LOCKED) \
              UPDATE viewcast_deliveries d SET attempts = d.attempts + 1, \
-                    next_attempt_at = now() + make_interval(secs => locked.lease) \
-             FROM locked WHERE d.id = locked.id \
+                    next_attempt_at = now() + make_interval(secs => \
+                        (SELECT lease FROM heads WHERE heads.id = d.id)) \
+             WHERE d.id = ANY (ARRAY(SELECT id FROM locked)) \
              RETURNING d.id, d.trigger_name, d.generation, d.event_id, d.payload, d.attempts",
             &[&source, &names, &generations, &leases, &limit],
         )
