@@ -12,7 +12,12 @@
 //! With `--backend materialize` or `risingwave` the upstream is the wire-level stand-in (a test
 //! double, in this process, making each commit visible at once), written to directly with
 //! `sent_at_us` set at the commit.
-//! Exit status: 0 when every client ends with the table's rows, 1 when one does not, 2 on error.
+//! The `triggers` scenario has no clients: it creates webhook triggers through the GraphQL API
+//! (the server gets a store database in the same cluster and `--webhook-allow-private`),
+//! receives their webhooks in this process, and checks every delivered FIRE/CLEAR against the
+//! table.
+//! Exit status: 0 when every client ends with the table's rows (`triggers`: every transition
+//! was delivered and the deliveries agree with the table), 1 when not, 2 on error.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -42,8 +47,18 @@ sources:
     primary_key: id
     columns: { id: Integer, value: BigInt, payload: String, group_id: Integer, sent_at_us: BigInt }
 ";
-const UPDATE_SQL: &str = "UPDATE bench SET value = $1, \
-     sent_at_us = (extract(epoch FROM clock_timestamp()) * 1000000)::bigint WHERE id = $2";
+/// `clock_timestamp()` in µs: set just before the commit of a single-statement transaction.
+macro_rules! sent_at_us {
+    () => {
+        "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
+    };
+}
+const SENT_AT_US: &str = sent_at_us!();
+const UPDATE_SQL: &str = concat!(
+    "UPDATE bench SET value = $1, sent_at_us = ",
+    sent_at_us!(),
+    " WHERE id = $2"
+);
 const SELECTION: &str = "operation data { id value sent_at_us } fields";
 /// /proc/<pid>/stat counts in `USER_HZ`, which is 100 on every mainstream Linux architecture.
 const CLK_TCK: f64 = 100.0;
@@ -72,6 +87,9 @@ enum Scenario {
     Overload(Flags),
     /// Materialize (stand-in): 100 clients over 10 filters, 10,000 rows, 10,000 changes/s, 20 s.
     Streaming(Flags),
+    /// 1,000 webhook triggers (`--filters`) on one source, 10,000 rows, 10,000 changes/s
+    /// setting `value` uniformly in 0..99, a local receiver, 20 s.
+    Triggers(Flags),
 }
 
 /// Where the changes come from.
@@ -108,6 +126,10 @@ struct Upstream {
     kind: BackendKind,
     url: String,
     standin: Option<StandIn>,
+    /// The trigger store (a database of the same cluster), for the `triggers` scenario.
+    store_url: Option<String>,
+    /// The postmaster, whose children's CPU the `triggers` scenario splits by role.
+    postmaster: Option<u32>,
 }
 
 /// Overrides of the scenario's parameters.
@@ -120,7 +142,8 @@ struct Flags {
     #[arg(long)]
     subs_per_conn: Option<usize>,
     /// Distinct filters `{group_id: {_eq: k}}`, 0 for none; rows get `group_id = id % filters`.
-    #[arg(long)]
+    /// In `triggers`, the number of triggers (trigger k fires on group k).
+    #[arg(long, visible_alias = "triggers")]
     filters: Option<u32>,
     /// Rows in the source table.
     #[arg(long)]
@@ -144,7 +167,8 @@ struct Flags {
     /// Bytes of `payload` per row (stored and replicated, never selected).
     #[arg(long, default_value_t = 100)]
     payload_bytes: usize,
-    /// Seconds the clients may take to reach the table's final state after the load.
+    /// Seconds the clients may take to reach the table's final state after the load
+    /// (`triggers`: each wait after the load — evaluation, deliveries, redeliveries).
     #[arg(long, default_value_t = 120)]
     converge_timeout: u64,
     /// Passed to the server as --history-batches.
@@ -159,6 +183,41 @@ struct Flags {
     /// The upstream database (default: postgres; materialize for `streaming`).
     #[arg(long, value_enum)]
     backend: Option<BackendKind>,
+    /// Passed to the server as --webhook-concurrency (`triggers`; the server's default: 64).
+    #[arg(long)]
+    webhook_concurrency: Option<usize>,
+    /// A PostgreSQL setting for the benchmark's cluster, `name=value` (repeatable; e.g.
+    /// `auto_explain.log_min_duration=50ms` with `shared_preload_libraries=…,auto_explain`).
+    #[arg(long, value_parser = parse_setting)]
+    pg_setting: Vec<(String, String)>,
+    /// Copy the cluster's server log to this file before the cluster is removed.
+    #[arg(long)]
+    pg_log: Option<PathBuf>,
+}
+
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected name=value"))?;
+    Ok((name.trim().to_owned(), value.to_owned()))
+}
+
+/// What the load generator writes to `value`.
+#[derive(Debug, Clone, Copy)]
+enum Values {
+    /// 1, 2, 3, … across writers: every update changes its row.
+    Counter,
+    /// Uniform in `0..n`: with a threshold at n/2, about half the updates cross it.
+    Uniform(i64),
+}
+
+impl Values {
+    fn next(self, counter: &AtomicI64) -> i64 {
+        match self {
+            Values::Counter => counter.fetch_add(1, Relaxed),
+            Values::Uniform(n) => rand::rng().random_range(0..n),
+        }
+    }
 }
 
 /// A subscription's filter: `None` every row, `Some(k)` rows with `group_id = k` (-1: none).
@@ -177,6 +236,7 @@ struct Params {
     duration: Duration,
     slow: usize,
     backend: BackendKind,
+    values: Values,
     flags: Flags,
 }
 
@@ -191,6 +251,7 @@ impl Params {
             Scenario::Streaming(f) => {
                 ("streaming", f, (100, 1, 10, false, 10_000, 10_000, 20.0, 0))
             }
+            Scenario::Triggers(f) => ("triggers", f, (0, 1, 1_000, false, 10_000, 10_000, 20.0, 0)),
         };
         let default_backend = if name == "streaming" {
             BackendKind::Materialize
@@ -208,6 +269,11 @@ impl Params {
             duration: Duration::from_secs_f64(f.duration.unwrap_or(d.6).max(0.0)),
             slow: f.slow.unwrap_or(d.7),
             backend: f.backend.unwrap_or(default_backend),
+            values: if name == "triggers" {
+                Values::Uniform(TRIGGER_VALUES)
+            } else {
+                Values::Counter
+            },
             flags: f,
         }
     }
@@ -232,7 +298,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(&params)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
-            eprintln!("FAILED: not every client ended with the table's rows");
+            eprintln!("FAILED: the final state (or, for triggers, the correctness) check failed");
             ExitCode::from(1)
         }
         Err(err) => {
@@ -247,16 +313,38 @@ fn main() -> ExitCode {
 /// for its postmaster.
 async fn run(p: &Params) -> anyhow::Result<bool> {
     let bin = server_binary(p.flags.server_bin.as_deref())?;
+    let triggers = p.name == "triggers";
+    if triggers && p.backend != BackendKind::Postgres {
+        bail!("the triggers scenario runs on PostgreSQL only (its store is a PostgreSQL database)");
+    }
     let mut cluster = None;
     let upstream = if p.backend == BackendKind::Postgres {
         eprintln!("[{}] starting PostgreSQL …", p.name);
-        let started = PgCluster::start(ClusterOptions::default()).await?;
+        let mut options = ClusterOptions::default();
+        if triggers {
+            // Per-statement counts and times of the trigger store, for the report.
+            options.settings.push((
+                "shared_preload_libraries".into(),
+                "pg_stat_statements".into(),
+            ));
+        }
+        options.settings.extend(p.flags.pg_setting.iter().cloned());
+        let started = PgCluster::start(options).await?;
         let url = started.url("postgres");
+        let store_url = if triggers {
+            started.create_database(STORE_DB).await?;
+            Some(started.url(STORE_DB))
+        } else {
+            None
+        };
+        let postmaster = started.pid();
         cluster = Some(started);
         Upstream {
             kind: p.backend,
             url,
             standin: None,
+            store_url,
+            postmaster,
         }
     } else {
         eprintln!(
@@ -275,14 +363,23 @@ async fn run(p: &Params) -> anyhow::Result<bool> {
             kind: p.backend,
             url: standin.url(),
             standin: Some(standin),
+            store_url: None,
+            postmaster: None,
         }
     };
     let result = async {
         create_table(&upstream, p).await?;
         eprintln!("[{}] starting {} …", p.name, bin.display());
         let mut server = ServerProc::start(&bin, &upstream, p).await?;
+        let run = async {
+            if triggers {
+                triggers_scenario(p, &server, &upstream).await
+            } else {
+                scenario(p, &server, &upstream).await
+            }
+        };
         let outcome = tokio::select! {
-            outcome = scenario(p, &server, &upstream) => outcome,
+            outcome = run => outcome,
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
         };
         server.stop().await;
@@ -290,6 +387,10 @@ async fn run(p: &Params) -> anyhow::Result<bool> {
     }
     .await;
     if let Some(cluster) = cluster {
+        if let Some(path) = &p.flags.pg_log {
+            std::fs::copy(cluster.log_path(), path)
+                .with_context(|| format!("copy the PostgreSQL log to {}", path.display()))?;
+        }
         cluster.stop().await.context("stop PostgreSQL")?;
     }
     result
@@ -384,6 +485,13 @@ impl ServerProc {
         if let Some(n) = p.flags.history_batches {
             command.args(["--history-batches", &n.to_string()]);
         }
+        if let Some(store) = &upstream.store_url {
+            // The receiver is on loopback, which webhooks may not reach by default.
+            command.args(["--store-url", store, "--webhook-allow-private"]);
+        }
+        if let Some(n) = p.flags.webhook_concurrency {
+            command.args(["--webhook-concurrency", &n.to_string()]);
+        }
         command
             .env(upstream.kind.url_env(), &upstream.url)
             .stdin(Stdio::null())
@@ -434,9 +542,28 @@ impl Drop for ServerProc {
 
 /// A minimal HTTP/1.1 GET: (status, body).
 async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(addr, "GET", path, None).await
+}
+
+/// A minimal HTTP/1.1 request, with a JSON body if any: (status, body).
+async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let headers = json.map_or(String::new(), |json| {
+        format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            json.len()
+        )
+    });
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}\r\n{}",
+        json.unwrap_or_default()
+    );
     stream.write_all(request.as_bytes()).await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
@@ -502,16 +629,22 @@ fn histogram_quantile_ms(buckets: &[(f64, u64)], q: f64) -> f64 {
 
 /// utime + stime of a process, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the parenthesised command name come fields 3 (state) …; utime and stime are 14, 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let ticks: u64 = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
+    proc_stat(pid).map_or(0.0, |(_, cpu)| cpu)
+}
+
+/// A process's parent and its utime + stime in seconds, from /proc/<pid>/stat.
+fn proc_stat(pid: u32) -> Option<(u32, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the parenthesised command name come fields 3 (state), 4 (ppid) …; utime and
+    // stime are 14, 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let parent = fields.get(1)?.parse().ok()?;
+    let ticks: u64 = fields
+        .get(11..13)?
+        .iter()
         .filter_map(|v| v.parse::<u64>().ok())
         .sum();
-    ticks as f64 / CLK_TCK
+    Some((parent, ticks as f64 / CLK_TCK))
 }
 
 /// A `kB` line of /proc/<pid>/status (`VmRSS`, `VmHWM`), in MB.
@@ -554,11 +687,17 @@ async fn generate(upstream: &Upstream, p: &Params) -> anyhow::Result<Load> {
     let next_value = Arc::new(AtomicI64::new(1));
     let start = Instant::now();
     let mut tasks = Vec::new();
+    let workload = Workload {
+        duration: p.duration,
+        rows: p.rows,
+        groups: p.groups(),
+        values: p.values,
+    };
     for _ in 0..writers {
         let client = pg(url).await?;
-        let (duration, rows, groups, next) = (p.duration, p.rows, p.groups(), next_value.clone());
+        let next = next_value.clone();
         tasks.push(tokio::spawn(async move {
-            write(&client, rate, duration, rows, groups, &next, start).await
+            write(&client, rate, workload, &next, start).await
         }));
     }
     let per_group = vec![0; p.groups() as usize];
@@ -579,15 +718,28 @@ async fn generate(upstream: &Upstream, p: &Params) -> anyhow::Result<Load> {
     Ok(load)
 }
 
-async fn write(
-    client: &tokio_postgres::Client,
-    rate: f64,
+/// What one writer updates, and for how long.
+#[derive(Clone, Copy)]
+struct Workload {
     duration: Duration,
     rows: u32,
     groups: u32,
+    values: Values,
+}
+
+async fn write(
+    client: &tokio_postgres::Client,
+    rate: f64,
+    workload: Workload,
     next_value: &AtomicI64,
     start: Instant,
 ) -> anyhow::Result<(u64, Vec<u64>)> {
+    let Workload {
+        duration,
+        rows,
+        groups,
+        values,
+    } = workload;
     let statement = client.prepare(UPDATE_SQL).await?;
     let (mut done, mut per_group) = (0u64, vec![0u64; groups as usize]);
     while start.elapsed() < duration {
@@ -602,7 +754,7 @@ async fn write(
             (0..n).map(|_| rng.random_range(1..=rows as i32)).collect()
         };
         let statements = ids.iter().map(|id| {
-            let (value, statement) = (next_value.fetch_add(1, Relaxed), &statement);
+            let (value, statement) = (values.next(next_value), &statement);
             async move { client.execute(statement, &[&value, id]).await }
         });
         futures::future::try_join_all(statements).await?;
@@ -640,7 +792,7 @@ async fn generate_direct(standin: &StandIn, p: &Params) -> Load {
     let (mut done, mut per_group) = (0u64, vec![0u64; groups as usize]);
     let rate = f64::from(p.rate);
     let start = Instant::now();
-    let mut next_value = 1i64;
+    let next_value = AtomicI64::new(1);
     while start.elapsed() < p.duration {
         let due = (start.elapsed().as_secs_f64() * rate) as u64;
         if due <= done {
@@ -651,9 +803,8 @@ async fn generate_direct(standin: &StandIn, p: &Params) -> Load {
             let id = rand::rng().random_range(1..=p.rows);
             let old = bench_row(id, values[id as usize], payload, groups, sent[id as usize]);
             let now = now_us();
-            values[id as usize] = next_value;
+            values[id as usize] = p.values.next(&next_value);
             sent[id as usize] = now;
-            next_value += 1;
             let new = bench_row(id, values[id as usize], payload, groups, now);
             standin.write("bench", vec![(old, -1), (new, 1)]);
             per_group[(id % groups) as usize] += 1;
@@ -1293,6 +1444,897 @@ commit time -> hub apply, {db_n} batches)
             "load_end": rss_load_end, "end": rss_end, "peak": rss_peak},
         "rss_kb_per_subscription": per_sub_kb, "conflated": ph.conflated, "converged": converged,
         "converge_secs": converge_secs, "client_errors": errors.len(), "ok": ok,
+    });
+    println!("{json}");
+    ok
+}
+
+// ---------------------------------------------------------------------------------- triggers
+
+/// The trigger store: a database of the benchmark's cluster.
+const STORE_DB: &str = "viewcast_store";
+/// `value` is written uniformly in `0..TRIGGER_VALUES`; trigger k fires on
+/// `{group_id: {_eq: k}, value: {_gte: THRESHOLD}}`. Rows start at 0 (outside).
+const TRIGGER_VALUES: i64 = 100;
+const THRESHOLD: i64 = 50;
+
+/// One webhook the receiver kept (the first request with its `webhook-id`).
+struct Event {
+    webhook_id: String,
+    fire: bool,
+    /// The row in the body's `data`.
+    id: i64,
+    value: i64,
+    group: i64,
+    sent_at_us: i64,
+    received_us: i64,
+}
+
+/// What the receiver saw.
+#[derive(Default)]
+struct Received {
+    seen: std::collections::HashSet<String>,
+    /// Requests whose `webhook-id` had been seen (redeliveries, dropped).
+    duplicates: u64,
+    /// Requests that were not a tycostream FIRE/CLEAR of a trigger's path `/t<k>`.
+    malformed: u64,
+    /// Per trigger, in arrival order (a trigger's deliveries are sent one after the other).
+    events: Vec<Vec<Event>>,
+    /// Arrival of the last new delivery, µs since the epoch.
+    last_us: i64,
+    /// Per trigger, the `webhook-id`s of requests seen before, in arrival order (the
+    /// redelivery phase), and the arrival of the last one.
+    again: Vec<Vec<String>>,
+    last_again_us: i64,
+}
+
+/// The webhook receiver, in this process: records each request and answers 200 at once.
+struct Receiver {
+    addr: SocketAddr,
+    /// Distinct deliveries (`webhook-id`s) so far, and requests repeating one.
+    distinct: AtomicU64,
+    repeated: AtomicU64,
+    /// std Mutex: held for in-memory bookkeeping only, never across an await.
+    received: Mutex<Received>,
+}
+
+impl Receiver {
+    async fn start(triggers: u32) -> anyhow::Result<(Arc<Receiver>, JoinHandle<()>)> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let receiver = Arc::new(Receiver {
+            addr: listener.local_addr()?,
+            distinct: AtomicU64::new(0),
+            repeated: AtomicU64::new(0),
+            received: Mutex::new(Received {
+                events: (0..triggers).map(|_| Vec::new()).collect(),
+                again: (0..triggers).map(|_| Vec::new()).collect(),
+                ..Received::default()
+            }),
+        });
+        let app = axum::Router::new()
+            .fallback(receive)
+            .with_state(receiver.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok((receiver, task))
+    }
+
+    fn record(&self, path: &str, webhook_id: Option<&str>, body: &[u8]) {
+        let received_us = now_us();
+        let event = webhook_id.and_then(|id| parse_webhook(path, id, body, received_us));
+        let mut r = self.received.lock().expect("received");
+        let triggers = r.events.len();
+        let Some((k, event)) = event.filter(|(k, _)| *k < triggers) else {
+            r.malformed += 1;
+            return;
+        };
+        if !r.seen.insert(event.webhook_id.clone()) {
+            r.duplicates += 1;
+            r.again[k].push(event.webhook_id);
+            r.last_again_us = received_us;
+            self.repeated.fetch_add(1, Relaxed);
+            return;
+        }
+        r.events[k].push(event);
+        r.last_us = received_us;
+        self.distinct.fetch_add(1, Relaxed);
+    }
+}
+
+async fn receive(
+    axum::extract::State(receiver): axum::extract::State<Arc<Receiver>>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::http::StatusCode {
+    let id = headers.get("webhook-id").and_then(|v| v.to_str().ok());
+    receiver.record(uri.path(), id, &body);
+    axum::http::StatusCode::OK
+}
+
+/// A tycostream body (`event_type`, `data`) posted to `/t<k>`: (k, the event).
+fn parse_webhook(
+    path: &str,
+    webhook_id: &str,
+    body: &[u8],
+    received_us: i64,
+) -> Option<(usize, Event)> {
+    let trigger = path.strip_prefix("/t")?.parse().ok()?;
+    let body: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let fire = match body["event_type"].as_str()? {
+        "FIRE" => true,
+        "CLEAR" => false,
+        _ => return None,
+    };
+    // BigInt columns come as strings (GraphQL's rendering), Integer ones as numbers.
+    let int = |name: &str| {
+        let v = &body["data"][name];
+        v.as_i64().or_else(|| v.as_str()?.parse().ok())
+    };
+    let event = Event {
+        webhook_id: webhook_id.to_owned(),
+        fire,
+        id: int("id")?,
+        value: int("value")?,
+        group: int("group_id")?,
+        sent_at_us: int("sent_at_us")?,
+        received_us,
+    };
+    Some((trigger, event))
+}
+
+/// Polls `done` every `every` until it holds (true) or `timeout` passes (false).
+async fn poll_until<F, Fut>(timeout: Duration, every: Duration, mut done: F) -> anyhow::Result<bool>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done().await? {
+            return Ok(true);
+        }
+        if Instant::now() > deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Creates trigger `t<k>` for each group k through the GraphQL API, 8 requests at a time.
+async fn create_triggers(server: SocketAddr, receiver: SocketAddr, n: u32) -> anyhow::Result<()> {
+    const MUTATION: &str =
+        "mutation($input: benchTriggerInput!) { create_bench_trigger(input: $input) { name } }";
+    let create = |k: u32| async move {
+        let input = serde_json::json!({
+            "name": format!("t{k}"),
+            "webhook": format!("http://{receiver}/t{k}"),
+            // BigInt is a String in GraphQL.
+            "fire": {"group_id": {"_eq": k}, "value": {"_gte": THRESHOLD.to_string()}},
+            "retry": {"attempts": 10, "initial_interval_ms": 100, "max_interval_ms": 2000, "timeout_ms": 5000},
+        });
+        graphql(server, MUTATION, serde_json::json!({"input": input})).await
+    };
+    eight_at_a_time(0..n, create).await
+}
+
+/// POSTs a GraphQL operation; an error unless it answered data without errors.
+async fn graphql(
+    server: SocketAddr,
+    query: &str,
+    variables: serde_json::Value,
+) -> anyhow::Result<()> {
+    let body = serde_json::json!({"query": query, "variables": variables});
+    let (status, text) = http_request(server, "POST", "/graphql", Some(&body.to_string())).await?;
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    if status != 200 || !answer["errors"].is_null() || answer["data"].is_null() {
+        bail!("{query} with {variables}: HTTP {status}: {text}");
+    }
+    Ok(())
+}
+
+/// Runs `f` on every item, 8 at a time; the first error, if any.
+async fn eight_at_a_time<T, F, Fut>(items: impl IntoIterator<Item = T>, f: F) -> anyhow::Result<()>
+where
+    F: FnMut(T) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    futures::stream::iter(items)
+        .map(f)
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// CPU seconds of a PostgreSQL cluster's processes by role, from /proc: each process counts
+/// from its first sample, or from zero when it started after the first one (connections
+/// opened during the measurement), to its last (so processes that exited keep their share).
+struct PgCpu {
+    postmaster: u32,
+    /// pid → (role, CPU at its first sample, CPU at its last).
+    by_pid: HashMap<u32, (&'static str, f64, f64)>,
+    first: bool,
+}
+
+impl PgCpu {
+    fn new(postmaster: u32) -> PgCpu {
+        let mut cpu = PgCpu {
+            postmaster,
+            by_pid: HashMap::new(),
+            first: true,
+        };
+        cpu.sample();
+        cpu.first = false;
+        cpu
+    }
+
+    fn sample(&mut self) {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        let pids = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok());
+        for pid in pids {
+            let Some((ppid, cpu)) = proc_stat(pid) else {
+                continue;
+            };
+            if pid != self.postmaster && ppid != self.postmaster {
+                continue;
+            }
+            let first = self.first;
+            let entry = self
+                .by_pid
+                .entry(pid)
+                .or_insert_with(|| (pg_role(pid), if first { cpu } else { 0.0 }, cpu));
+            entry.2 = cpu;
+        }
+    }
+
+    /// CPU seconds per role since the first sample, largest first.
+    fn by_role(&self) -> Vec<(&'static str, f64)> {
+        let mut roles: HashMap<&'static str, f64> = HashMap::new();
+        for (role, first, last) in self.by_pid.values() {
+            *roles.entry(role).or_default() += last - first;
+        }
+        let mut roles: Vec<_> = roles.into_iter().collect();
+        roles.sort_by(|a, b| b.1.total_cmp(&a.1));
+        roles
+    }
+}
+
+/// What a PostgreSQL process does, from its process title.
+fn pg_role(pid: u32) -> &'static str {
+    let title = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let words: Vec<&str> = title.split(['\0', ' ']).filter(|w| !w.is_empty()).collect();
+    let client = |host: &str| host.contains('(') || host == "[local]";
+    match words.as_slice() {
+        [_, "walsender", ..] => "walsender",
+        [_, _, db, host, ..] if client(host) && *db == STORE_DB => "store",
+        [_, _, _, host, ..] if client(host) => "bench db",
+        [_] => "postmaster",
+        _ => "background",
+    }
+}
+
+/// The store's deliveries: (pending, dead, all).
+async fn delivery_counts(store: &tokio_postgres::Client) -> anyhow::Result<(i64, i64, i64)> {
+    let row = store
+        .query_one(
+            "SELECT count(*) FILTER (WHERE status = 'pending'), \
+             count(*) FILTER (WHERE status = 'dead'), count(*) FROM viewcast_deliveries",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1), row.get(2)))
+}
+
+/// CPU seconds over a window: the server, this process, and PostgreSQL by role.
+#[derive(Default)]
+struct Cost {
+    secs: f64,
+    server: f64,
+    bench: f64,
+    pg: Vec<(&'static str, f64)>,
+}
+
+impl Cost {
+    /// What was spent after `earlier` (both read from the same meter).
+    fn since(&self, earlier: &Cost) -> Cost {
+        let before = |role: &str| earlier.pg.iter().find(|r| r.0 == role).map_or(0.0, |r| r.1);
+        Cost {
+            secs: self.secs - earlier.secs,
+            server: self.server - earlier.server,
+            bench: self.bench - earlier.bench,
+            pg: self.pg.iter().map(|&(r, s)| (r, s - before(r))).collect(),
+        }
+    }
+
+    /// Percentages of one core.
+    fn describe(&self) -> String {
+        let pct = |s: f64| s / self.secs.max(1e-9) * 100.0;
+        let pg: Vec<String> = self
+            .pg
+            .iter()
+            .filter(|r| r.1 > 0.0)
+            .map(|(role, s)| format!("{role} {:.0} %", pct(*s)))
+            .collect();
+        format!(
+            "server {:.0} %, this benchmark {:.0} %, PostgreSQL {:.0} % ({}) over {:.1} s",
+            pct(self.server),
+            pct(self.bench),
+            pct(self.pg.iter().map(|r| r.1).sum()),
+            pg.join(", "),
+            self.secs
+        )
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let pg: serde_json::Map<String, serde_json::Value> = self
+            .pg
+            .iter()
+            .map(|(r, s)| ((*r).to_owned(), (*s).into()))
+            .collect();
+        serde_json::json!({"secs": self.secs, "server": self.server, "bench": self.bench, "postgres": pg})
+    }
+}
+
+/// Reads [`Cost`]s from its start; samples PostgreSQL's processes every 250 ms meanwhile (so
+/// connections that close keep their share).
+struct Meter {
+    pids: [u32; 2],
+    start: [f64; 2],
+    started: Instant,
+    pg: Arc<Mutex<PgCpu>>,
+    sampler: JoinHandle<()>,
+}
+
+impl Meter {
+    fn start(server: u32, postmaster: u32) -> Meter {
+        let pids = [server, std::process::id()];
+        let pg = Arc::new(Mutex::new(PgCpu::new(postmaster)));
+        let sampler = tokio::spawn({
+            let pg = pg.clone();
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(250));
+                loop {
+                    tick.tick().await;
+                    pg.lock().expect("pg cpu").sample();
+                }
+            }
+        });
+        Meter {
+            pids,
+            start: pids.map(cpu_seconds),
+            started: Instant::now(),
+            pg,
+            sampler,
+        }
+    }
+
+    fn read(&self) -> Cost {
+        let mut pg = self.pg.lock().expect("pg cpu");
+        pg.sample();
+        let [server, bench] = self.pids.map(cpu_seconds);
+        Cost {
+            secs: self.started.elapsed().as_secs_f64(),
+            server: server - self.start[0],
+            bench: bench - self.start[1],
+            pg: pg.by_role(),
+        }
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        self.sampler.abort();
+    }
+}
+
+/// What the triggers scenario measured.
+#[derive(Default)]
+struct TriggerRun {
+    triggers: u32,
+    create_secs: f64,
+    establish_secs: f64,
+    /// Server RSS (MB): start, triggers created, load end, after the drain, peak.
+    rss: [f64; 5],
+    updates: u64,
+    load_secs: f64,
+    /// Transitions the evaluator saved during the load (rows added to `viewcast_deliveries`).
+    saved_during_load: i64,
+    /// Deliveries received (distinct) during the load.
+    received_during_load: u64,
+    /// Load end → the marker change's transition saved (the evaluator caught up).
+    caught_up_secs: f64,
+    /// Load end → the last delivery received.
+    drain_secs: f64,
+    all_delivered: bool,
+    /// (pending, dead, all) at the end.
+    counts: (i64, i64, i64),
+    attempts: i64,
+    /// During the load, and from its end until every delivery was recorded.
+    load_cost: Cost,
+    drain_cost: Cost,
+    /// Quantiles (p50, p99, max; ms) from the store: the change's `sent_at_us` → the
+    /// transition's row (`created_at`), and that → `delivered_at`.
+    saved_ms: Vec<f64>,
+    delivered_ms: Vec<f64>,
+    /// The store's statements from the load's start to the end of the drain.
+    statements: Vec<Statement>,
+    redelivery: Redelivery,
+}
+
+/// The redelivery phase: every delivery queued again through the API, then sent by the
+/// dispatcher as fast as it goes, with no evaluation going on.
+#[derive(Default)]
+struct Redelivery {
+    backlog: i64,
+    /// First `redeliver_bench_trigger` sent → the last answered.
+    queue_secs: f64,
+    /// First `redeliver_bench_trigger` sent → the last redelivery received.
+    secs: f64,
+    received: u64,
+    /// Received once every redelivery was queued, per second (the dispatcher's pace alone).
+    steady_rate: f64,
+    complete: bool,
+    cost: Cost,
+    statements: Vec<Statement>,
+}
+
+/// A store statement as `pg_stat_statements` counts it: calls, total ms, text.
+type Statement = (i64, f64, String);
+
+async fn triggers_scenario(
+    p: &Params,
+    server: &ServerProc,
+    upstream: &Upstream,
+) -> anyhow::Result<bool> {
+    let store_url = upstream.store_url.as_deref().context("no trigger store")?;
+    let store = pg(store_url).await?;
+    let (receiver, task) = Receiver::start(p.groups()).await?;
+    let result = async {
+        let mut run = trigger_phases(p, server, upstream, &store, &receiver).await?;
+        eprintln!("[{}] redelivering everything …", p.name);
+        run.redelivery = redeliver_all(p, server, upstream, &store, &receiver).await?;
+        anyhow::Ok(run)
+    }
+    .await;
+    task.abort();
+    let run = result?;
+    let got = std::mem::take(&mut *receiver.received.lock().expect("received"));
+    let table: Vec<(i64, i64, i64)> = pg(&upstream.url)
+        .await?
+        .query("SELECT id::bigint, value, group_id::bigint FROM bench", &[])
+        .await?
+        .into_iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    let violations = check_transitions(&got, &table);
+    Ok(report_triggers(p, &run, &got, &violations))
+}
+
+/// Creates the triggers, runs the load, then waits until every transition is delivered.
+async fn trigger_phases(
+    p: &Params,
+    server: &ServerProc,
+    upstream: &Upstream,
+    store: &tokio_postgres::Client,
+    receiver: &Receiver,
+) -> anyhow::Result<TriggerRun> {
+    let (name, pid, n) = (p.name, server.pid, p.groups());
+    let mut run = TriggerRun {
+        triggers: n,
+        ..TriggerRun::default()
+    };
+    run.rss[0] = status_mb(pid, "VmRSS");
+    eprintln!(
+        "[{name}] server pid {pid}; creating {n} triggers (receiver {}) …",
+        receiver.addr
+    );
+    let started = Instant::now();
+    create_triggers(server.addr, receiver.addr, n).await?;
+    run.create_secs = started.elapsed().as_secs_f64();
+    let established = poll_until(
+        Duration::from_secs(300),
+        Duration::from_millis(100),
+        || async {
+            let row = store
+                .query_one(
+                    "SELECT count(*) FROM viewcast_triggers WHERE initialized",
+                    &[],
+                )
+                .await?;
+            Ok(row.get::<_, i64>(0) == i64::from(n))
+        },
+    )
+    .await?;
+    if !established {
+        bail!("the triggers were not established within 300 s");
+    }
+    run.establish_secs = started.elapsed().as_secs_f64();
+    run.rss[1] = status_mb(pid, "VmRSS");
+    store
+        .batch_execute(
+            "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset();",
+        )
+        .await?;
+
+    eprintln!("[{name}] load: {} changes/s for {:?} …", p.rate, p.duration);
+    let postmaster = upstream.postmaster.context("the postmaster's pid")?;
+    let meter = Meter::start(pid, postmaster);
+    let saved0 = delivery_counts(store).await?.2;
+    let received0 = receiver.distinct.load(Relaxed);
+    let load = generate(upstream, p).await?;
+    let load_end_us = now_us();
+    run.received_during_load = receiver.distinct.load(Relaxed) - received0;
+    run.load_cost = meter.read();
+    run.saved_during_load = delivery_counts(store).await?.2 - saved0;
+    run.rss[2] = status_mb(pid, "VmRSS");
+    (run.updates, run.load_secs) = (load.updates, load.elapsed.as_secs_f64());
+    eprintln!(
+        "[{name}] {} updates written; waiting for the evaluator and the deliveries …",
+        load.updates
+    );
+
+    let (caught_up_us, all_delivered) = wait_for_deliveries(p, upstream, store, receiver).await?;
+    run.caught_up_secs = (caught_up_us - load_end_us) as f64 / 1e6;
+    run.all_delivered = all_delivered;
+    let last_us = receiver.received.lock().expect("received").last_us;
+    run.drain_secs = (last_us - load_end_us).max(0) as f64 / 1e6;
+    run.drain_cost = meter.read().since(&run.load_cost);
+    drop(meter);
+    run.rss[3] = status_mb(pid, "VmRSS");
+    run.rss[4] = status_mb(pid, "VmHWM");
+    run.counts = delivery_counts(store).await?;
+    run.attempts = store
+        .query_one("SELECT count(*) FROM viewcast_delivery_attempts", &[])
+        .await?
+        .get(0);
+    (run.saved_ms, run.delivered_ms) = store_latencies(store).await?;
+    run.statements = statements(store).await?;
+    Ok(run)
+}
+
+/// Waits until the evaluator has saved every transition of the load and all of them were
+/// received and recorded as delivered: (when the evaluator caught up, µs; whether all of that
+/// happened within the timeout).
+async fn wait_for_deliveries(
+    p: &Params,
+    upstream: &Upstream,
+    store: &tokio_postgres::Client,
+    receiver: &Receiver,
+) -> anyhow::Result<(i64, bool)> {
+    // The marker: a new row, inside its group's trigger. Once its FIRE is in the store, every
+    // change before it has been evaluated (batches are evaluated in order, each read's
+    // transitions saved in one transaction) and the set of deliveries is final. A new key
+    // FIREs whether the evaluator applies the batch or, having fallen behind the source's
+    // history, compares the rows with its stored keys (which skips a key that left and came
+    // back meanwhile, so an update would not do).
+    let (marker, groups) = (i64::from(p.rows) + 1, i64::from(p.groups()));
+    pg(&upstream.url)
+        .await?
+        .execute(
+            &format!(
+                "INSERT INTO bench VALUES ($1::bigint::int, $2, '', ($1 % $3)::int, {SENT_AT_US})"
+            ),
+            &[&marker, &(TRIGGER_VALUES - 1), &groups],
+        )
+        .await?;
+    let timeout = Duration::from_secs(p.flags.converge_timeout);
+    let caught_up = poll_until(timeout, Duration::from_millis(100), || async {
+        let row = store
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM viewcast_deliveries WHERE source = 'bench' \
+                 AND trigger_name = $1 AND payload->'data'->>'id' = $2)",
+                &[&format!("t{}", marker % groups), &marker.to_string()],
+            )
+            .await?;
+        Ok(row.get::<_, bool>(0))
+    })
+    .await?;
+    let caught_up_us = now_us();
+    let total = delivery_counts(store).await?.2;
+    let received_all = poll_until(timeout, Duration::from_millis(20), || async {
+        Ok(receiver.distinct.load(Relaxed) >= total as u64)
+    })
+    .await?;
+    // The dispatcher records an attempt after the receiver answered.
+    let recorded = poll_until(timeout, Duration::from_millis(100), || async {
+        Ok(delivery_counts(store).await?.0 == 0)
+    })
+    .await?;
+    Ok((caught_up_us, caught_up && received_all && recorded))
+}
+
+/// Quantiles (p50, p99, max; ms) of the delivered transitions from the store: the change's
+/// `sent_at_us` → the transition's row (`created_at`), and that → `delivered_at`.
+async fn store_latencies(store: &tokio_postgres::Client) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let us = |at: &str| format!("(extract(epoch FROM {at}) * 1e6)::float8");
+    let row = store
+        .query_one(
+            &format!(
+                "WITH d AS (SELECT {} - (payload->'data'->>'sent_at_us')::float8 AS saved, \
+                 {} - {} AS delivered FROM viewcast_deliveries WHERE status = 'delivered') \
+                 SELECT percentile_disc(ARRAY[0.5, 0.99, 1]) WITHIN GROUP (ORDER BY saved), \
+                 percentile_disc(ARRAY[0.5, 0.99, 1]) WITHIN GROUP (ORDER BY delivered) FROM d",
+                us("created_at"),
+                us("delivered_at"),
+                us("created_at")
+            ),
+            &[],
+        )
+        .await?;
+    let ms = |v: Option<Vec<f64>>| v.unwrap_or_default().iter().map(|us| us / 1e3).collect();
+    Ok((ms(row.get(0)), ms(row.get(1))))
+}
+
+/// The store's statements since `pg_stat_statements` was last reset, most time first.
+async fn statements(store: &tokio_postgres::Client) -> anyhow::Result<Vec<Statement>> {
+    Ok(store
+        .query(
+            "SELECT calls, total_exec_time, left(regexp_replace(query, '\\s+', ' ', 'g'), 100) \
+             FROM pg_stat_statements \
+             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               AND query NOT LIKE '%pg_stat_statements%' \
+             ORDER BY total_exec_time DESC LIMIT 8",
+            &[],
+        )
+        .await?
+        .into_iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect())
+}
+
+/// Queues every delivery again (`redeliver_bench_trigger`, all of a trigger's ids at once, 8
+/// requests at a time) and waits until the receiver got each once more.
+async fn redeliver_all(
+    p: &Params,
+    server: &ServerProc,
+    upstream: &Upstream,
+    store: &tokio_postgres::Client,
+    receiver: &Receiver,
+) -> anyhow::Result<Redelivery> {
+    const MUTATION: &str = "mutation($name: String!, $from: ID!, $to: ID) { \
+         redeliver_bench_trigger(name: $name, from: $from, to: $to) { id } }";
+    let ranges: Vec<(String, i64, i64, i64)> = store
+        .query(
+            "SELECT trigger_name, min(id), max(id), count(*) FROM viewcast_deliveries \
+             GROUP BY trigger_name",
+            &[],
+        )
+        .await?
+        .into_iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
+        .collect();
+    let mut phase = Redelivery {
+        backlog: ranges.iter().map(|r| r.3).sum(),
+        ..Redelivery::default()
+    };
+    store
+        .execute("SELECT pg_stat_statements_reset()", &[])
+        .await?;
+    let repeated0 = receiver.repeated.load(Relaxed);
+    for again in &mut receiver.received.lock().expect("received").again {
+        again.clear();
+    }
+    let postmaster = upstream.postmaster.context("the postmaster's pid")?;
+    let meter = Meter::start(server.pid, postmaster);
+    let start_us = now_us();
+    let queue = |(name, from, to, _): (String, i64, i64, i64)| async move {
+        let variables =
+            serde_json::json!({"name": name, "from": from.to_string(), "to": to.to_string()});
+        graphql(server.addr, MUTATION, variables).await
+    };
+    eight_at_a_time(ranges, queue).await?;
+    let queued_us = now_us();
+    let received_queued = receiver.repeated.load(Relaxed) - repeated0;
+    phase.queue_secs = (queued_us - start_us) as f64 / 1e6;
+    let backlog = phase.backlog as u64;
+    let timeout = Duration::from_secs(p.flags.converge_timeout);
+    let arrived = poll_until(timeout, Duration::from_millis(20), || async {
+        Ok(receiver.repeated.load(Relaxed) - repeated0 >= backlog)
+    })
+    .await?;
+    let recorded = poll_until(timeout, Duration::from_millis(100), || async {
+        Ok(delivery_counts(store).await?.0 == 0)
+    })
+    .await?;
+    phase.cost = meter.read();
+    phase.complete = arrived && recorded;
+    phase.received = receiver.repeated.load(Relaxed) - repeated0;
+    let last_us = receiver.received.lock().expect("received").last_again_us;
+    phase.secs = (last_us - start_us).max(0) as f64 / 1e6;
+    phase.steady_rate =
+        (phase.received - received_queued) as f64 / ((last_us - queued_us) as f64 / 1e6).max(1e-6);
+    phase.statements = statements(store).await?;
+    Ok(phase)
+}
+
+/// Every trigger's deliveries, per key, alternate FIRE/CLEAR starting with a FIRE and agree
+/// with the threshold and the trigger's group; the keys left inside are the table's rows of
+/// the group at or above the threshold; the redelivery phase repeated each trigger's
+/// deliveries in their order. The violations found (empty: correct).
+fn check_transitions(received: &Received, table: &[(i64, i64, i64)]) -> Vec<String> {
+    let mut violations = Vec::new();
+    for (k, events) in received.events.iter().enumerate() {
+        let again = &received.again[k];
+        if again.len() != events.len() || events.iter().zip(again).any(|(e, a)| e.webhook_id != *a)
+        {
+            violations.push(format!(
+                "t{k}: redelivered {} events, not its {} deliveries in their order",
+                again.len(),
+                events.len()
+            ));
+        }
+        let k = k as i64;
+        let mut inside: HashMap<i64, bool> = HashMap::new();
+        for e in events {
+            let was = inside.insert(e.id, e.fire).unwrap_or(false);
+            let kind = if e.fire { "FIRE" } else { "CLEAR" };
+            if was == e.fire {
+                violations.push(format!("t{k}: row {} got {kind} twice in a row", e.id));
+            }
+            if e.group != k || e.fire != (e.value >= THRESHOLD) {
+                violations.push(format!(
+                    "t{k}: {kind} for row {} (group {}, value {})",
+                    e.id, e.group, e.value
+                ));
+            }
+        }
+        let mut got: Vec<i64> = inside
+            .into_iter()
+            .filter_map(|(id, inside)| inside.then_some(id))
+            .collect();
+        let mut expected: Vec<i64> = table
+            .iter()
+            .filter(|(_, value, group)| *group == k && *value >= THRESHOLD)
+            .map(|(id, _, _)| *id)
+            .collect();
+        got.sort_unstable();
+        expected.sort_unstable();
+        if got != expected {
+            violations.push(format!(
+                "t{k}: inside after the deliveries {got:?}, the table's rows at or above \
+                 {THRESHOLD} {expected:?}"
+            ));
+        }
+    }
+    violations
+}
+
+fn print_statements(statements: &[Statement], per: i64) {
+    for (calls, ms, text) in statements {
+        let share = *calls as f64 / per.max(1) as f64;
+        println!("    {calls:>8} ({share:>5.2}) {:>7.2} s  {text}", ms / 1e3);
+    }
+}
+
+/// Prints the triggers report and its JSON line; true when the deliveries were complete and
+/// correct.
+// One flat list of figures, printed twice (table, JSON), reads better than split in parts.
+#[allow(clippy::too_many_lines)]
+fn report_triggers(
+    p: &Params,
+    run: &TriggerRun,
+    received: &Received,
+    violations: &[String],
+) -> bool {
+    let (pending, dead, total) = run.counts;
+    let distinct = received.events.iter().map(Vec::len).sum::<usize>();
+    let re = &run.redelivery;
+    let ok = violations.is_empty()
+        && run.all_delivered
+        && re.complete
+        && pending == 0
+        && dead == 0
+        && received.malformed == 0
+        && distinct as i64 == total;
+    let latencies = |fire_only: bool| {
+        let mut all: Vec<u32> = received
+            .events
+            .iter()
+            .flatten()
+            .filter(|e| e.fire || !fire_only)
+            .map(|e| (e.received_us - e.sent_at_us).clamp(0, i64::from(u32::MAX)) as u32)
+            .collect();
+        all.sort_unstable();
+        all
+    };
+    let (all, fires) = (latencies(false), latencies(true));
+    let [p50, p90, p99, max] = [0.5, 0.9, 0.99, 1.0].map(|q| quantile_ms(&all, q));
+    let [fire_p50, fire_p99] = [0.5, 0.99].map(|q| quantile_ms(&fires, q));
+    let secs = run.load_secs;
+    let transitions = total - 1; // without the marker's FIRE
+    let achieved = run.updates as f64 / secs;
+    let saved_rate = run.saved_during_load as f64 / secs;
+    let received_rate = run.received_during_load as f64 / secs;
+    let overall_rate = distinct as f64 / (secs + run.drain_secs);
+    let re_rate = re.received as f64 / re.secs.max(1e-9);
+    let share = 100.0 * transitions as f64 / run.updates.max(1) as f64;
+    let q = |v: &[f64], i: usize| v.get(i).copied().unwrap_or(f64::NAN);
+    let (saved, delivered) = (&run.saved_ms, &run.delivered_ms);
+    let [rss_start, rss_created, rss_load_end, rss_end, rss_peak] = run.rss;
+    let verdict = if ok { "OK" } else { "FAILED" };
+    let (name, n, rows, rate, updates) = (p.name, run.triggers, p.rows, p.rate, run.updates);
+    let (create_secs, establish_secs) = (run.create_secs, run.establish_secs);
+    let (caught_up, drain) = (run.caught_up_secs, run.drain_secs);
+    let (duplicates, malformed, attempts) = (received.duplicates, received.malformed, run.attempts);
+    let (load_cost, drain_cost, re_cost) = (
+        run.load_cost.describe(),
+        run.drain_cost.describe(),
+        re.cost.describe(),
+    );
+    let (backlog, queue_secs, re_secs, steady) =
+        (re.backlog, re.queue_secs, re.secs, re.steady_rate);
+    println!(
+        "
+== viewcast-bench {name} (postgres) ==
+  triggers            {n} (trigger k: group_id = k and value >= {THRESHOLD}), created in \
+{create_secs:.1} s, all established {establish_secs:.1} s after the first
+  source              {rows} rows (group_id = id % {n}), value uniform in 0..{TRIGGER_VALUES}
+  load                target {rate}/s, achieved {achieved:.0}/s: {updates} updates in {secs:.1} s
+  transitions         {transitions} ({share:.1} % of the updates); saved during the load \
+{saved_rate:.0}/s; evaluator caught up {caught_up:.2} s after the load
+  deliveries          {received_rate:.0}/s received during the load; all {distinct} received \
+{drain:.2} s after the load ({overall_rate:.0}/s over load + drain)
+  latency (ms)        p50 {p50:.1}  p90 {p90:.1}  p99 {p99:.1}  max {max:.1}  (sent_at_us -> \
+received, {} deliveries); FIRE only p50 {fire_p50:.1}  p99 {fire_p99:.1}
+  change -> saved     p50 {:.1}  p99 {:.1}  max {:.1} ms (store: created_at - sent_at_us)
+  saved -> delivered  p50 {:.1}  p99 {:.1}  max {:.1} ms (store: delivered_at - created_at)
+  store               {total} deliveries: {pending} pending, {dead} dead; {attempts} attempts; \
+receiver: {duplicates} duplicates, {malformed} malformed
+  CPU, load           {load_cost}
+  CPU, drain          {drain_cost}
+  server RSS (MB)     start {rss_start:.1}  triggers created {rss_created:.1}  load end \
+{rss_load_end:.1}  end {rss_end:.1}  peak {rss_peak:.1}",
+        all.len(),
+        q(saved, 0),
+        q(saved, 1),
+        q(saved, 2),
+        q(delivered, 0),
+        q(delivered, 1),
+        q(delivered, 2),
+    );
+    println!("  store statements    calls (per delivery), total time — load and drain:");
+    print_statements(&run.statements, total);
+    println!(
+        "  redelivery          {backlog} deliveries queued again in {queue_secs:.2} s; {} \
+received {re_secs:.2} s after the first request: {re_rate:.0}/s ({steady:.0}/s once all \
+were queued)
+  CPU, redelivery     {re_cost}
+  store statements    calls (per delivery), total time — redelivery:",
+        re.received
+    );
+    print_statements(&re.statements, backlog);
+    let incomplete = match (run.all_delivered, re.complete) {
+        (true, true) => "",
+        (false, _) => "; not every transition was delivered in time",
+        (true, false) => "; not every redelivery arrived in time",
+    };
+    println!(
+        "  correctness         {verdict}: {} violations{incomplete}",
+        violations.len()
+    );
+    for violation in violations.iter().take(5) {
+        println!("    {violation}");
+    }
+    let json = serde_json::json!({
+        "scenario": name, "triggers": n, "rows": rows, "target_rate": rate, "achieved_rate": achieved,
+        "updates": updates, "load_secs": secs, "create_secs": create_secs, "establish_secs": establish_secs,
+        "transitions": transitions, "saved_per_sec_during_load": saved_rate, "caught_up_secs": caught_up,
+        "received_per_sec_during_load": received_rate, "delivered": distinct, "drain_secs": drain,
+        "delivered_per_sec_overall": overall_rate,
+        "latency_ms": {"p50": p50, "p90": p90, "p99": p99, "max": max, "samples": all.len(),
+            "fire_p50": fire_p50, "fire_p99": fire_p99},
+        "change_to_saved_ms": saved, "saved_to_delivered_ms": delivered,
+        "pending": pending, "dead": dead, "attempts": attempts, "duplicates": duplicates, "malformed": malformed,
+        "cpu_load": run.load_cost.json(), "cpu_drain": run.drain_cost.json(),
+        "redelivery": {"backlog": backlog, "queue_secs": queue_secs, "secs": re_secs, "received": re.received,
+            "per_sec": re_rate, "steady_per_sec": steady, "complete": re.complete, "cpu": re.cost.json()},
+        "rss_mb": {"start": rss_start, "created": rss_created, "load_end": rss_load_end, "end": rss_end, "peak": rss_peak},
+        "violations": violations.len(), "ok": ok,
     });
     println!("{json}");
     ok
