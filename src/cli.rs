@@ -77,6 +77,10 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub webhook_secrets: Vec<String>,
+    /// Seconds delivered webhook events (and their attempts) are kept for the API before they
+    /// are deleted; 0 keeps them forever. Dead ones are kept until redelivered.
+    #[arg(long, env = "VIEWCAST_DELIVERY_RETENTION", default_value_t = 7 * 86_400)]
+    pub delivery_retention: u64,
     /// Webhook requests in flight at once, across triggers.
     #[arg(long, env = "VIEWCAST_WEBHOOK_CONCURRENCY", default_value_t = 256)]
     pub webhook_concurrency: usize,
@@ -240,6 +244,8 @@ impl ServeArgs {
                 secrets,
                 max_concurrent_deliveries: self.webhook_concurrency.max(1),
                 instance: self.instance.clone(),
+                delivery_retention: (self.delivery_retention > 0)
+                    .then(|| Duration::from_secs(self.delivery_retention)),
             },
             instance: self.instance.clone(),
             apply_setup: self.apply_setup,

@@ -28,6 +28,12 @@ sources:
 /// A database with the `items` table, and the server, its webhooks allowed to reach the
 /// loopback receiver.
 async fn setup() -> (TestDb, tokio_postgres::Client, Server) {
+    setup_with(|_| {}).await
+}
+
+async fn setup_with(
+    configure: impl FnOnce(&mut viewcast::server::ServeOptions),
+) -> (TestDb, tokio_postgres::Client, Server) {
     let db = TestDb::new().await;
     let sql = db.client().await;
     sql.batch_execute("CREATE TABLE items (id integer PRIMARY KEY, score integer)")
@@ -36,6 +42,7 @@ async fn setup() -> (TestDb, tokio_postgres::Client, Server) {
     let config = viewcast::config::load_str(std::path::Path::new("test.yaml"), YAML).unwrap();
     let server = common::start_server_with_options(&db, config, |options| {
         options.triggers.allow_private_targets = true;
+        configure(options);
     })
     .await;
     (db, sql, server)
@@ -411,6 +418,49 @@ async fn api_errors_for_deliveries_are_clear() {
             "{query}: {result}"
         );
     }
+    server.shutdown().await;
+    db.stop().await;
+}
+
+/// Delivered events are deleted once past the retention (here a second); dead ones stay in
+/// the dead-letter queue.
+#[tokio::test]
+async fn delivered_events_are_pruned_after_the_retention_dead_ones_are_kept() {
+    let (db, sql, server) = setup_with(|options| {
+        options.triggers.delivery_retention = Some(Duration::from_secs(1));
+    })
+    .await;
+    let mut receiver = Receiver::start().await;
+    receiver.path_default("/failing", Reply::Status(500));
+    create(&server, "ok", receiver.url("/ok"), Value::Null).await;
+    create(
+        &server,
+        "failing",
+        receiver.url("/failing"),
+        json!({ "attempts": 1 }),
+    )
+    .await;
+    sql.batch_execute("INSERT INTO items VALUES (1, 100)")
+        .await
+        .unwrap();
+    let mut seen = Seen::default();
+    seen.until(&mut receiver, "/ok", 1).await;
+    seen.until(&mut receiver, "/failing", 1).await;
+    wait_for(&server, "failing", |s| statuses(s) == ["FIRE:DEAD"]).await;
+    // The delivered one goes (its attempts with it); the dead one stays.
+    wait_for(&server, "ok", |s| statuses(s).is_empty()).await;
+    let attempts = sql
+        .query_one(
+            "SELECT count(*) FROM viewcast_delivery_attempts a \
+             JOIN viewcast_deliveries d ON d.id = a.delivery_id WHERE d.trigger_name = 'ok'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(attempts, 0);
+    let dead = trigger_state(&server, "failing").await;
+    assert_eq!(statuses(&dead), ["FIRE:DEAD"]);
     server.shutdown().await;
     db.stop().await;
 }

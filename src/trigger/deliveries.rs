@@ -275,6 +275,23 @@ pub async fn redeliver(
     Ok(rows.iter().map(delivery).collect())
 }
 
+/// Deletes delivered and cancelled deliveries older than `retention` (their attempts go
+/// with them), a bounded number per call; dead ones stay until redelivered. Returns how many.
+pub async fn prune(store: &Store, retention: std::time::Duration) -> Result<u64, StoreError> {
+    let client = store.client().await?;
+    let deleted = client
+        .execute(
+            "DELETE FROM viewcast_deliveries WHERE id IN ( \
+                 SELECT id FROM viewcast_deliveries \
+                 WHERE status IN ('delivered', 'cancelled') \
+                   AND coalesce(delivered_at, created_at) < now() - make_interval(secs => $1) \
+                 LIMIT 10000)",
+            &[&retention.as_secs_f64()],
+        )
+        .await?;
+    Ok(deleted)
+}
+
 /// Stores the trigger's status.
 pub async fn set_disabled(
     store: &Store,

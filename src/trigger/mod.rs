@@ -39,6 +39,9 @@ pub struct TriggerSettings {
     pub max_concurrent_deliveries: usize,
     /// This server's name among the replicas sharing the store (`--instance`).
     pub instance: String,
+    /// How long delivered (and cancelled) deliveries are kept; `None`: forever. Dead ones
+    /// are kept until redelivered.
+    pub delivery_retention: Option<std::time::Duration>,
 }
 
 impl Default for TriggerSettings {
@@ -48,6 +51,7 @@ impl Default for TriggerSettings {
             secrets: Vec::new(),
             max_concurrent_deliveries: 256,
             instance: "default".into(),
+            delivery_retention: Some(std::time::Duration::from_secs(7 * 86_400)),
         }
     }
 }
@@ -86,6 +90,9 @@ impl TriggerError {
 /// How often the live set is compared with the store (triggers created, deleted, enabled or
 /// disabled through another replica).
 const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often, at most, deliveries past their retention are deleted.
+const PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The store, once connected.
 #[derive(Debug, Clone)]
@@ -290,6 +297,17 @@ impl Triggers {
         ));
     }
 
+    /// The source hub's batch boundary and position now (a trigger's creation point).
+    fn mark(&self, source: &str) -> (Option<u64>, Option<Position>) {
+        self.hubs
+            .as_ref()
+            .and_then(|hubs| hubs.peek(source))
+            .map_or((None, None), |hub| {
+                let (boundary, position) = hub.mark();
+                (Some(boundary), position)
+            })
+    }
+
     /// What the source's evaluator and dispatcher share.
     fn owned(&self, source: &str) -> Arc<sender::Owned> {
         self.dispatchers
@@ -314,8 +332,8 @@ impl Triggers {
     }
 
     async fn reconcile_and_load(&self, store: &Store) -> Result<(), TriggerError> {
-        self.reconcile(store).await?;
-        self.load(store).await
+        let created = self.reconcile(store).await?;
+        self.load(store, &created).await
     }
 
     /// Makes the stored triggers match the ones declared in schema.yaml: a declared trigger
@@ -323,7 +341,13 @@ impl Triggers {
     /// pending deliveries cancelled), one no longer declared is deleted. An API-created
     /// trigger with a declared name is replaced. Under a lock: replicas starting together
     /// reconcile one after the other.
-    async fn reconcile(&self, store: &Store) -> Result<(), TriggerError> {
+    ///
+    /// Returns the hub boundary at creation of the triggers created here (see `create`).
+    async fn reconcile(
+        &self,
+        store: &Store,
+    ) -> Result<HashMap<(String, String), u64>, TriggerError> {
+        let mut created = HashMap::new();
         let mut client = store.client().await?;
         let tx = client.transaction().await.map_err(StoreError::from)?;
         tx.execute(
@@ -358,12 +382,23 @@ impl Triggers {
             } else {
                 tracing::info!(source = %declared.source, trigger = %declared.name, "declared trigger created");
             }
+            // Rows matching at this point are the ones that already match at creation.
+            let (boundary, position) = self.mark(&declared.source);
             tx.execute(
-                "INSERT INTO viewcast_triggers (source, name, definition, declared) VALUES ($1, $2, $3, true)",
-                &[&declared.source, &declared.name, &definition],
+                "INSERT INTO viewcast_triggers (source, name, definition, declared, created_position) \
+                 VALUES ($1, $2, $3, true, $4)",
+                &[
+                    &declared.source,
+                    &declared.name,
+                    &definition,
+                    &position.map(Position::to_stored),
+                ],
             )
             .await
             .map_err(StoreError::from)?;
+            if let Some(boundary) = boundary {
+                created.insert((declared.source.clone(), declared.name.clone()), boundary);
+            }
         }
         let gone = tx
             .query(
@@ -385,14 +420,19 @@ impl Triggers {
             }
         }
         tx.commit().await.map_err(StoreError::from)?;
-        Ok(())
+        Ok(created)
     }
 
     /// Loads every persisted trigger of a configured source.
-    async fn load(&self, store: &Store) -> Result<(), TriggerError> {
+    /// `created`: the hub boundary at creation of triggers this server created.
+    async fn load(
+        &self,
+        store: &Store,
+        created: &HashMap<(String, String), u64>,
+    ) -> Result<(), TriggerError> {
         let client = store.client().await?;
         let mut loaded: HashMap<String, Vec<Arc<Trigger>>> = HashMap::new();
-        for trigger in self.fetch(&client, None).await? {
+        for trigger in self.fetch(&client, None, created).await? {
             loaded
                 .entry(trigger.source.name.clone())
                 .or_default()
@@ -407,6 +447,7 @@ impl Triggers {
         &self,
         client: &deadpool_postgres::Object,
         only: Option<&[(String, String, i64)]>,
+        created: &HashMap<(String, String), u64>,
     ) -> Result<Vec<Arc<Trigger>>, TriggerError> {
         let column = |i: usize| -> Vec<&str> {
             only.unwrap_or_default()
@@ -447,7 +488,7 @@ impl Triggers {
                 generation: row.get(5),
                 created_at: row.get(6),
                 created_position: row.get::<_, Option<i64>>(7).map(Position::from_stored),
-                created_boundary: None,
+                created_boundary: created.get(&(source_name.clone(), name.clone())).copied(),
             };
             match Trigger::from_stored(source, name.clone(), &definition, record) {
                 Ok(trigger) => fetched.push(Arc::new(trigger)),
@@ -460,13 +501,38 @@ impl Triggers {
     }
 
     /// Follows, until shutdown, the triggers other replicas create, delete, enable and disable.
+    /// Also prunes deliveries past their retention.
     async fn follow(self: Arc<Self>, store: Store, shutdown: tokio_util::sync::CancellationToken) {
+        let retention = self.settings.delivery_retention;
+        // Prune at most every minute, often enough for short retentions.
+        let prune_every = retention.map(|r| (r / 2).clamp(FOLLOW_INTERVAL / 4, PRUNE_INTERVAL));
+        let mut next_prune = tokio::time::Instant::now();
         loop {
+            let next_sync = tokio::time::Instant::now() + FOLLOW_INTERVAL;
+            let wake = if prune_every.is_some() {
+                next_sync.min(next_prune)
+            } else {
+                next_sync
+            };
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(FOLLOW_INTERVAL) => {}
+                () = tokio::time::sleep_until(wake) => {}
             }
-            if let Err(err) = self.sync(&store).await {
+            if let (Some(retention), Some(every)) = (retention, prune_every)
+                && tokio::time::Instant::now() >= next_prune
+            {
+                next_prune = tokio::time::Instant::now() + every;
+                match deliveries::prune(&store, retention).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::debug!(deleted = n, "deliveries past their retention deleted");
+                    }
+                    Err(err) => tracing::warn!(error = %err, "cannot prune old deliveries"),
+                }
+            }
+            if tokio::time::Instant::now() >= next_sync
+                && let Err(err) = self.sync(&store).await
+            {
                 tracing::warn!(error = %err, "cannot read the stored triggers");
             }
         }
@@ -511,7 +577,7 @@ impl Triggers {
         let fetched = if new.is_empty() {
             Vec::new()
         } else {
-            self.fetch(&client, Some(&new)).await?
+            self.fetch(&client, Some(&new), &HashMap::new()).await?
         };
         drop(client);
         let mut changed = false;
@@ -565,14 +631,7 @@ impl Triggers {
         let client = store.client().await?;
         let definition = spec.definition(&source);
         // Rows matching at this position are the ones that already match at creation.
-        let (created_boundary, created_position) = self
-            .hubs
-            .as_ref()
-            .and_then(|hubs| hubs.peek(source_name))
-            .map_or((None, None), |hub| {
-                let (boundary, position) = hub.mark();
-                (Some(boundary), position)
-            });
+        let (created_boundary, created_position) = self.mark(source_name);
         let row = client
             .query_opt(
                 "INSERT INTO viewcast_triggers (source, name, definition, created_position) \
