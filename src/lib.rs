@@ -11,6 +11,7 @@ pub mod http;
 pub mod hub;
 pub mod introspect;
 pub mod pgcluster;
+pub mod run;
 pub mod schema;
 pub mod server;
 pub mod store;

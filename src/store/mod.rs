@@ -35,7 +35,20 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "trigger_positions",
         include_str!("migrations/0006_trigger_positions.sql"),
     ),
+    (7, "runs", include_str!("migrations/0007_runs.sql")),
 ];
+
+/// A timestamp column as RFC 3339 in UTC, microseconds kept.
+macro_rules! rfc3339 {
+    ($column:literal) => {
+        concat!(
+            "to_char(",
+            $column,
+            " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+        )
+    };
+}
+pub(crate) use rfc3339;
 
 /// Serializes migrations across replicas (`pg_advisory_lock` key; "viewcast" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7669_6577_6361_7374;

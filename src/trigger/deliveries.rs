@@ -7,7 +7,7 @@
 use serde_json::Value;
 
 use super::model::Trigger;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, rfc3339};
 
 /// Where a delivery is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,17 +87,6 @@ pub struct Counters {
     pub pending: i64,
     pub delivered: i64,
     pub dead: i64,
-}
-
-/// A timestamp column as RFC 3339 in UTC, microseconds kept.
-macro_rules! rfc3339 {
-    ($column:literal) => {
-        concat!(
-            "to_char(",
-            $column,
-            " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
-        )
-    };
 }
 
 const DELIVERY_COLUMNS: &str = concat!(
