@@ -540,6 +540,9 @@ impl Triggers {
 
     /// Brings the live set in line with the store.
     async fn sync(self: &Arc<Self>, store: &Store) -> Result<(), TriggerError> {
+        // A create or delete here while the store is read would look like another
+        // replica's: such a round is skipped (the next one sees the store after it).
+        let before = *self.changes.borrow();
         let client = store.client().await?;
         let rows = client
             .query(
@@ -584,6 +587,9 @@ impl Triggers {
         let mut started = Vec::new();
         {
             let mut live = self.lock();
+            if *self.changes.borrow() != before {
+                return Ok(());
+            }
             for list in live.values_mut() {
                 let before = list.len();
                 list.retain(|t| stored.contains_key(&identity(t)));
@@ -669,8 +675,10 @@ impl Triggers {
             // Another replica's change may have been followed meanwhile.
             list.retain(|t| t.spec.name != trigger.spec.name);
             list.push(trigger.clone());
+            // Under the lock: a follow round that read the store before this insert sees
+            // the change and does not drop the new trigger.
+            self.changed();
         }
-        self.changed();
         self.evaluate(source_name);
         tracing::info!(source = %source_name, trigger = %trigger.spec.name, "trigger created");
         Ok(trigger)
