@@ -595,6 +595,21 @@ async fn replica(db: &TestDb, name: &str) -> Server {
     .await
 }
 
+/// A database with the table, a receiver, and replica `a`.
+async fn replica_setup() -> (TestDb, tokio_postgres::Client, Receiver, Server) {
+    let db = TestDb::private().await;
+    let sql = db.client().await;
+    create_table(&sql).await;
+    let receiver = Receiver::start().await;
+    let a = replica(&db, "a").await;
+    (db, sql, receiver, a)
+}
+
+/// The trigger `score > THRESHOLD` named `name`, sending to `/<name>` on `receiver`.
+fn threshold_trigger(receiver: &Receiver, name: &str) -> Value {
+    json!({"name": name, "webhook": receiver.url(&format!("/{name}")), "fire": {"score": {"_gt": THRESHOLD}}})
+}
+
 /// The replicas holding `trigger`'s advisory lock: the one evaluating it (the lock is
 /// `pg_try_advisory_lock(hashtextextended('viewcast trigger <source>/<name>', 0))`).
 async fn owners(sql: &tokio_postgres::Client, trigger: &str) -> Vec<String> {
@@ -702,12 +717,8 @@ async fn burst_delivered_once(
 /// (within the ownership retry) and delivers the later transitions, again once each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_deliver_each_transition_once() {
-    let db = TestDb::private().await;
-    let sql = db.client().await;
-    create_table(&sql).await;
-    let mut receiver = Receiver::start().await;
-    let trigger = |name: &str| json!({"name": name, "webhook": receiver.url(&format!("/{name}")), "fire": {"score": {"_gt": THRESHOLD}}});
-    let a = replica(&db, "a").await;
+    let (db, sql, mut receiver, a) = replica_setup().await;
+    let trigger = |name: &str| threshold_trigger(&receiver, name);
     create_trigger(a.addr(), trigger("t_before")).await;
     wait_owner(&sql, "t_before", "a", "the replica that created it").await;
     let b = replica(&db, "b").await;
@@ -746,12 +757,8 @@ async fn two_replicas_deliver_each_transition_once() {
 /// triggers, every transition once; the deleted one sends nothing more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_on_another_replica_stops_only_that_trigger() {
-    let db = TestDb::private().await;
-    let sql = db.client().await;
-    create_table(&sql).await;
-    let mut receiver = Receiver::start().await;
-    let trigger = |name: &str| json!({"name": name, "webhook": receiver.url(&format!("/{name}")), "fire": {"score": {"_gt": THRESHOLD}}});
-    let a = replica(&db, "a").await;
+    let (db, sql, mut receiver, a) = replica_setup().await;
+    let trigger = |name: &str| threshold_trigger(&receiver, name);
     create_trigger(a.addr(), trigger("t_x")).await;
     create_trigger(a.addr(), trigger("t_y")).await;
     wait_owner(&sql, "t_x", "a", "the replica that created it").await;

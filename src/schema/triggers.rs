@@ -46,30 +46,20 @@ pub fn global_types() -> Vec<Type> {
                 "The condition a row leaves on, as JSON (null: when `fire` no longer holds).",
             ),
         )
-        .field(Field::new(
+        .field(of::<Arc<Trigger>>(
             "status",
             TypeRef::named_nn("TriggerStatus"),
-            |ctx| {
-                resolve(&ctx, |t| {
-                    GqlValue::Enum(async_graphql::Name::new(t.status().as_str().to_uppercase()))
-                })
-            },
+            |t| GqlValue::Enum(async_graphql::Name::new(t.status().as_str().to_uppercase())),
         ))
-        .field(Field::new(
+        .field(of::<Arc<Trigger>>(
             "format",
             TypeRef::named_nn("WebhookFormat"),
-            |ctx| {
-                resolve(&ctx, |t| {
-                    GqlValue::Enum(async_graphql::Name::new(
-                        t.spec.format.as_str().to_uppercase(),
-                    ))
-                })
-            },
+            |t| GqlValue::Enum(async_graphql::Name::new(t.spec.format.as_str().to_uppercase())),
         ))
-        .field(Field::new(
+        .field(of::<Arc<Trigger>>(
             "fire_existing",
             TypeRef::named_nn(TypeRef::BOOLEAN),
-            |ctx| resolve(&ctx, |t| GqlValue::Boolean(t.spec.fire_existing)),
+            |t| GqlValue::Boolean(t.spec.fire_existing),
         ))
         .field(Field::new(
             "cooldown_ms",
@@ -95,8 +85,8 @@ pub fn global_types() -> Vec<Type> {
             Some(t.created_at.clone())
         }))
         .field(
-            Field::new("declared", TypeRef::named_nn(TypeRef::BOOLEAN), |ctx| {
-                resolve(&ctx, |t| GqlValue::Boolean(t.declared))
+            of::<Arc<Trigger>>("declared", TypeRef::named_nn(TypeRef::BOOLEAN), |t| {
+                GqlValue::Boolean(t.declared)
             })
             .description("Declared in schema.yaml (change it there) rather than created through the API."),
         )
@@ -136,25 +126,25 @@ pub fn global_types() -> Vec<Type> {
         );
     let ms = |d: Duration| GqlValue::from(d.as_millis().min(i32::MAX as u128) as i32);
     let retry = Object::new("RetryPolicy")
-        .field(Field::new(
+        .field(of::<RetryPolicy>(
             "attempts",
             TypeRef::named_nn(TypeRef::INT),
-            |ctx| policy(&ctx, |p| GqlValue::from(p.attempts)),
+            move |p| GqlValue::from(p.attempts),
         ))
-        .field(Field::new(
+        .field(of::<RetryPolicy>(
             "initial_interval_ms",
             TypeRef::named_nn(TypeRef::INT),
-            move |ctx| policy(&ctx, |p| ms(p.initial_interval)),
+            move |p| ms(p.initial_interval),
         ))
-        .field(Field::new(
+        .field(of::<RetryPolicy>(
             "max_interval_ms",
             TypeRef::named_nn(TypeRef::INT),
-            move |ctx| policy(&ctx, |p| ms(p.max_interval)),
+            move |p| ms(p.max_interval),
         ))
-        .field(Field::new(
+        .field(of::<RetryPolicy>(
             "timeout_ms",
             TypeRef::named_nn(TypeRef::INT),
-            move |ctx| policy(&ctx, |p| ms(p.timeout)),
+            move |p| ms(p.timeout),
         ));
     let retry_input = InputObject::new("RetryPolicyInput")
         .description("How deliveries are retried; every field has a default.")
@@ -401,22 +391,6 @@ fn page_arguments(field: Field) -> Field {
         .argument(InputValue::new("before", TypeRef::named(TypeRef::ID)))
 }
 
-fn resolve<'a>(
-    ctx: &ResolverContext<'a>,
-    get: impl FnOnce(&Trigger) -> GqlValue,
-) -> FieldFuture<'a> {
-    let value = trigger_of(ctx).map(|t| get(&t));
-    FieldFuture::new(async move { Ok(Some(value?)) })
-}
-
-fn policy<'a>(
-    ctx: &ResolverContext<'a>,
-    get: impl FnOnce(&RetryPolicy) -> GqlValue,
-) -> FieldFuture<'a> {
-    let value = ctx.parent_value.try_downcast_ref::<RetryPolicy>().map(get);
-    FieldFuture::new(async move { Ok(Some(value?)) })
-}
-
 fn string_field(
     name: &str,
     non_null: bool,
@@ -427,9 +401,8 @@ fn string_field(
     } else {
         TypeRef::named(TypeRef::STRING)
     };
-    Field::new(name, ty, move |ctx| {
-        let value = trigger_of(&ctx).map(|t| get(&t).map(GqlValue::String));
-        FieldFuture::new(async move { value })
+    of::<Arc<Trigger>>(name, ty, move |t| {
+        get(t).map_or(GqlValue::Null, GqlValue::String)
     })
 }
 

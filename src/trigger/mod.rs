@@ -25,7 +25,7 @@ pub use target::{TargetError, check_target, parse as parse_target};
 use crate::config::{Config, SourceDef};
 use crate::feed::Position;
 use crate::hub::Hubs;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, rfc3339};
 
 /// How triggers behave on this server.
 #[derive(Debug, Clone)]
@@ -458,12 +458,14 @@ impl Triggers {
         let generations: Vec<i64> = only.unwrap_or_default().iter().map(|k| k.2).collect();
         let rows = client
             .query(
-                "SELECT source, name, definition, status, declared, generation, \
-                 to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
-                 created_position FROM viewcast_triggers \
-                 WHERE $1 OR (source, name, generation) IN \
-                     (SELECT * FROM unnest($2::text[], $3::text[], $4::bigint[])) \
-                 ORDER BY created_at, generation",
+                concat!(
+                    "SELECT source, name, definition, status, declared, generation, ",
+                    rfc3339!("created_at"),
+                    ", created_position FROM viewcast_triggers \
+                     WHERE $1 OR (source, name, generation) IN \
+                         (SELECT * FROM unnest($2::text[], $3::text[], $4::bigint[])) \
+                     ORDER BY created_at, generation"
+                ),
                 &[&only.is_none(), &column(0), &column(1), &generations],
             )
             .await
@@ -640,10 +642,12 @@ impl Triggers {
         let (created_boundary, created_position) = self.mark(source_name);
         let row = client
             .query_opt(
-                "INSERT INTO viewcast_triggers (source, name, definition, created_position) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (source, name) DO NOTHING \
-                 RETURNING generation, \
-                 to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+                concat!(
+                    "INSERT INTO viewcast_triggers (source, name, definition, created_position) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (source, name) DO NOTHING \
+                     RETURNING generation, ",
+                    rfc3339!("created_at")
+                ),
                 &[
                     &source_name,
                     &spec.name,

@@ -578,6 +578,10 @@ impl Index {
 
     /// The states a change of `key` from `old` to `new` can concern, in order.
     fn candidates(&self, key: &str, old: Option<&Row>, new: Option<&Row>) -> Vec<usize> {
+        if self.indexed_columns.is_empty() {
+            // No condition is indexed: every state.
+            return (0..self.condition_of.len()).collect();
+        }
         let mut conditions: Vec<usize> = self.unindexed.clone();
         for &column in &self.indexed_columns {
             for row in [old, new].into_iter().flatten() {
@@ -719,13 +723,24 @@ struct Stored {
 impl Stored {
     async fn load(store: &Store, trigger: &Trigger) -> Result<Stored, StoreError> {
         let client = store.client().await?;
-        let initialized: bool = client
+        let (initialized, position) = client
             .query_opt(
-                "SELECT initialized FROM viewcast_triggers WHERE source = $1 AND name = $2 AND generation = $3",
-                &[&trigger.source.name, &trigger.spec.name, &trigger.generation],
+                "SELECT initialized, \
+                        (SELECT max(position) FROM viewcast_trigger_positions WHERE source = $1) \
+                 FROM viewcast_triggers WHERE source = $1 AND name = $2 AND generation = $3",
+                &[
+                    &trigger.source.name,
+                    &trigger.spec.name,
+                    &trigger.generation,
+                ],
             )
             .await?
-            .is_some_and(|r| r.get(0));
+            .map_or((false, None), |r| {
+                (
+                    r.get(0),
+                    r.get::<_, Option<i64>>(1).map(Position::from_stored),
+                )
+            });
         let keys = client
             .query(
                 "SELECT key, row FROM viewcast_trigger_keys WHERE source = $1 AND name = $2",
@@ -738,14 +753,6 @@ impl Stored {
                 (key.to_string(), (key, r.get(1)))
             })
             .collect();
-        let position = client
-            .query_one(
-                "SELECT max(position) FROM viewcast_trigger_positions WHERE source = $1",
-                &[&trigger.source.name],
-            )
-            .await?
-            .get::<_, Option<i64>>(0)
-            .map(Position::from_stored);
         Ok(Stored {
             initialized,
             keys,

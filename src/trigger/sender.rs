@@ -15,7 +15,7 @@
 //! addresses are checked again before every request (a name may resolve elsewhere than when
 //! the trigger was created).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -31,8 +31,7 @@ use crate::store::{Store, StoreError};
 
 /// How long a claimed attempt keeps others off its delivery beyond the request's timeout.
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
-/// How often an idle dispatcher looks for work another replica (or a restart) left, and
-/// reads the triggers' status (enabled or disabled on another replica).
+/// How often an idle dispatcher looks for work another replica (or a restart) left.
 const POLL: Duration = Duration::from_secs(1);
 
 /// What the dispatchers share.
@@ -271,9 +270,8 @@ pub(super) async fn dispatch(
         }
         let now = Instant::now();
         if now >= next_poll {
-            if let Err(err) = refresh_status(&shared.store, &source, &owned).await {
-                tracing::warn!(source = %source, error = %err, "cannot read the triggers' status");
-            }
+            // Work a restart or another replica left, or a trigger enabled elsewhere (the
+            // status itself is followed by `Triggers::follow`).
             next_poll = now + POLL;
             owned.dirty().all = true;
         }
@@ -367,32 +365,6 @@ async fn attempt(claimed: Claimed, shared: Arc<Shared>, done: mpsc::UnboundedSen
 /// A trigger's identity while it is evaluated here.
 fn key(trigger: &Arc<Trigger>) -> usize {
     Arc::as_ptr(trigger) as usize
-}
-
-/// Reads the status of the owned triggers (enabled or disabled on any replica).
-async fn refresh_status(store: &Store, source: &str, owned: &Owned) -> Result<(), StoreError> {
-    let client = store.client().await?;
-    let rows = client
-        .query(
-            "SELECT name, generation, status FROM viewcast_triggers WHERE source = $1",
-            &[&source],
-        )
-        .await?;
-    let status: HashMap<(String, i64), bool> = rows
-        .iter()
-        .map(|r| ((r.get(0), r.get(1)), r.get::<_, String>(2) == "disabled"))
-        .collect();
-    for trigger in owned
-        .triggers
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .iter()
-    {
-        if let Some(&disabled) = status.get(&(trigger.spec.name.clone(), trigger.generation)) {
-            trigger.set_disabled(disabled);
-        }
-    }
-    Ok(())
 }
 
 /// Claims the oldest pending delivery of each of `idle` that is due and active, at most
