@@ -32,6 +32,7 @@ pub struct ServeOptions {
     /// PostgreSQL URL of the store for triggers (default: `database_url`).
     pub store_url: Option<String>,
     pub triggers: crate::trigger::TriggerSettings,
+    pub runs: crate::run::RunSettings,
     /// Names this server's replication slots (several servers on one database need distinct ones).
     pub instance: String,
     pub apply_setup: bool,
@@ -51,6 +52,7 @@ impl Default for ServeOptions {
             risingwave_url: None,
             store_url: None,
             triggers: crate::trigger::TriggerSettings::default(),
+            runs: crate::run::RunSettings::default(),
             instance: "default".into(),
             apply_setup: false,
             ws: WsSettings::default(),
@@ -157,20 +159,26 @@ impl Server {
         let feeds = FeedRuntime::new();
         let starter = feed_starter(&options, shutdown.clone(), tasks.clone(), feeds.handle());
         let hubs = Hubs::new(&config, options.hub_limits, &metrics, starter);
+        let connector = crate::store::Connector::start(
+            options
+                .store_url
+                .clone()
+                .or_else(|| options.database_url.clone()),
+            shutdown.clone(),
+        );
         let triggers = crate::trigger::Triggers::start(
             Arc::new(config.clone()),
             crate::trigger::TriggerSettings {
                 instance: options.instance.clone(),
                 ..options.triggers.clone()
             },
-            options
-                .store_url
-                .clone()
-                .or_else(|| options.database_url.clone()),
+            connector.clone(),
             Some(hubs.clone()),
             shutdown.clone(),
             tasks.clone(),
         );
+        let runs = crate::run::Runs::with(connector.clone(), options.runs.clone());
+        runs.spawn(&shutdown, &tasks);
         let services = crate::schema::Services {
             hubs: Some(hubs.clone()),
             triggers: Some(triggers.clone()),

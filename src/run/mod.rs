@@ -7,18 +7,70 @@
 //! nothing follows, events never change. An append writes the events and their outbox rows
 //! in one transaction and notifies `viewcast_run_outbox` at commit.
 //!
-//! Still to come (issue 5): the outbox publisher and its bus, the GraphQL and SSE API,
-//! executors.
+//! The outbox publisher (`publisher`) is the only publisher: it marks events published and
+//! announces them on `viewcast_run_published`; every replica's `bus` listens and feeds its
+//! consumers (`stream`), which replay from the store and then follow live.
+
+pub mod bus;
+pub mod publisher;
+pub mod stream;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::store::{Store, StoreError, rfc3339};
+use crate::store::{Connector, Store, StoreError, rfc3339};
 
 /// The event types that end a run.
 pub const TERMINAL: [&str; 3] = ["COMPLETED", "FAILED", "CANCELLED"];
 
 /// The channel an append notifies at commit (the outbox publisher listens).
 pub const OUTBOX_CHANNEL: &str = "viewcast_run_outbox";
+
+/// The channel the publisher announces published events on (and `start` new runs).
+pub const PUBLISHED_CHANNEL: &str = "viewcast_run_published";
+
+/// "Run `run_id` is published up to `upto` (0: no event yet) and its status is `status`";
+/// `ended`: its terminal event is published (at `upto`). Sent as `id upto status 0|1`,
+/// several joined with `,` in one notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcement {
+    pub run_id: String,
+    pub upto: i64,
+    pub status: String,
+    pub ended: bool,
+}
+
+impl std::fmt::Display for Announcement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} {} {}",
+            self.run_id,
+            self.upto,
+            self.status,
+            u8::from(self.ended)
+        )
+    }
+}
+
+/// The announcements of one notification payload (malformed entries are skipped).
+pub fn parse_announcements(payload: &str) -> impl Iterator<Item = Announcement> + '_ {
+    payload.split(',').filter_map(|entry| {
+        let mut parts = entry.split(' ');
+        let run_id = parts.next()?.to_owned();
+        let upto = parts.next()?.parse().ok()?;
+        let status = parts.next()?.to_owned();
+        let ended = parts.next()? == "1";
+        Some(Announcement {
+            run_id,
+            upto,
+            status,
+            ended,
+        })
+    })
+}
 
 /// Why a run operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +87,23 @@ pub enum RunError {
     },
     #[error("{0}")]
     Invalid(String),
+    #[error("runs need a store: set VIEWCAST_STORE_URL (or DATABASE_URL) to a PostgreSQL database")]
+    NoStore,
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl RunError {
+    /// The GraphQL error code (`extensions.code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            RunError::NotFound(_) => "NOT_FOUND",
+            RunError::Ended { .. } => "RUN_ENDED",
+            RunError::SeqMismatch { .. } => "SEQ_MISMATCH",
+            RunError::Invalid(_) => "BAD_USER_INPUT",
+            RunError::NoStore | RunError::Store(_) => "STORE_UNAVAILABLE",
+        }
+    }
 }
 
 impl From<tokio_postgres::Error> for RunError {
@@ -109,7 +176,7 @@ const RUN_COLUMNS: &str = concat!(
     ", next_seq, terminal_type, terminal_message"
 );
 
-const EVENT_COLUMNS: &str = concat!(
+pub(crate) const EVENT_COLUMNS: &str = concat!(
     "run_id::text, seq, type, stage, message, percentage, counters, data, ",
     rfc3339!("created_at")
 );
@@ -130,7 +197,7 @@ fn run(row: &tokio_postgres::Row) -> Run {
     }
 }
 
-fn event(row: &tokio_postgres::Row) -> Event {
+pub(crate) fn event(row: &tokio_postgres::Row) -> Event {
     Event {
         run_id: row.get(0),
         seq: row.get(1),
@@ -185,15 +252,78 @@ fn validate(event: &NewEvent) -> Result<(), RunError> {
     Ok(())
 }
 
-/// The runs' store.
+/// How runs behave on this server.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    /// A consumer that has received nothing for this long gets a heartbeat.
+    pub heartbeat: Duration,
+}
+
+impl Default for RunSettings {
+    fn default() -> Self {
+        RunSettings {
+            heartbeat: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The runs of a server: their store, and this replica's end of the bus.
 #[derive(Debug, Clone)]
 pub struct Runs {
-    store: Store,
+    connector: Arc<Connector>,
+    bus: Arc<bus::Bus>,
+    settings: RunSettings,
 }
 
 impl Runs {
+    /// Runs on a store already connected, without publishing or following (tests of the
+    /// store alone).
     pub fn new(store: Store) -> Runs {
-        Runs { store }
+        Runs::with(Connector::ready(store), RunSettings::default())
+    }
+
+    /// Runs on the server's store; `spawn` starts publishing and listening.
+    pub fn with(connector: Arc<Connector>, settings: RunSettings) -> Runs {
+        Runs {
+            connector,
+            bus: Arc::new(bus::Bus::default()),
+            settings,
+        }
+    }
+
+    /// Starts this replica's outbox publisher (it publishes while it holds the publisher
+    /// lock) and its bus listener.
+    pub fn spawn(
+        &self,
+        shutdown: &tokio_util::sync::CancellationToken,
+        tasks: &tokio_util::task::TaskTracker,
+    ) {
+        tasks.spawn(publisher::run(self.connector.clone(), shutdown.clone()));
+        tasks.spawn(
+            self.bus
+                .clone()
+                .run(self.connector.clone(), shutdown.clone()),
+        );
+    }
+
+    pub fn bus(&self) -> &Arc<bus::Bus> {
+        &self.bus
+    }
+
+    pub fn settings(&self) -> &RunSettings {
+        &self.settings
+    }
+
+    /// The store (waiting a short while if it is connecting).
+    async fn store(&self) -> Result<Store, RunError> {
+        self.connector
+            .wait(Duration::from_secs(5))
+            .await?
+            .ok_or(RunError::NoStore)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, RunError> {
+        Ok(self.store().await?.client().await?)
     }
 
     /// Starts a run of `kind`; with an `idempotency_key`, a second start of the same kind and
@@ -207,12 +337,16 @@ impl Runs {
         if kind.trim().is_empty() {
             return Err(RunError::Invalid("a run needs a kind".into()));
         }
-        let client = self.store.client().await?;
+        let client = self.client().await?;
         let inserted = client
             .query_opt(
                 &format!(
-                    "INSERT INTO viewcast_runs (kind, input, idempotency_key) VALUES ($1, $2, $3) \
-                     ON CONFLICT (kind, idempotency_key) DO NOTHING RETURNING {RUN_COLUMNS}"
+                    "WITH created AS ( \
+                         INSERT INTO viewcast_runs (kind, input, idempotency_key) VALUES ($1, $2, $3) \
+                         ON CONFLICT (kind, idempotency_key) DO NOTHING RETURNING *) \
+                     SELECT {RUN_COLUMNS}, \
+                         pg_notify('{PUBLISHED_CHANNEL}', id::text || ' 0 pending 0') \
+                     FROM created"
                 ),
                 &[&kind, input, &idempotency_key],
             )
@@ -233,7 +367,7 @@ impl Runs {
 
     pub async fn get(&self, id: &str) -> Result<Run, RunError> {
         let id = checked_id(id)?;
-        let client = self.store.client().await?;
+        let client = self.client().await?;
         let row = client
             .query_opt(
                 &format!("SELECT {RUN_COLUMNS} FROM viewcast_runs WHERE id = $1::text::uuid"),
@@ -268,7 +402,7 @@ impl Runs {
                 events[i].event_type
             )));
         }
-        let mut client = self.store.client().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let current = tx
             .query_opt(
@@ -361,15 +495,37 @@ impl Runs {
         from_seq: i64,
         limit: i64,
     ) -> Result<Vec<Event>, RunError> {
+        self.read_events(id, from_seq, limit, false).await
+    }
+
+    /// Like `events`, but only those the outbox publisher has published (what consumers see).
+    pub async fn published_events(
+        &self,
+        id: &str,
+        from_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<Event>, RunError> {
+        self.read_events(id, from_seq, limit, true).await
+    }
+
+    async fn read_events(
+        &self,
+        id: &str,
+        from_seq: i64,
+        limit: i64,
+        published_only: bool,
+    ) -> Result<Vec<Event>, RunError> {
         let id = checked_id(id)?;
-        let client = self.store.client().await?;
+        let client = self.client().await?;
         let rows = client
             .query(
                 &format!(
                     "SELECT {EVENT_COLUMNS} FROM viewcast_run_events \
-                     WHERE run_id = $1::text::uuid AND seq >= $2 ORDER BY seq LIMIT $3"
+                     WHERE run_id = $1::text::uuid AND seq >= $2 \
+                       AND (NOT $4 OR published_at IS NOT NULL) \
+                     ORDER BY seq LIMIT $3"
                 ),
-                &[&id, &from_seq, &limit],
+                &[&id, &from_seq, &limit.max(0), &published_only],
             )
             .await?;
         if rows.is_empty() {
@@ -378,4 +534,112 @@ impl Runs {
         }
         Ok(rows.iter().map(event).collect())
     }
+
+    /// Runs, newest first, matching `filter`: at most `first` after the cursor `after`.
+    pub async fn list(
+        &self,
+        filter: &RunFilter,
+        first: i64,
+        after: Option<&str>,
+    ) -> Result<RunPage, RunError> {
+        if !(1..=1_000).contains(&first) {
+            return Err(RunError::Invalid(format!(
+                "first must be between 1 and 1000, not {first}"
+            )));
+        }
+        for status in &filter.status {
+            if !STATUSES.contains(&status.as_str()) {
+                return Err(RunError::Invalid(format!(
+                    "unknown status {status:?}: one of {}",
+                    STATUSES.join(", ")
+                )));
+            }
+        }
+        let (after_time, after_id) = match after {
+            Some(cursor) => {
+                let (time, id) = decode_cursor(cursor)?;
+                (Some(time), Some(id))
+            }
+            None => (None, None),
+        };
+        let statuses: Option<&Vec<String>> = (!filter.status.is_empty()).then_some(&filter.status);
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {RUN_COLUMNS}, created_at::text FROM viewcast_runs \
+                     WHERE ($1::text IS NULL OR kind = $1) \
+                       AND ($2::text[] IS NULL OR status = ANY($2)) \
+                       AND ($3::text IS NULL OR (created_at, id) < ($3::timestamptz, $4::text::uuid)) \
+                     ORDER BY created_at DESC, id DESC LIMIT $5"
+                ),
+                &[&filter.kind, &statuses, &after_time, &after_id, &(first + 1)],
+            )
+            .await?;
+        let has_next_page = rows.len() as i64 > first;
+        let runs: Vec<(Run, String)> = rows
+            .iter()
+            .take(usize::try_from(first).unwrap_or(0))
+            .map(|r| {
+                let run = run(r);
+                let cursor = encode_cursor(&r.get::<_, String>(11), &run.id);
+                (run, cursor)
+            })
+            .collect();
+        Ok(RunPage {
+            runs,
+            has_next_page,
+        })
+    }
+}
+
+/// Statuses a run can have.
+pub const STATUSES: [&str; 5] = ["pending", "running", "completed", "failed", "cancelled"];
+
+/// Which runs `list` returns (every field optional).
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub kind: Option<String>,
+    /// Any of these (empty: any status).
+    pub status: Vec<String>,
+}
+
+impl RunFilter {
+    pub fn matches(&self, run: &Run) -> bool {
+        self.kind.as_ref().is_none_or(|k| *k == run.kind)
+            && (self.status.is_empty() || self.status.contains(&run.status))
+    }
+}
+
+/// A page of runs, each with its cursor.
+#[derive(Debug, Clone)]
+pub struct RunPage {
+    pub runs: Vec<(Run, String)>,
+    pub has_next_page: bool,
+}
+
+/// A cursor is opaque to clients: the run's creation time (PostgreSQL's text form, exact to
+/// the microsecond) and id, base64url-encoded.
+fn encode_cursor(created_at: &str, id: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{created_at}|{id}"))
+}
+
+fn decode_cursor(cursor: &str) -> Result<(String, String), RunError> {
+    use base64::Engine;
+    let bad = || {
+        RunError::Invalid(format!(
+            "invalid cursor {cursor:?}: pass an endCursor or edge cursor as given"
+        ))
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (time, id) = text.split_once('|').ok_or_else(bad)?;
+    let id = checked_id(id).map_err(|_| bad())?;
+    if time.is_empty() || !time.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(bad());
+    }
+    Ok((time.to_owned(), id.to_owned()))
 }

@@ -3,8 +3,12 @@
 //! lock so several replicas starting together apply each migration once.
 //!
 //! The store is separate from the sources' databases (`--store-url`, by default the
-//! PostgreSQL `DATABASE_URL`). It never runs a source's feed.
+//! PostgreSQL `DATABASE_URL`). It never runs a source's feed. One [`Connector`] per server
+//! connects to it in the background and hands the pool to triggers and runs alike.
 
+use std::time::Duration;
+
+use tokio::sync::watch;
 use tokio_postgres::NoTls;
 
 /// The migrations, in order: (version, name, SQL). A migration never changes once released.
@@ -88,6 +92,8 @@ impl From<deadpool_postgres::PoolError> for StoreError {
 #[derive(Clone)]
 pub struct Store {
     pool: deadpool_postgres::Pool,
+    /// For connections of their own (LISTEN, session advisory locks).
+    config: std::sync::Arc<tokio_postgres::Config>,
 }
 
 impl std::fmt::Debug for Store {
@@ -103,7 +109,7 @@ impl Store {
             .parse()
             .map_err(|e: tokio_postgres::Error| StoreError::Url(e.to_string()))?;
         let manager = deadpool_postgres::Manager::from_config(
-            pg,
+            pg.clone(),
             NoTls,
             deadpool_postgres::ManagerConfig {
                 recycling_method: deadpool_postgres::RecyclingMethod::Fast,
@@ -114,13 +120,50 @@ impl Store {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let store = Store { pool };
+        let store = Store {
+            pool,
+            config: std::sync::Arc::new(pg),
+        };
         store.migrate().await?;
         Ok(store)
     }
 
     pub async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         Ok(self.pool.get().await?)
+    }
+
+    /// A connection of its own, outside the pool (for LISTEN, or a session-level advisory
+    /// lock that must end with the connection), and the notifications it receives. The
+    /// receiver ends when the connection does.
+    pub async fn dedicated(
+        &self,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+        ),
+        StoreError,
+    > {
+        let (client, mut connection) = self.config.connect(NoTls).await?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = futures::StreamExt::next(&mut messages).await {
+                match message {
+                    Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                        if tx.send(n).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::debug!(error = %err, "store connection ended");
+                        break;
+                    }
+                }
+            }
+        });
+        Ok((client, rx))
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -172,5 +215,135 @@ impl Store {
             .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
             .await;
         result
+    }
+}
+
+/// The store as the server sees it.
+#[derive(Debug, Clone)]
+pub enum StoreState {
+    /// No store is configured.
+    None,
+    /// Connecting (or reconnecting); the reason of the last failure.
+    Connecting(String),
+    Ready(Store),
+}
+
+/// Connects to the store in the background, retrying with backoff, and shares the pool once
+/// connected (the pool reconnects connections by itself afterwards).
+#[derive(Debug)]
+pub struct Connector {
+    state: watch::Sender<StoreState>,
+}
+
+impl Connector {
+    /// Starts connecting to `url` (none: the server has no store). Stops trying at `shutdown`.
+    pub fn start(
+        url: Option<String>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> std::sync::Arc<Connector> {
+        let initial = if url.is_some() {
+            StoreState::Connecting("connecting".into())
+        } else {
+            StoreState::None
+        };
+        let connector = std::sync::Arc::new(Connector {
+            state: watch::channel(initial).0,
+        });
+        if let Some(url) = url {
+            let this = connector.clone();
+            tokio::spawn(async move {
+                let mut delay = Duration::from_millis(200);
+                loop {
+                    let connected = tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        connected = Store::connect(&url) => connected,
+                    };
+                    match connected {
+                        Ok(store) => {
+                            this.state.send_replace(StoreState::Ready(store));
+                            tracing::info!("store ready");
+                            return;
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, "store unavailable; retrying");
+                            this.state
+                                .send_replace(StoreState::Connecting(err.to_string()));
+                        }
+                    }
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            });
+        }
+        connector
+    }
+
+    /// A connector for a store already connected.
+    pub fn ready(store: Store) -> std::sync::Arc<Connector> {
+        std::sync::Arc::new(Connector {
+            state: watch::channel(StoreState::Ready(store)).0,
+        })
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<StoreState> {
+        self.state.subscribe()
+    }
+
+    pub fn is_configured(&self) -> bool {
+        !matches!(*self.state.borrow(), StoreState::None)
+    }
+
+    /// `None` when connected (or none is configured), else why not (for `/ready`).
+    pub fn not_ready(&self) -> Option<String> {
+        match &*self.state.borrow() {
+            StoreState::Connecting(reason) => Some(reason.clone()),
+            StoreState::None | StoreState::Ready(_) => None,
+        }
+    }
+
+    /// The store once connected; `None` if there is none or at `shutdown`.
+    pub async fn until_ready(
+        &self,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Option<Store> {
+        let mut rx = self.state.subscribe();
+        loop {
+            let state = rx.borrow_and_update().clone();
+            match state {
+                StoreState::Ready(store) => return Some(store),
+                StoreState::None => return None,
+                StoreState::Connecting(_) => {}
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                changed = rx.changed() => changed.ok()?,
+            }
+        }
+    }
+
+    /// The store, waiting for it at most `within`. `Ok(None)`: no store is configured.
+    pub async fn wait(&self, within: Duration) -> Result<Option<Store>, StoreError> {
+        let mut rx = self.state.subscribe();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match &*rx.borrow_and_update() {
+                StoreState::Ready(store) => return Ok(Some(store.clone())),
+                StoreState::None => return Ok(None),
+                StoreState::Connecting(_) => {}
+            }
+            if !matches!(
+                tokio::time::timeout_at(deadline, rx.changed()).await,
+                Ok(Ok(()))
+            ) {
+                let reason = match &*rx.borrow() {
+                    StoreState::Connecting(reason) => reason.clone(),
+                    _ => "shutting down".into(),
+                };
+                return Err(StoreError::Unavailable(reason));
+            }
+        }
     }
 }

@@ -25,7 +25,7 @@ pub use target::{TargetError, check_target, parse as parse_target};
 use crate::config::{Config, SourceDef};
 use crate::feed::Position;
 use crate::hub::Hubs;
-use crate::store::{Store, StoreError, rfc3339};
+use crate::store::{Connector, Store, StoreError, StoreState, rfc3339};
 
 /// How triggers behave on this server.
 #[derive(Debug, Clone)]
@@ -94,15 +94,6 @@ const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often, at most, deliveries past their retention are deleted.
 const PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The store, once connected.
-#[derive(Debug, Clone)]
-enum StoreState {
-    /// No store is configured.
-    None,
-    Connecting(String),
-    Ready(Store),
-}
-
 /// Deletes a stored trigger (its keys go with it) and cancels its pending deliveries.
 async fn remove(
     tx: &deadpool_postgres::Transaction<'_>,
@@ -127,6 +118,8 @@ async fn remove(
 pub struct Triggers {
     config: Arc<Config>,
     settings: TriggerSettings,
+    connector: Arc<Connector>,
+    /// Ready once the store is connected and the definitions are loaded.
     store: watch::Sender<StoreState>,
     /// std Mutex: held only for in-memory work, never across an await.
     by_source: Mutex<HashMap<String, Vec<Arc<Trigger>>>>,
@@ -144,17 +137,17 @@ pub struct Triggers {
 }
 
 impl Triggers {
-    /// The triggers of `config`; connects to the store (if any) in the background, retrying,
-    /// and loads the persisted definitions once connected.
+    /// The triggers of `config`; once the store is connected (if there is one), loads the
+    /// persisted definitions (reconciling the declared ones), retrying on failure.
     pub fn start(
         config: Arc<Config>,
         settings: TriggerSettings,
-        store_url: Option<String>,
+        connector: Arc<Connector>,
         hubs: Option<Arc<Hubs>>,
         shutdown: tokio_util::sync::CancellationToken,
         tasks: tokio_util::task::TaskTracker,
     ) -> Arc<Triggers> {
-        let initial = if store_url.is_some() {
+        let initial = if connector.is_configured() {
             StoreState::Connecting("connecting".into())
         } else {
             StoreState::None
@@ -163,6 +156,7 @@ impl Triggers {
         let triggers = Arc::new(Triggers {
             config,
             settings,
+            connector: connector.clone(),
             store: watch::channel(initial).0,
             by_source: Mutex::new(HashMap::new()),
             changes: watch::channel(0).0,
@@ -173,29 +167,25 @@ impl Triggers {
             shutdown: shutdown.clone(),
             tasks,
         });
-        if let Some(url) = store_url {
+        if connector.is_configured() {
             let this = triggers.clone();
             tokio::spawn(async move {
                 let mut delay = std::time::Duration::from_millis(200);
                 loop {
-                    let connected = tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        connected = Store::connect(&url) => connected,
+                    let Some(store) = connector.until_ready(&shutdown).await else {
+                        return;
                     };
-                    match connected {
-                        Ok(store) => match this.reconcile_and_load(&store).await {
-                            Ok(()) => {
-                                this.store.send_replace(StoreState::Ready(store.clone()));
-                                tracing::info!("trigger store ready");
-                                let sources: Vec<String> = this.lock().keys().cloned().collect();
-                                for source in sources {
-                                    this.evaluate(&source);
-                                }
-                                this.clone().follow(store, shutdown).await;
-                                return;
+                    match this.reconcile_and_load(&store).await {
+                        Ok(()) => {
+                            this.store.send_replace(StoreState::Ready(store.clone()));
+                            tracing::info!("trigger store ready");
+                            let sources: Vec<String> = this.lock().keys().cloned().collect();
+                            for source in sources {
+                                this.evaluate(&source);
                             }
-                            Err(err) => this.store_failed(&err),
-                        },
+                            this.clone().follow(store, shutdown).await;
+                            return;
+                        }
                         Err(err) => this.store_failed(&err),
                     }
                     tokio::select! {
@@ -218,7 +208,9 @@ impl Triggers {
     /// `None` when triggers can run (or none are configured), else why not (for `/ready`).
     pub fn not_ready(&self) -> Option<String> {
         match &*self.store.borrow() {
-            StoreState::Connecting(reason) => Some(reason.clone()),
+            StoreState::Connecting(reason) => {
+                Some(self.connector.not_ready().unwrap_or_else(|| reason.clone()))
+            }
             StoreState::None | StoreState::Ready(_) => None,
         }
     }
@@ -238,7 +230,9 @@ impl Triggers {
                 Ok(Ok(()))
             ) {
                 let reason = match &*rx.borrow() {
-                    StoreState::Connecting(reason) => reason.clone(),
+                    StoreState::Connecting(reason) => {
+                        self.connector.not_ready().unwrap_or_else(|| reason.clone())
+                    }
                     _ => "shutting down".into(),
                 };
                 return Err(TriggerError::Store(StoreError::Unavailable(reason)));
