@@ -81,6 +81,9 @@ pub struct ServeArgs {
     /// are deleted; 0 keeps them forever. Dead ones are kept until redelivered.
     #[arg(long, env = "VIEWCAST_DELIVERY_RETENTION", default_value_t = 7 * 86_400)]
     pub delivery_retention: u64,
+    /// Seconds without events after which run subscribers (GraphQL and SSE) get a heartbeat.
+    #[arg(long, env = "VIEWCAST_RUN_HEARTBEAT", default_value_t = 15)]
+    pub run_heartbeat: u64,
     /// Webhook requests in flight at once, across triggers.
     #[arg(long, env = "VIEWCAST_WEBHOOK_CONCURRENCY", default_value_t = 256)]
     pub webhook_concurrency: usize,
@@ -246,6 +249,9 @@ impl ServeArgs {
                 instance: self.instance.clone(),
                 delivery_retention: (self.delivery_retention > 0)
                     .then(|| Duration::from_secs(self.delivery_retention)),
+            },
+            runs: crate::run::RunSettings {
+                heartbeat: Duration::from_secs(self.run_heartbeat.max(1)),
             },
             instance: self.instance.clone(),
             apply_setup: self.apply_setup,

@@ -182,6 +182,7 @@ impl Server {
         let services = crate::schema::Services {
             hubs: Some(hubs.clone()),
             triggers: Some(triggers.clone()),
+            runs: Some(runs.clone()),
         };
         let schema = crate::schema::build(&config, services, options.schema_limits)
             .map_err(|e| ServerError::Schema(e.to_string()))?;
@@ -199,6 +200,7 @@ impl Server {
             schema,
             hubs: hubs.clone(),
             triggers,
+            runs,
             metrics: metrics.clone(),
             ws: options.ws,
             shutdown: shutdown.clone(),

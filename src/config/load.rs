@@ -924,7 +924,16 @@ impl Resolver<'_> {
             }
         }
         for root in RootType::ALL {
-            let mut fields: HashMap<String, Owner> = HashMap::new();
+            let mut fields: HashMap<String, Owner> = names::global_root_fields(root)
+                .iter()
+                .map(|name| {
+                    let owner = Owner {
+                        what: "viewcast's runs API".into(),
+                        at: None,
+                    };
+                    ((*name).to_owned(), owner)
+                })
+                .collect();
             for s in sources {
                 let owner = source_owner(self.spans, &s.name);
                 for name in names::source_root_fields(root, &s.name) {
@@ -938,10 +947,13 @@ impl Resolver<'_> {
                                 first.describe()
                             ),
                         )
-                        .hint(
+                        .hint(if first.at.is_some() {
                             "rename one of the sources (it can keep its relation with \
-                             `view:` or `table:`)",
-                        ));
+                             `view:` or `table:`)"
+                        } else {
+                            "rename the source (it can keep its relation with `view:` or \
+                             `table:`)"
+                        }));
                     }
                     fields.insert(name, owner.clone());
                 }

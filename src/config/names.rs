@@ -24,6 +24,14 @@ pub const GLOBAL_TYPE_NAMES: &[&str] = &[
     "RetryPolicyInput",
     "WebhookHeaderInput",
     "WebhookFormat",
+    "Run",
+    "RunStatus",
+    "RunEvent",
+    "RunEventInput",
+    "RunFilter",
+    "RunEdge",
+    "RunConnection",
+    "PageInfo",
     "StringComparison",
     "IntComparison",
     "FloatComparison",
@@ -38,6 +46,16 @@ pub const GLOBAL_TYPE_NAMES: &[&str] = &[
     "Boolean",
     "ID",
 ];
+
+/// Root fields that exist whatever the configuration (the runs API); a source cannot
+/// generate them.
+pub fn global_root_fields(root: RootType) -> &'static [&'static str] {
+    match root {
+        RootType::Query => &["run", "runs", "runEvents"],
+        RootType::Mutation => &["startRun", "appendRunEvents", "cancelRun"],
+        RootType::Subscription => &["runEvents", "runs"],
+    }
+}
 
 /// Fields of every `SExpression` input type besides the columns; a column cannot use them.
 pub const EXPRESSION_OPERATOR_FIELDS: &[&str] = &["_and", "_or", "_not"];

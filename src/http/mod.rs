@@ -1,10 +1,11 @@
 //! HTTP and WebSocket transport: `/graphql` (POST, GET, WebSocket, GraphiQL), `/health`,
-//! `/ready`, `/metrics`.
+//! `/ready`, `/metrics`, and runs over plain HTTP and SSE (`/runs`, see `runs`).
 //!
 //! [`router`] is a plain function over [`AppState`], so tests drive it on a real socket. This
 //! module translates between wire formats and the GraphQL executor; it never reads hubs or
 //! databases except to report readiness.
 
+mod runs;
 mod ws;
 
 pub use ws::ConnectionParams;
@@ -57,6 +58,7 @@ pub struct AppState {
     pub schema: Schema,
     pub hubs: Arc<Hubs>,
     pub triggers: Arc<crate::trigger::Triggers>,
+    pub runs: crate::run::Runs,
     pub metrics: Arc<Metrics>,
     pub ws: WsSettings,
     /// Cancelled at shutdown: WebSocket connections close with 1001.
@@ -70,6 +72,10 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/runs", axum::routing::post(runs::start))
+        .route("/runs/{id}", get(runs::get_run))
+        .route("/runs/{id}/events", get(runs::events).post(runs::append))
+        .route("/runs/{id}/cancel", axum::routing::post(runs::cancel))
         .with_state(state)
 }
 

@@ -135,12 +135,48 @@ impl Run {
     pub fn is_ended(&self) -> bool {
         self.terminal_type.is_some()
     }
+
+    /// As the HTTP API gives it (the GraphQL `Run` type's field names).
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "id": self.id,
+            "kind": self.kind,
+            "status": self.status.to_uppercase(),
+            "input": self.input,
+            "idempotencyKey": self.idempotency_key,
+            "createdAt": self.created_at,
+            "startedAt": self.started_at,
+            "finishedAt": self.finished_at,
+            "lastSeq": self.next_seq - 1,
+            "terminalType": self.terminal_type,
+            "terminalMessage": self.terminal_message,
+        })
+    }
 }
 
-/// An event to append.
-#[derive(Debug, Clone, Default, PartialEq)]
+impl Event {
+    /// As the HTTP API and SSE give it (the GraphQL `RunEvent` type's field names).
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "runId": self.run_id,
+            "seq": self.seq,
+            "type": self.event_type,
+            "stage": self.stage,
+            "message": self.message,
+            "percentage": self.percentage,
+            "counters": self.counters,
+            "data": self.data,
+            "createdAt": self.created_at,
+        })
+    }
+}
+
+/// An event to append (from JSON: the GraphQL `RunEventInput`'s field names).
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewEvent {
     /// `STARTED`, `PROGRESS`, `LOG`, … or a terminal type; capitals, digits and `_`.
+    #[serde(rename = "type")]
     pub event_type: String,
     pub stage: Option<String>,
     pub message: Option<String>,
@@ -334,6 +370,16 @@ impl Runs {
         input: &Value,
         idempotency_key: Option<&str>,
     ) -> Result<Run, RunError> {
+        Ok(self.start_or_get(kind, input, idempotency_key).await?.0)
+    }
+
+    /// `start`, telling whether the run is new (false: an earlier start with the same key).
+    pub async fn start_or_get(
+        &self,
+        kind: &str,
+        input: &Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<(Run, bool), RunError> {
         if kind.trim().is_empty() {
             return Err(RunError::Invalid("a run needs a kind".into()));
         }
@@ -352,7 +398,7 @@ impl Runs {
             )
             .await?;
         if let Some(row) = inserted {
-            return Ok(run(&row));
+            return Ok((run(&row), true));
         }
         let existing = client
             .query_one(
@@ -362,7 +408,7 @@ impl Runs {
                 &[&kind, &idempotency_key],
             )
             .await?;
-        Ok(run(&existing))
+        Ok((run(&existing), false))
     }
 
     pub async fn get(&self, id: &str) -> Result<Run, RunError> {

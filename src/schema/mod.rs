@@ -9,13 +9,14 @@
 
 mod encode;
 mod output;
+mod runs;
 mod triggers;
 
 use std::sync::Arc;
 
 use async_graphql::dynamic::{
-    Enum, Field, FieldFuture, FieldValue, InputObject, InputValue, Object, Scalar, Schema,
-    SchemaError, Subscription, SubscriptionField, SubscriptionFieldFuture, TypeRef,
+    Enum, Field, FieldFuture, FieldValue, InputObject, InputValue, Object, ResolverContext, Scalar,
+    Schema, SchemaError, Subscription, SubscriptionField, SubscriptionFieldFuture, TypeRef,
 };
 use async_graphql::{ErrorExtensions, Value as GqlValue};
 use futures::StreamExt;
@@ -47,6 +48,7 @@ impl Default for SchemaLimits {
 pub struct Services {
     pub hubs: Option<Arc<Hubs>>,
     pub triggers: Option<Arc<crate::trigger::Triggers>>,
+    pub runs: Option<crate::run::Runs>,
 }
 
 /// Builds the schema for `config`; `services` are attached as schema data.
@@ -60,6 +62,16 @@ pub fn build(
     let mut subscription = Subscription::new("Subscription");
     let mut builder_types = global_types(config);
     builder_types.extend(triggers::global_types());
+    builder_types.extend(runs::global_types());
+    for field in runs::query_fields() {
+        query = query.field(field);
+    }
+    for field in runs::mutation_fields() {
+        mutation = mutation.field(field);
+    }
+    for field in runs::subscription_fields() {
+        subscription = subscription.field(field);
+    }
     for source in &config.sources {
         builder_types.extend(source_types(source));
         builder_types.push(triggers::input_type(source).into());
@@ -87,6 +99,9 @@ pub fn build(
     }
     if let Some(triggers) = services.triggers {
         builder = builder.data(triggers);
+    }
+    if let Some(runs) = services.runs {
+        builder = builder.data(runs);
     }
     builder.finish()
 }
@@ -295,6 +310,36 @@ fn source_types(source: &Arc<SourceDef>) -> Vec<async_graphql::dynamic::Type> {
 /// A GraphQL error with a machine-readable `extensions.code`.
 pub fn user_error(message: impl Into<String>, code: &'static str) -> async_graphql::Error {
     async_graphql::Error::new(message).extend_with(|_, e| e.set("code", code))
+}
+
+/// A field of an object whose parent value is a `T`.
+pub(crate) fn of<T: Send + Sync + 'static>(
+    name: &str,
+    ty: TypeRef,
+    get: impl Fn(&T) -> GqlValue + Send + Sync + 'static,
+) -> Field {
+    Field::new(name, ty, move |ctx| {
+        let value = ctx.parent_value.try_downcast_ref::<T>().map(&get);
+        FieldFuture::new(async move { Ok(Some(value?)) })
+    })
+}
+
+/// `limit` (default `default`, 1 to 1000).
+pub(crate) fn limit_of(ctx: &ResolverContext<'_>, default: i64) -> async_graphql::Result<i64> {
+    match ctx.args.get("limit") {
+        Some(v) if !v.is_null() => {
+            let n = v.i64()?;
+            if (1..=1000).contains(&n) {
+                Ok(n)
+            } else {
+                Err(user_error(
+                    "limit must be between 1 and 1000",
+                    "BAD_USER_INPUT",
+                ))
+            }
+        }
+        _ => Ok(default),
+    }
 }
 
 fn hubs<'a>(ctx: &async_graphql::Context<'a>) -> async_graphql::Result<&'a Arc<Hubs>> {

@@ -14,7 +14,7 @@ use async_graphql::dynamic::{
     TypeRef,
 };
 
-use super::user_error;
+use super::{limit_of, of, user_error};
 use crate::config::{SourceDef, names};
 use crate::trigger::{
     AttemptRecord, Counters, Delivery, DeliveryStatus, Page, RetryPolicy, Trigger, TriggerError,
@@ -321,36 +321,6 @@ pub fn global_types() -> Vec<Type> {
 
 fn trigger_of(ctx: &ResolverContext<'_>) -> async_graphql::Result<Arc<Trigger>> {
     ctx.parent_value.try_downcast_ref::<Arc<Trigger>>().cloned()
-}
-
-/// A field of an object whose parent value is a `T`.
-fn of<T: Send + Sync + 'static>(
-    name: &str,
-    ty: TypeRef,
-    get: impl Fn(&T) -> GqlValue + Send + Sync + 'static,
-) -> Field {
-    Field::new(name, ty, move |ctx| {
-        let value = ctx.parent_value.try_downcast_ref::<T>().map(&get);
-        FieldFuture::new(async move { Ok(Some(value?)) })
-    })
-}
-
-/// `limit` (default `default`, 1 to 1000).
-fn limit_of(ctx: &ResolverContext<'_>, default: i64) -> async_graphql::Result<i64> {
-    match ctx.args.get("limit") {
-        Some(v) if !v.is_null() => {
-            let n = v.i64()?;
-            if (1..=1000).contains(&n) {
-                Ok(n)
-            } else {
-                Err(user_error(
-                    "limit must be between 1 and 1000",
-                    "BAD_USER_INPUT",
-                ))
-            }
-        }
-        _ => Ok(default),
-    }
 }
 
 /// A delivery id argument.

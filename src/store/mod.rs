@@ -6,7 +6,7 @@
 //! PostgreSQL `DATABASE_URL`). It never runs a source's feed. One [`Connector`] per server
 //! connects to it in the background and hands the pool to triggers and runs alike.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tokio_postgres::NoTls;
@@ -53,6 +53,32 @@ macro_rules! rfc3339 {
     };
 }
 pub(crate) use rfc3339;
+
+/// The time now as RFC 3339 in UTC, microseconds kept (like `rfc3339!` columns).
+pub fn now_rfc3339() -> String {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rest / 3600,
+        (rest / 60) % 60,
+        rest % 60,
+        now.subsec_micros()
+    )
+}
 
 /// Serializes migrations across replicas (`pg_advisory_lock` key; "viewcast" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7669_6577_6361_7374;

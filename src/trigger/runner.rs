@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -67,31 +67,6 @@ struct Writes {
     initialized: Vec<Arc<Trigger>>,
     /// The position the written state reflects (saved with the keys).
     reached: Option<Position>,
-}
-
-fn now_rfc3339() -> String {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs() as i64;
-    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil from days (proleptic Gregorian).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rest / 3600,
-        (rest / 60) % 60,
-        rest % 60,
-        now.subsec_micros()
-    )
 }
 
 /// Where and when a transition happened: the source position it was read at (part of the
@@ -300,7 +275,7 @@ impl Evaluation<'_> {
             Ok(read) => read,
         };
         let mut writes = Writes::default();
-        let at = now_rfc3339();
+        let at = crate::store::now_rfc3339();
         // Whether the states evaluated so far can go on from the batches read.
         let continuous = seq.is_some_and(|seq| {
             seq >= read.head || read.batches.first().is_some_and(|b| b.seq <= seq + 1)

@@ -1,0 +1,277 @@
+//! Runs over plain HTTP, for callers without GraphQL:
+//!
+//! - `GET /runs/{id}/events?fromSeq=N&coalesce=true`: Server-Sent Events. `id:` is the seq,
+//!   `event:` the type, `data:` the event as JSON; a `Last-Event-ID` header (what browsers
+//!   send when they reconnect) resumes after that seq and wins over `fromSeq`. Heartbeats are
+//!   comments. The response ends after the terminal event.
+//! - `POST /runs` `{kind, input, idempotencyKey}`: 201 with the run (200 with the earlier run
+//!   for a repeated idempotency key).
+//! - `GET /runs/{id}`: the run.
+//! - `POST /runs/{id}/events` `{events: [...], expectedSeq}`: appends (for workers).
+//! - `POST /runs/{id}/cancel` `{reason}`: cancels.
+//!
+//! Errors are JSON `{"error": message, "code": CODE}` with the status the code implies.
+
+use std::convert::Infallible;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use super::AppState;
+use crate::run::stream::{Follow, Item};
+use crate::run::{NewEvent, RunError};
+
+/// An error answer: `{"error": message, "code": CODE}`.
+struct Problem {
+    status: StatusCode,
+    message: String,
+    code: &'static str,
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": self.message, "code": self.code})),
+        )
+            .into_response()
+    }
+}
+
+fn error(status: StatusCode, message: &str, code: &'static str) -> Problem {
+    Problem {
+        status,
+        message: message.to_owned(),
+        code,
+    }
+}
+
+fn run_error(err: &RunError) -> Response {
+    let status = match err {
+        RunError::NotFound(_) => StatusCode::NOT_FOUND,
+        RunError::Ended { .. } | RunError::SeqMismatch { .. } => StatusCode::CONFLICT,
+        RunError::Invalid(_) => StatusCode::BAD_REQUEST,
+        RunError::NoStore | RunError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(status, &err.to_string(), err.code()).into_response()
+}
+
+/// The JSON body of a POST (an empty body is `{}`).
+fn body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, bytes: &Bytes) -> Result<T, Problem> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    if !bytes.is_empty() && !content_type.starts_with("application/json") {
+        return Err(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the body as application/json",
+            "BAD_REQUEST",
+        ));
+    }
+    let text: &[u8] = if bytes.is_empty() { b"{}" } else { bytes };
+    serde_json::from_slice(text).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            &format!("invalid request body: {e}"),
+            "BAD_USER_INPUT",
+        )
+    })
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct StartBody {
+    kind: String,
+    #[serde(default)]
+    input: Option<Value>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+pub async fn start(State(state): State<AppState>, headers: HeaderMap, bytes: Bytes) -> Response {
+    let request: StartBody = match body(&headers, &bytes) {
+        Ok(request) => request,
+        Err(problem) => return problem.into_response(),
+    };
+    let input = request.input.unwrap_or_else(|| json!({}));
+    match state
+        .runs
+        .start_or_get(&request.kind, &input, request.idempotency_key.as_deref())
+        .await
+    {
+        Ok((run, created)) => {
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (status, Json(run.to_json())).into_response()
+        }
+        Err(err) => run_error(&err),
+    }
+}
+
+pub async fn get_run(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match state.runs.get(&id).await {
+        Ok(run) => Json(run.to_json()).into_response(),
+        Err(err) => run_error(&err),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AppendBody {
+    events: Vec<NewEvent>,
+    #[serde(default)]
+    expected_seq: Option<i64>,
+}
+
+pub async fn append(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    let request: AppendBody = match body(&headers, &bytes) {
+        Ok(request) => request,
+        Err(problem) => return problem.into_response(),
+    };
+    match state
+        .runs
+        .append(&id, &request.events, request.expected_seq)
+        .await
+    {
+        Ok(events) => Json(json!({
+            "events": events.iter().map(crate::run::Event::to_json).collect::<Vec<_>>()
+        }))
+        .into_response(),
+        Err(err) => run_error(&err),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    let request: CancelBody = match body(&headers, &bytes) {
+        Ok(request) => request,
+        Err(problem) => return problem.into_response(),
+    };
+    match state.runs.cancel(&id, request.reason.as_deref()).await {
+        Ok(run) => Json(run.to_json()).into_response(),
+        Err(err) => run_error(&err),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventsParams {
+    from_seq: Option<String>,
+    coalesce: Option<String>,
+}
+
+/// Where an SSE stream starts: after `Last-Event-ID` if given, else at `fromSeq`, else 1.
+fn start_seq(headers: &HeaderMap, params: &EventsParams) -> Result<i64, Problem> {
+    if let Some(last) = headers.get("last-event-id") {
+        let text = last.to_str().unwrap_or_default().trim();
+        return match text.parse::<i64>() {
+            Ok(seq) if seq >= 0 => Ok(seq + 1),
+            _ => Err(error(
+                StatusCode::BAD_REQUEST,
+                &format!("Last-Event-ID {text:?} is not a seq (a number from an earlier `id:`)"),
+                "BAD_USER_INPUT",
+            )),
+        };
+    }
+    match params.from_seq.as_deref() {
+        None => Ok(1),
+        Some(text) => match text.parse::<i64>() {
+            Ok(seq) if seq >= 1 => Ok(seq),
+            _ => Err(error(
+                StatusCode::BAD_REQUEST,
+                &format!("fromSeq {text:?} must be a number, 1 or more"),
+                "BAD_USER_INPUT",
+            )),
+        },
+    }
+}
+
+pub async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(params): Query<EventsParams>,
+) -> Response {
+    let from_seq = match start_seq(&headers, &params) {
+        Ok(seq) => seq,
+        Err(problem) => return problem.into_response(),
+    };
+    let coalesce = match params.coalesce.as_deref() {
+        None | Some("false" | "0") => false,
+        Some("true" | "1" | "") => true,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("coalesce {other:?} must be true or false"),
+                "BAD_USER_INPUT",
+            )
+            .into_response();
+        }
+    };
+    let follow = Follow {
+        from_seq,
+        coalesce,
+        heartbeat: state.runs.settings().heartbeat,
+    };
+    let stream = match state.runs.follow(&id, follow).await {
+        Ok(stream) => stream,
+        Err(err) => return run_error(&err),
+    };
+    let shutdown = state.shutdown.clone();
+    let frames = stream
+        .map(|item| {
+            let frame = match item {
+                Ok(Item::Event(e)) => SseEvent::default()
+                    .id(e.seq.to_string())
+                    .event(e.event_type.clone())
+                    .data(e.to_json().to_string()),
+                Ok(Item::Heartbeat { seq }) => {
+                    SseEvent::default().comment(format!("heartbeat {seq}"))
+                }
+                Err(err) => SseEvent::default()
+                    .event("error")
+                    .data(json!({"error": err.to_string(), "code": err.code()}).to_string()),
+            };
+            Ok::<_, Infallible>(frame)
+        })
+        .take_until(shutdown.cancelled_owned());
+    // A reconnecting browser waits 1 s; the first frame tells it.
+    let first = futures::stream::once(async {
+        Ok(SseEvent::default().retry(std::time::Duration::from_secs(1)))
+    });
+    let mut response = Sse::new(first.chain(frames)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
+    // nginx and similar proxies buffer responses unless told not to.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
