@@ -81,6 +81,10 @@ pub struct ServeArgs {
     /// are deleted; 0 keeps them forever. Dead ones are kept until redelivered.
     #[arg(long, env = "VIEWCAST_DELIVERY_RETENTION", default_value_t = 7 * 86_400)]
     pub delivery_retention: u64,
+    /// The URL workers of `http` run kinds reach this server at (sent with each run as
+    /// `eventsUrl`); default: http://<host>:<port> as listened on (127.0.0.1 for 0.0.0.0).
+    #[arg(long, env = "VIEWCAST_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// Seconds without events after which run subscribers (GraphQL and SSE) get a heartbeat.
     #[arg(long, env = "VIEWCAST_RUN_HEARTBEAT", default_value_t = 15)]
     pub run_heartbeat: u64,
@@ -250,6 +254,7 @@ impl ServeArgs {
                 delivery_retention: (self.delivery_retention > 0)
                     .then(|| Duration::from_secs(self.delivery_retention)),
             },
+            public_url: self.public_url.clone(),
             runs: crate::run::RunSettings {
                 heartbeat: Duration::from_secs(self.run_heartbeat.max(1)),
             },

@@ -33,6 +33,8 @@ pub struct ServeOptions {
     pub store_url: Option<String>,
     pub triggers: crate::trigger::TriggerSettings,
     pub runs: crate::run::RunSettings,
+    /// The URL workers reach this server at (default: from the address it listens on).
+    pub public_url: Option<String>,
     /// Names this server's replication slots (several servers on one database need distinct ones).
     pub instance: String,
     pub apply_setup: bool,
@@ -53,6 +55,7 @@ impl Default for ServeOptions {
             store_url: None,
             triggers: crate::trigger::TriggerSettings::default(),
             runs: crate::run::RunSettings::default(),
+            public_url: None,
             instance: "default".into(),
             apply_setup: false,
             ws: WsSettings::default(),
@@ -177,7 +180,8 @@ impl Server {
             shutdown.clone(),
             tasks.clone(),
         );
-        let runs = crate::run::Runs::with(connector.clone(), options.runs.clone());
+        let runs = crate::run::Runs::with(connector.clone(), options.runs.clone())
+            .with_kinds(config.run_kinds.clone());
         runs.spawn(&shutdown, &tasks);
         let services = crate::schema::Services {
             hubs: Some(hubs.clone()),
@@ -196,6 +200,20 @@ impl Server {
         let local = listener
             .local_addr()
             .map_err(|source| ServerError::Bind { addr, source })?;
+        let public_url = options.public_url.clone().unwrap_or_else(|| {
+            let host = if local.ip().is_unspecified() {
+                std::net::IpAddr::from([127, 0, 0, 1])
+            } else {
+                local.ip()
+            };
+            format!("http://{}", SocketAddr::new(host, local.port()))
+        });
+        let orchestrator = Arc::new(crate::run::executor::Orchestrator::new(
+            runs.clone(),
+            options.instance.clone(),
+            &public_url,
+        ));
+        tasks.spawn(orchestrator.run(shutdown.clone(), tasks.clone()));
         let state = AppState {
             schema,
             hubs: hubs.clone(),

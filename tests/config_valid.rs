@@ -185,3 +185,52 @@ fn triggers_declared_under_a_source_load_in_file_order() {
     assert_eq!(spec.cooldown, Some(std::time::Duration::from_secs(60)));
     assert_eq!(spec.headers, [("x-team".to_owned(), "risk".to_owned())]);
 }
+
+#[test]
+fn run_kinds_resolve_with_their_executors_and_defaults() {
+    use std::time::Duration;
+    use viewcast::config::Executor;
+    let config = load("runs");
+    let kinds: Vec<(&str, &Executor)> = config
+        .run_kinds
+        .as_ref()
+        .expect("declared kinds")
+        .iter()
+        .map(|k| (k.name.as_str(), &k.executor))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("index", &Executor::External),
+            (
+                "demo",
+                &Executor::Demo {
+                    items: 3,
+                    item: Duration::from_millis(50)
+                }
+            ),
+            (
+                "crawl",
+                &Executor::Http {
+                    url: "http://worker:8080/runs".into(),
+                    deadline: Duration::from_secs(60)
+                }
+            ),
+            (
+                "crawl-slow",
+                &Executor::Http {
+                    url: "https://worker.internal/runs".into(),
+                    deadline: Duration::from_secs(600)
+                }
+            ),
+        ]
+    );
+    assert!(config.run_kind("unknown").is_none());
+    // Without a `runs:` section every kind is external.
+    let open = load("tycostream_example");
+    assert_eq!(open.run_kinds, None);
+    assert_eq!(
+        open.run_kind("anything").map(|k| k.executor),
+        Some(Executor::External)
+    );
+}

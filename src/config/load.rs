@@ -24,7 +24,7 @@ use super::names::{self, RootType};
 use super::spans::Spans;
 use super::{
     Backend, ColumnDef, ColumnType, Config, ConfigError, DeclaredTrigger, EnumDef, Envelope,
-    FeedOptions, QualifiedName, SourceDef, StartMode,
+    Executor, FeedOptions, QualifiedName, RunKind, SourceDef, StartMode,
 };
 
 /// Reads and resolves the configuration file at `path`.
@@ -50,11 +50,12 @@ pub(crate) fn load_with_env(
 ) -> Result<Config, ConfigError> {
     let expanded = env::expand(text, lookup).map_err(|p| p.into_error(path.to_owned()))?;
     match parse(&expanded.text) {
-        Ok((enums, sources, triggers)) => Ok(Config {
+        Ok((enums, sources, triggers, run_kinds)) => Ok(Config {
             path: path.to_owned(),
             enums,
             sources,
             triggers,
+            run_kinds,
         }),
         Err(mut problem) => {
             problem.at = problem.at.map(|at| expanded.original(at));
@@ -63,7 +64,12 @@ pub(crate) fn load_with_env(
     }
 }
 
-type Resolved = (Vec<Arc<EnumDef>>, Vec<Arc<SourceDef>>, Vec<DeclaredTrigger>);
+type Resolved = (
+    Vec<Arc<EnumDef>>,
+    Vec<Arc<SourceDef>>,
+    Vec<DeclaredTrigger>,
+    Option<Vec<RunKind>>,
+);
 
 fn parse(text: &str) -> Result<Resolved, Problem> {
     match serde_yaml::from_str::<RawConfig>(text) {
@@ -87,7 +93,13 @@ fn parse(text: &str) -> Result<Resolved, Problem> {
 
 /// Top-level keys, for hints (serde's own list is in its error message).
 const TOP_LEVEL_KEYS: &[&str] = &[
-    "backend", "start", "cluster", "database", "enums", "sources",
+    "backend", "start", "cluster", "database", "enums", "sources", "runs",
+];
+/// The keys of a run kind, per executor.
+const RUN_KIND_KEYS: &[(&str, &[&str])] = &[
+    ("external", &["executor"]),
+    ("demo", &["executor", "items", "item_ms"]),
+    ("http", &["executor", "url", "deadline_s"]),
 ];
 const SOURCE_KEYS: &[&str] = &[
     "primary_key",
@@ -132,6 +144,7 @@ struct RawConfig {
     database: Option<String>,
     enums: Option<Entries<Vec<String>>>,
     sources: Option<Entries<RawSource>>,
+    runs: Option<Entries<serde_yaml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -448,7 +461,119 @@ impl Resolver<'_> {
             resolved.push(Arc::new(source));
         }
         self.check_collisions(&enums, &resolved)?;
-        Ok((enums, resolved, triggers))
+        let run_kinds = match raw.runs {
+            Some(entries) => Some(
+                entries
+                    .0
+                    .into_iter()
+                    .map(|(name, value)| self.resolve_run_kind(name, &value))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            None => None,
+        };
+        Ok((enums, resolved, triggers, run_kinds))
+    }
+
+    /// A run kind: `name: { executor: external | demo | http, … }`.
+    fn resolve_run_kind(
+        &self,
+        name: String,
+        value: &serde_yaml::Value,
+    ) -> Result<RunKind, Problem> {
+        let at = self.spans.key(&["runs", &name]);
+        let valid_name = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !valid_name {
+            return Err(Problem::new(at, format!("invalid run kind name {name:?}"))
+                .hint("use letters, digits, _, - and . (at most 64)"));
+        }
+        let example = "e.g. { executor: demo }, { executor: external } or { executor: http, url: http://worker:8080/runs }";
+        let serde_yaml::Value::Mapping(mapping) = value else {
+            return Err(
+                Problem::new(at, format!("run kind {name:?} must be a mapping")).hint(example),
+            );
+        };
+        let executors: Vec<&str> = RUN_KIND_KEYS.iter().map(|(e, _)| *e).collect();
+        let executor = match mapping.get("executor") {
+            None => {
+                return Err(
+                    Problem::new(at, format!("run kind {name:?} has no executor")).hint(format!(
+                        "add `executor:` ({}); {example}",
+                        list(&executors, "or")
+                    )),
+                );
+            }
+            Some(v) => v.as_str().unwrap_or_default().to_owned(),
+        };
+        let value_at = |key: &str| self.spans.value_at(&["runs", &name, key]);
+        let Some((_, keys)) = RUN_KIND_KEYS.iter().find(|(e, _)| *e == executor) else {
+            let suggestion = closest(&executor, executors.iter().copied())
+                .map(|near| format!("did you mean {near:?}? "))
+                .unwrap_or_default();
+            return Err(Problem::new(
+                value_at("executor"),
+                format!("unknown executor {executor:?} for run kind {name:?}"),
+            )
+            .hint(format!("{suggestion}use {}", list(&executors, "or"))));
+        };
+        for key in mapping.keys() {
+            let key = key.as_str().unwrap_or_default();
+            if !keys.contains(&key) {
+                return Err(Problem::new(
+                    self.spans.key(&["runs", &name, key]),
+                    format!("unknown key {key:?} for run kind {name:?} (executor {executor})"),
+                )
+                .hint(format!("valid keys here are {}", list(keys, "and"))));
+            }
+        }
+        let number = |key: &str,
+                      default: u64,
+                      range: std::ops::RangeInclusive<u64>|
+         -> Result<u64, Problem> {
+            match mapping.get(key) {
+                None => Ok(default),
+                Some(v) => v.as_u64().filter(|n| range.contains(n)).ok_or_else(|| {
+                    Problem::new(
+                        value_at(key),
+                        format!(
+                            "{key} of run kind {name:?} must be a whole number from {} to {}",
+                            range.start(),
+                            range.end()
+                        ),
+                    )
+                }),
+            }
+        };
+        let executor = match executor.as_str() {
+            "demo" => Executor::Demo {
+                items: u32::try_from(number("items", 5, 1..=10_000)?).unwrap_or(5),
+                item: std::time::Duration::from_millis(number("item_ms", 500, 0..=600_000)?),
+            },
+            "http" => {
+                let Some(url) = mapping.get("url") else {
+                    return Err(Problem::new(at, format!("run kind {name:?} (executor http) has no url"))
+                        .hint("add `url:`, the worker's endpoint that receives each run, e.g. http://worker:8080/runs"));
+                };
+                let url = url.as_str().unwrap_or_default().to_owned();
+                if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+                    return Err(Problem::new(
+                        value_at("url"),
+                        format!(
+                            "url {url:?} of run kind {name:?} must be an http:// or https:// URL"
+                        ),
+                    ));
+                }
+                Executor::Http {
+                    url,
+                    deadline: std::time::Duration::from_secs(number("deadline_s", 60, 1..=86_400)?),
+                }
+            }
+            _ => Executor::External,
+        };
+        Ok(RunKind { name, executor })
     }
 
     /// A trigger declared under a source: the same fields as `create_S_trigger`'s input,

@@ -30,6 +30,45 @@ pub struct Config {
     pub sources: Vec<Arc<SourceDef>>,
     /// Triggers declared under the sources, in file order.
     pub triggers: Vec<DeclaredTrigger>,
+    /// Run kinds declared under `runs:`, in file order; `None` (no `runs:` section): any
+    /// kind is accepted, driven by external workers.
+    pub run_kinds: Option<Vec<RunKind>>,
+}
+
+/// A kind of run declared in `schema.yaml`, and what drives its runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunKind {
+    pub name: String,
+    pub executor: Executor,
+}
+
+/// What drives the runs of a kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Executor {
+    /// A worker of its own appends through the API; the server only stores and streams.
+    External,
+    /// Built in, for trying things: Start → Process (`items` steps of `item` each, with
+    /// progress) → Finish.
+    Demo {
+        items: u32,
+        item: std::time::Duration,
+    },
+    /// The server POSTs each run to a worker at `url` with a run-scoped token; the worker
+    /// reports events through the API; a run without an event for `deadline` fails.
+    Http {
+        url: String,
+        deadline: std::time::Duration,
+    },
+}
+
+impl Executor {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Executor::External => "external",
+            Executor::Demo { .. } => "demo",
+            Executor::Http { .. } => "http",
+        }
+    }
 }
 
 /// A trigger declared in `schema.yaml` (created at start-up, reconciled with the store).
@@ -44,6 +83,18 @@ pub struct DeclaredTrigger {
 impl Config {
     pub fn source(&self, name: &str) -> Option<&Arc<SourceDef>> {
         self.sources.iter().find(|s| s.name == name)
+    }
+
+    /// The declared kind `name` (`None` if kinds are declared and this is not one of them);
+    /// without a `runs:` section every kind is external.
+    pub fn run_kind(&self, name: &str) -> Option<RunKind> {
+        match &self.run_kinds {
+            None => Some(RunKind {
+                name: name.to_owned(),
+                executor: Executor::External,
+            }),
+            Some(kinds) => kinds.iter().find(|k| k.name == name).cloned(),
+        }
     }
 }
 

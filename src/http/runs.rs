@@ -7,7 +7,8 @@
 //! - `POST /runs` `{kind, input, idempotencyKey}`: 201 with the run (200 with the earlier run
 //!   for a repeated idempotency key).
 //! - `GET /runs/{id}`: the run.
-//! - `POST /runs/{id}/events` `{events: [...], expectedSeq}`: appends (for workers).
+//! - `POST /runs/{id}/events` `{events: [...], expectedSeq}`: appends (for workers; a run
+//!   of an `http` kind needs `Authorization: Bearer <its run-scoped token>`).
 //! - `POST /runs/{id}/cancel` `{reason}`: cancels.
 //!
 //! Errors are JSON `{"error": message, "code": CODE}` with the status the code implies.
@@ -57,6 +58,7 @@ fn run_error(err: &RunError) -> Response {
         RunError::NotFound(_) => StatusCode::NOT_FOUND,
         RunError::Ended { .. } | RunError::SeqMismatch { .. } => StatusCode::CONFLICT,
         RunError::Invalid(_) => StatusCode::BAD_REQUEST,
+        RunError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         RunError::NoStore | RunError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     error(status, &err.to_string(), err.code()).into_response()
@@ -143,9 +145,14 @@ pub async fn append(
         Ok(request) => request,
         Err(problem) => return problem.into_response(),
     };
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
     match state
         .runs
-        .append(&id, &request.events, request.expected_seq)
+        .append_as_worker(&id, &request.events, request.expected_seq, token)
         .await
     {
         Ok(events) => Json(json!({

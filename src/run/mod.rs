@@ -12,6 +12,7 @@
 //! consumers (`stream`), which replay from the store and then follow live.
 
 pub mod bus;
+pub mod executor;
 pub mod publisher;
 pub mod stream;
 
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::config::{Executor, RunKind};
 use crate::store::{Connector, Store, StoreError, rfc3339};
 
 /// The event types that end a run.
@@ -87,6 +89,8 @@ pub enum RunError {
     },
     #[error("{0}")]
     Invalid(String),
+    #[error("{0}")]
+    Unauthorized(String),
     #[error("runs need a store: set VIEWCAST_STORE_URL (or DATABASE_URL) to a PostgreSQL database")]
     NoStore,
     #[error(transparent)]
@@ -101,6 +105,7 @@ impl RunError {
             RunError::Ended { .. } => "RUN_ENDED",
             RunError::SeqMismatch { .. } => "SEQ_MISMATCH",
             RunError::Invalid(_) => "BAD_USER_INPUT",
+            RunError::Unauthorized(_) => "UNAUTHENTICATED",
             RunError::NoStore | RunError::Store(_) => "STORE_UNAVAILABLE",
         }
     }
@@ -309,6 +314,10 @@ pub struct Runs {
     connector: Arc<Connector>,
     bus: Arc<bus::Bus>,
     settings: RunSettings,
+    /// The declared kinds (`None`: any kind, external).
+    kinds: Option<Arc<Vec<RunKind>>>,
+    /// The key worker tokens derive from (read from the store once).
+    token_key: Arc<tokio::sync::OnceCell<Vec<u8>>>,
 }
 
 impl Runs {
@@ -324,7 +333,129 @@ impl Runs {
             connector,
             bus: Arc::new(bus::Bus::default()),
             settings,
+            kinds: None,
+            token_key: Arc::default(),
         }
+    }
+
+    /// Only these kinds may be started (`None`: any kind, external).
+    #[must_use]
+    pub fn with_kinds(mut self, kinds: Option<Vec<RunKind>>) -> Runs {
+        self.kinds = kinds.map(Arc::new);
+        self
+    }
+
+    /// The kind `name` as declared (any kind is external when none are declared).
+    pub fn kind(&self, name: &str) -> Option<RunKind> {
+        match &self.kinds {
+            None => Some(RunKind {
+                name: name.to_owned(),
+                executor: Executor::External,
+            }),
+            Some(kinds) => kinds.iter().find(|k| k.name == name).cloned(),
+        }
+    }
+
+    /// The run-scoped token a worker of run `id` appends with: an HMAC of the id under the
+    /// store's key, so every replica, and a restarted one, derives the same.
+    pub async fn worker_token(&self, id: &str) -> Result<String, RunError> {
+        use hmac::Mac;
+        let key = self
+            .token_key
+            .get_or_try_init(|| async {
+                let client = self.client().await?;
+                let row = client
+                    .query_one("SELECT key FROM viewcast_run_token_key", &[])
+                    .await?;
+                Ok::<_, RunError>(row.get::<_, String>(0).into_bytes())
+            })
+            .await?;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key");
+        mac.update(id.as_bytes());
+        let mut hex = String::with_capacity(64);
+        for byte in mac.finalize().into_bytes() {
+            let _ = std::fmt::Write::write_fmt(&mut hex, format_args!("{byte:02x}"));
+        }
+        Ok(hex)
+    }
+
+    /// `append` for a worker: a run whose kind has an `http` executor takes events only with
+    /// its run-scoped token (the others need none).
+    pub async fn append_as_worker(
+        &self,
+        id: &str,
+        events: &[NewEvent],
+        expected_seq: Option<i64>,
+        token: Option<&str>,
+    ) -> Result<Vec<Event>, RunError> {
+        let run = self.get(id).await?;
+        let needs_token = self
+            .kind(&run.kind)
+            .is_some_and(|k| matches!(k.executor, Executor::Http { .. }));
+        if needs_token {
+            let expected = self.worker_token(&run.id).await?;
+            let given = token.unwrap_or_default();
+            // Constant time: the comparison does not tell how much of a guess was right.
+            let same = given.len() == expected.len()
+                && given
+                    .bytes()
+                    .zip(expected.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0;
+            if !same {
+                return Err(RunError::Unauthorized(format!(
+                    "run {} is driven by a worker: append with its run-scoped token ({})",
+                    run.id,
+                    if token.is_some() {
+                        "this one is wrong"
+                    } else {
+                        "none was given"
+                    }
+                )));
+            }
+        }
+        self.append(id, events, expected_seq).await
+    }
+
+    /// The run's last event, if any.
+    pub async fn last_event(&self, id: &str) -> Result<Option<Event>, RunError> {
+        self.last_event_of(id, &[]).await
+    }
+
+    /// The run's last event of one of `types` (any type if empty), if any.
+    pub async fn last_event_of(&self, id: &str, types: &[&str]) -> Result<Option<Event>, RunError> {
+        let id = checked_id(id)?;
+        let types: Vec<String> = types.iter().map(|t| (*t).to_owned()).collect();
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT {EVENT_COLUMNS} FROM viewcast_run_events \
+                     WHERE run_id = $1::text::uuid AND (cardinality($2::text[]) = 0 OR type = ANY($2)) \
+                     ORDER BY seq DESC LIMIT 1"
+                ),
+                &[&id, &types],
+            )
+            .await?;
+        Ok(row.as_ref().map(event))
+    }
+
+    /// How long the run has been quiet: since its last event, or since it was created (the
+    /// store's clock, so replicas agree).
+    pub async fn quiet_for(&self, id: &str) -> Result<Duration, RunError> {
+        let id = checked_id(id)?;
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT extract(epoch FROM clock_timestamp() - coalesce( \
+                     (SELECT max(created_at) FROM viewcast_run_events WHERE run_id = r.id), \
+                     r.created_at))::float8 \
+                 FROM viewcast_runs r WHERE r.id = $1::text::uuid",
+                &[&id],
+            )
+            .await?
+            .ok_or_else(|| RunError::NotFound(id.to_owned()))?;
+        Ok(Duration::from_secs_f64(row.get::<_, f64>(0).max(0.0)))
     }
 
     /// Starts this replica's outbox publisher (it publishes while it holds the publisher
@@ -382,6 +513,21 @@ impl Runs {
     ) -> Result<(Run, bool), RunError> {
         if kind.trim().is_empty() {
             return Err(RunError::Invalid("a run needs a kind".into()));
+        }
+        if self.kind(kind).is_none() {
+            let declared: Vec<&str> = self
+                .kinds
+                .iter()
+                .flat_map(|k| k.iter().map(|k| k.name.as_str()))
+                .collect();
+            return Err(RunError::Invalid(format!(
+                "unknown run kind {kind:?}: schema.yaml declares {}",
+                if declared.is_empty() {
+                    "none".to_owned()
+                } else {
+                    declared.join(", ")
+                }
+            )));
         }
         let client = self.client().await?;
         let inserted = client

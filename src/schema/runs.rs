@@ -430,8 +430,9 @@ pub fn mutation_fields() -> [Field; 3] {
                     Some(v) => Some(v.i64()?),
                     None => None,
                 };
+                let token = string_arg(&ctx, "token")?;
                 let stored = runs(&ctx)?
-                    .append(&id, &events, expected)
+                    .append_as_worker(&id, &events, expected, token.as_deref())
                     .await
                     .map_err(|e| api_error(&e))?;
                 Ok(Some(events_value(stored)))
@@ -446,6 +447,11 @@ pub fn mutation_fields() -> [Field; 3] {
     .argument(
         InputValue::new("expectedSeq", TypeRef::named(TypeRef::INT))
             .description("The seq the first event must get (refused with SEQ_MISMATCH otherwise)."),
+    )
+    .argument(
+        InputValue::new("token", TypeRef::named(TypeRef::STRING)).description(
+            "The run-scoped token a worker was sent (needed for runs of an http kind).",
+        ),
     )
     .description("Appends events to a run, in order, all or none (for workers).");
     let cancel = Field::new("cancelRun", TypeRef::named_nn("Run"), |ctx| {

@@ -40,6 +40,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("migrations/0006_trigger_positions.sql"),
     ),
     (7, "runs", include_str!("migrations/0007_runs.sql")),
+    (
+        8,
+        "run_executors",
+        include_str!("migrations/0008_run_executors.sql"),
+    ),
 ];
 
 /// A timestamp column as RFC 3339 in UTC, microseconds kept.
