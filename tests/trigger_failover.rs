@@ -12,10 +12,10 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::binary::{Binary, Scratch};
 use common::receiver::{Received, Receiver, Reply};
 use common::{DEADLINE, TestDb};
 use serde_json::{Value, json};
@@ -326,106 +326,6 @@ async fn all_delivered(sql: &tokio_postgres::Client, count: usize) {
     )
     .await;
     assert_eq!(by_status, BTreeMap::from([("delivered".to_owned(), count)]));
-}
-
-/// A directory of the test's own under the system's temporary directory (the schema.yaml
-/// and the binary's logs); kept when the test fails.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Scratch {
-        let path =
-            std::env::temp_dir().join(format!("viewcast-failover-{}", rand::random::<u32>()));
-        std::fs::create_dir_all(&path).expect("create a scratch directory");
-        Scratch(path)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("the server's logs are kept in {}", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// The `viewcast` binary serving against `db` on a port it picks; killed (SIGKILL) on drop.
-struct Binary {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Binary {
-    /// Starts `viewcast serve` (its log in `scratch/<name>.log`) and waits until it is ready.
-    async fn start(db: &TestDb, scratch: &Scratch, config: &Path, name: &str) -> Binary {
-        let log_path = scratch.0.join(format!("{name}.log"));
-        let log = std::fs::File::create(&log_path).expect("create the log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_viewcast"));
-        for (var, _) in std::env::vars() {
-            if var.starts_with("VIEWCAST_") {
-                command.env_remove(var);
-            }
-        }
-        let config = config.to_str().expect("a UTF-8 path");
-        let child = command
-            .args([
-                "serve",
-                "--config",
-                config,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-            ])
-            .args(["--instance", "failover", "--apply-setup"])
-            .args(["--webhook-allow-private", "--log-json", "--log", "info"])
-            .env("DATABASE_URL", &db.url)
-            .env_remove("MATERIALIZE_URL")
-            .env_remove("RISINGWAVE_URL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn viewcast");
-        let mut binary = Binary {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        };
-        // The port it picked: its "viewcast listening" log line.
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let listening = text
-                .lines()
-                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-                .find(|line| line["fields"]["message"] == "viewcast listening")
-                .and_then(|line| line["fields"]["addr"].as_str()?.parse().ok());
-            if let Some(addr) = listening {
-                binary.addr = addr;
-                break;
-            }
-            if let Ok(Some(status)) = binary.child.try_wait() {
-                panic!("viewcast exited ({status}) before listening:\n{text}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "viewcast did not listen in time:\n{text}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        common::wait_ready(binary.addr).await;
-        binary
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        // SIGKILL: no shutdown of any kind.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Crash: a burst of transitions, a receiver that takes 150 ms per webhook, `kill -9` once

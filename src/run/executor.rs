@@ -229,15 +229,14 @@ impl Orchestrator {
         let mut announcements = self.runs.bus().statuses();
         self.claim_until(&kinds, &mut announcements, &shutdown, &tasks)
             .await;
-        // Shutting down: hand the runs driven here over at once (rather than when the leases
+        // Shutting down: hand the runs held here over at once (rather than when the leases
         // expire). A driver still appending is refused by the seq it expects.
-        let driving: Vec<String> = self.driving().iter().cloned().collect();
         if let Ok(client) = self.runs.client().await {
             let released = client
                 .execute(
                     "UPDATE viewcast_runs SET executor_owner = NULL, executor_lease_until = NULL \
-                     WHERE executor_owner = $1 AND id = ANY($2::text[]::uuid[])",
-                    &[&self.instance, &driving],
+                     WHERE executor_owner = $1 AND status IN ('pending', 'running')",
+                    &[&self.instance],
                 )
                 .await;
             if let Err(err) = released {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod binary;
 pub mod receiver;
 
 use std::collections::BTreeMap;
