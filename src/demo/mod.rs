@@ -72,7 +72,7 @@ async fn serve(cluster: &PgCluster, args: &DemoArgs) -> anyhow::Result<()> {
 
 fn print_banner(addr: std::net::SocketAddr, url: &str) {
     println!(
-        r"
+        r#"
 viewcast demo is running — live prices, trades and positions in a private PostgreSQL.
 
   GraphiQL (open in a browser)   http://{addr}/graphql
@@ -89,8 +89,17 @@ Try these in GraphiQL:
 
   query {{ instruments(order_by: [{{price: desc}}]) {{ symbol price updated_at }} }}
 
+Runs — a long job whose progress you can watch and replay (the built-in demo executor):
+
+  mutation {{ startRun(kind: "rebalance", input: {{portfolio: "main"}}) {{ id status }} }}
+
+  subscription {{ runEvents(runId: "<id from above>", fromSeq: 1) {{
+      seq type stage message percentage counters createdAt }} }}
+
+  curl -N http://{addr}/runs/<id>/events        (the same as Server-Sent Events)
+
 Ctrl-C stops everything.
-"
+"#
     );
 }
 
