@@ -181,7 +181,8 @@ impl Server {
             tasks.clone(),
         );
         let runs = crate::run::Runs::with(connector.clone(), options.runs.clone())
-            .with_kinds(config.run_kinds.clone());
+            .with_kinds(config.run_kinds.clone())
+            .with_metrics(metrics.runs.clone());
         runs.spawn(&shutdown, &tasks);
         let services = crate::schema::Services {
             hubs: Some(hubs.clone()),

@@ -546,6 +546,18 @@ async fn sse_and_plain_http_endpoints() {
     .await
     .expect("request");
     assert_eq!(got, 400);
+    let (_, metrics) = common::http_get(addr, "/metrics").await.expect("metrics");
+    let value = |name: &str| -> i64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    };
+    assert_eq!(value("viewcast_run_events_appended_total"), 3);
+    assert_eq!(value("viewcast_run_publisher"), 1);
+    assert!(value("viewcast_run_events_published_total") >= 3);
+    assert_eq!(value("viewcast_run_consumers"), 0, "every stream has ended");
     server.shutdown().await;
     db.stop().await;
 }

@@ -23,6 +23,7 @@ use serde_json::Value;
 
 use crate::config::{Executor, RunKind};
 use crate::store::{Connector, Store, StoreError, rfc3339};
+use crate::telemetry::RunMetrics;
 
 /// The event types that end a run.
 pub const TERMINAL: [&str; 3] = ["COMPLETED", "FAILED", "CANCELLED"];
@@ -318,6 +319,7 @@ pub struct Runs {
     kinds: Option<Arc<Vec<RunKind>>>,
     /// The key worker tokens derive from (read from the store once).
     token_key: Arc<tokio::sync::OnceCell<Vec<u8>>>,
+    metrics: Arc<RunMetrics>,
 }
 
 impl Runs {
@@ -335,7 +337,19 @@ impl Runs {
             settings,
             kinds: None,
             token_key: Arc::default(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts into `metrics` (the server's).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<RunMetrics>) -> Runs {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &Arc<RunMetrics> {
+        &self.metrics
     }
 
     /// Only these kinds may be started (`None`: any kind, external).
@@ -465,7 +479,11 @@ impl Runs {
         shutdown: &tokio_util::sync::CancellationToken,
         tasks: &tokio_util::task::TaskTracker,
     ) {
-        tasks.spawn(publisher::run(self.connector.clone(), shutdown.clone()));
+        tasks.spawn(publisher::run(
+            self.connector.clone(),
+            self.metrics.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(
             self.bus
                 .clone()
@@ -662,6 +680,7 @@ impl Runs {
                 .await?;
         }
         tx.commit().await?;
+        self.metrics.appended.add(stored.len() as u64);
         Ok(stored)
     }
 

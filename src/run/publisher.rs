@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Announcement, OUTBOX_CHANNEL, PUBLISHED_CHANNEL};
 use crate::store::{Connector, StoreError};
+use crate::telemetry::RunMetrics;
 
 /// `pg_advisory_lock` key of the publisher ("vcpublsh" in ASCII).
 const PUBLISHER_LOCK: i64 = 0x7663_7075_626c_7368;
@@ -29,12 +30,18 @@ const STANDBY_RETRY: Duration = Duration::from_secs(1);
 const ROUND: i64 = 2_000;
 
 /// Publishes while this replica holds the publisher lock; runs until `shutdown`.
-pub async fn run(connector: std::sync::Arc<Connector>, shutdown: CancellationToken) {
+pub async fn run(
+    connector: std::sync::Arc<Connector>,
+    metrics: std::sync::Arc<RunMetrics>,
+    shutdown: CancellationToken,
+) {
     loop {
         let Some(store) = connector.until_ready(&shutdown).await else {
             return;
         };
-        match lead(&store, &shutdown).await {
+        let led = lead(&store, &metrics, &shutdown).await;
+        metrics.publishing.set(0);
+        match led {
             Ok(()) => return,
             Err(err) => tracing::warn!(error = %err, "run outbox publisher stopped; retrying"),
         }
@@ -46,7 +53,11 @@ pub async fn run(connector: std::sync::Arc<Connector>, shutdown: CancellationTok
 }
 
 /// Waits to hold the lock, then publishes until shutdown (`Ok`) or the connection fails.
-async fn lead(store: &crate::store::Store, shutdown: &CancellationToken) -> Result<(), StoreError> {
+async fn lead(
+    store: &crate::store::Store,
+    metrics: &RunMetrics,
+    shutdown: &CancellationToken,
+) -> Result<(), StoreError> {
     let (client, mut notifications) = store.dedicated().await?;
     loop {
         let held: bool = client
@@ -62,13 +73,20 @@ async fn lead(store: &crate::store::Store, shutdown: &CancellationToken) -> Resu
         }
     }
     tracing::info!("this replica publishes run events");
+    metrics.publishing.set(1);
     client
         .batch_execute(&format!("LISTEN {OUTBOX_CHANNEL}"))
         .await?;
     let mut client = client;
     loop {
         // Drain: a full round may leave more behind.
-        while publish_round(&mut client).await? == ROUND {}
+        loop {
+            let published = publish_round(&mut client).await?;
+            metrics.published.add(u64::try_from(published).unwrap_or(0));
+            if published < ROUND {
+                break;
+            }
+        }
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             woke = notifications.recv() => {

@@ -125,6 +125,13 @@ impl Runs {
         let (tx, rx) = mpsc::channel(64);
         let runs = self.clone();
         tokio::spawn(async move {
+            // Counted while the stream is open, however its task ends.
+            struct Open(Arc<crate::telemetry::RunMetrics>);
+            impl Drop for Open {
+                fn drop(&mut self) {
+                    self.0.consumers.add(-1);
+                }
+            }
             let mut out = Out {
                 tx,
                 coalesce: follow.coalesce,
@@ -132,6 +139,10 @@ impl Runs {
                 last_progress: None,
                 sent: 0,
             };
+            // Declared after `out`, so dropped before it: the count is down before the
+            // consumer sees its stream end.
+            runs.metrics.consumers.add(1);
+            let _open = Open(runs.metrics.clone());
             let ended_at = run.terminal_type.as_ref().map(|_| run.next_seq - 1);
             if let Err(err) = runs
                 .feed(&run.id, &channel, follow, ended_at, &mut out)

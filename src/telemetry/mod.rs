@@ -109,6 +109,15 @@ pub struct SourceMetrics {
     pub delivery_delay: Histogram,
 }
 
+/// Runs on this server.
+#[derive(Debug, Default)]
+pub struct RunMetrics {
+    pub appended: Counter,
+    pub published: Counter,
+    pub consumers: Gauge,
+    pub publishing: Gauge,
+}
+
 /// Server-wide figures.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -116,6 +125,7 @@ pub struct Metrics {
     pub connections_total: Counter,
     pub http_requests: Counter,
     pub protocol_errors: Counter,
+    pub runs: Arc<RunMetrics>,
     sources: std::sync::RwLock<Vec<(String, Arc<SourceMetrics>)>>,
 }
 
@@ -135,6 +145,8 @@ impl Metrics {
     }
 
     /// Prometheus text exposition format.
+    // One call per family, in exposition order.
+    #[allow(clippy::too_many_lines)]
     pub fn render(&self) -> String {
         let mut out = String::new();
         let mut single = |name: &str, kind: &str, help: &str, value: i128| {
@@ -166,6 +178,30 @@ impl Metrics {
             "counter",
             "WebSocket protocol violations by clients.",
             self.protocol_errors.get().into(),
+        );
+        single(
+            "viewcast_run_events_appended_total",
+            "counter",
+            "Run events appended through this server.",
+            self.runs.appended.get().into(),
+        );
+        single(
+            "viewcast_run_events_published_total",
+            "counter",
+            "Run events this server's outbox publisher published (one server publishes at a time).",
+            self.runs.published.get().into(),
+        );
+        single(
+            "viewcast_run_consumers",
+            "gauge",
+            "Open run event streams (GraphQL subscriptions and SSE).",
+            self.runs.consumers.get().into(),
+        );
+        single(
+            "viewcast_run_publisher",
+            "gauge",
+            "1 while this server is the one that publishes run events.",
+            self.runs.publishing.get().into(),
         );
         let sources = self
             .sources
