@@ -223,7 +223,7 @@ impl Orchestrator {
         tasks: tokio_util::task::TaskTracker,
     ) {
         let kinds = self.driven_kinds();
-        if kinds.is_empty() {
+        if kinds.is_empty() || self.runs.connector.until_ready(&shutdown).await.is_none() {
             return;
         }
         let mut announcements = self.runs.bus().statuses();
