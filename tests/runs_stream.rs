@@ -467,3 +467,53 @@ async fn a_quiet_run_gets_heartbeats_and_a_stream_past_the_end_ends() {
     replica.stop().await;
     db.stop().await;
 }
+
+/// Many consumers starting at once on runs with nothing published yet (each reads an empty
+/// page, then the run): the store's pool must not run dry (it once deadlocked here, each
+/// consumer holding one connection while waiting for another).
+#[tokio::test]
+async fn many_consumers_starting_on_empty_runs_at_once_leave_the_store_usable() {
+    let db = TestDb::new().await;
+    let replica = Replica::start(&db, Duration::from_secs(15)).await;
+    let runs = replica.runs.clone();
+    let mut ids = Vec::new();
+    for _ in 0..64 {
+        ids.push(runs.start("job", &json!({}), None).await.expect("start").id);
+    }
+    let streams = futures::future::join_all(ids.iter().map(|id| runs.follow(id, follow(1)))).await;
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|stream| {
+            let stream = stream.expect("follow");
+            tokio::spawn(async move {
+                stream
+                    .filter_map(|i| async move {
+                        match i.expect("no error") {
+                            Item::Event(e) => Some(e.seq),
+                            Item::Heartbeat { .. } => None,
+                        }
+                    })
+                    .collect::<Vec<i64>>()
+                    .await
+            })
+        })
+        .collect();
+    for id in &ids {
+        tokio::time::timeout(
+            common::DEADLINE,
+            runs.append(id, &[event("STARTED", 1), event("COMPLETED", 2)], Some(1)),
+        )
+        .await
+        .expect("the store answers")
+        .expect("append");
+    }
+    for reader in readers {
+        let seqs = tokio::time::timeout(common::DEADLINE, reader)
+            .await
+            .expect("in time")
+            .expect("reader");
+        assert_eq!(seqs, vec![1, 2]);
+    }
+    replica.stop().await;
+    db.stop().await;
+}

@@ -402,6 +402,18 @@ impl Runs {
         expected_seq: Option<i64>,
         token: Option<&str>,
     ) -> Result<Vec<Event>, RunError> {
+        let any_http = self.kinds.as_ref().is_some_and(|kinds| {
+            kinds
+                .iter()
+                .any(|k| matches!(k.executor, Executor::Http { .. }))
+        });
+        if any_http {
+            self.check_worker_token(id, token).await?;
+        }
+        self.append(id, events, expected_seq).await
+    }
+
+    async fn check_worker_token(&self, id: &str, token: Option<&str>) -> Result<(), RunError> {
         let run = self.get(id).await?;
         let needs_token = self
             .kind(&run.kind)
@@ -428,7 +440,7 @@ impl Runs {
                 )));
             }
         }
-        self.append(id, events, expected_seq).await
+        Ok(())
     }
 
     /// The run's last event, if any.
@@ -614,13 +626,13 @@ impl Runs {
         }
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        let lock = tx
+            .prepare_cached(&format!(
+                "SELECT {RUN_COLUMNS} FROM viewcast_runs WHERE id = $1::text::uuid FOR UPDATE"
+            ))
+            .await?;
         let current = tx
-            .query_opt(
-                &format!(
-                    "SELECT {RUN_COLUMNS} FROM viewcast_runs WHERE id = $1::text::uuid FOR UPDATE"
-                ),
-                &[&id],
-            )
+            .query_opt(&lock, &[&id])
             .await?
             .map(|r| run(&r))
             .ok_or_else(|| RunError::NotFound(id.to_owned()))?;
@@ -640,7 +652,7 @@ impl Runs {
             });
         }
         let insert = tx
-            .prepare(&format!(
+            .prepare_cached(&format!(
                 "INSERT INTO viewcast_run_events \
                      (run_id, seq, type, stage, message, percentage, counters, data) \
                  VALUES ($1::text::uuid, $2, $3, $4, $5, $6, $7, $8) RETURNING {EVENT_COLUMNS}"
@@ -666,17 +678,18 @@ impl Runs {
             stored.push(event(&row));
         }
         if !stored.is_empty() {
-            tx.execute(
-                "INSERT INTO viewcast_run_outbox (run_id, seq) \
-                 SELECT $1::text::uuid, s FROM generate_series($2::bigint, $3::bigint) AS s",
-                &[
-                    &id,
-                    &current.next_seq,
-                    &(current.next_seq + stored.len() as i64 - 1),
-                ],
-            )
-            .await?;
-            tx.execute(&format!("SELECT pg_notify('{OUTBOX_CHANNEL}', $1)"), &[&id])
+            // The outbox rows, and the publisher's wake-up (sent at commit).
+            let outbox = tx
+                .prepare_cached(&format!(
+                    "WITH rows AS ( \
+                         INSERT INTO viewcast_run_outbox (run_id, seq) \
+                         SELECT $1::text::uuid, s FROM generate_series($2::bigint, $3::bigint) AS s \
+                         RETURNING 1) \
+                     SELECT pg_notify('{OUTBOX_CHANNEL}', $1), (SELECT count(*) FROM rows)"
+                ))
+                .await?;
+            let last = current.next_seq + stored.len() as i64 - 1;
+            tx.query_one(&outbox, &[&id, &current.next_seq, &last])
                 .await?;
         }
         tx.commit().await?;
@@ -740,7 +753,9 @@ impl Runs {
             )
             .await?;
         if rows.is_empty() {
-            // Not found, or nothing from there yet.
+            // Not found, or nothing from there yet. The connection goes back first: taking a
+            // second one while holding it could wait forever on a busy pool.
+            drop(client);
             self.get(id).await?;
         }
         Ok(rows.iter().map(event).collect())

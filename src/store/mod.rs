@@ -85,6 +85,13 @@ pub fn now_rfc3339() -> String {
     )
 }
 
+/// Connections in the store's pool (the outbox publisher and each replica's bus listener
+/// have one of their own besides).
+const POOL_SIZE: usize = 16;
+
+/// How long a request waits for a pooled connection before it fails.
+const POOL_WAIT: Duration = Duration::from_secs(10);
+
 /// Serializes migrations across replicas (`pg_advisory_lock` key; "viewcast" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7669_6577_6361_7374;
 
@@ -147,7 +154,11 @@ impl Store {
             },
         );
         let pool = deadpool_postgres::Pool::builder(manager)
-            .max_size(8)
+            .max_size(POOL_SIZE)
+            // A pool that cannot hand out a connection in time reports it (an error the
+            // caller sees) rather than queueing requests without bound.
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(POOL_WAIT))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
