@@ -16,8 +16,12 @@
 //! (the server gets a store database in the same cluster and `--webhook-allow-private`),
 //! receives their webhooks in this process, and checks every delivered FIRE/CLEAR against the
 //! table.
+//! The `runs` scenario starts runs over HTTP, follows each one with two consumers (SSE and a
+//! GraphQL `runEvents` subscription) and appends its events one request at a time; every
+//! event carries its append's send time in `data.sent_at_us`.
 //! Exit status: 0 when every client ends with the table's rows (`triggers`: every transition
-//! was delivered and the deliveries agree with the table), 1 when not, 2 on error.
+//! was delivered and the deliveries agree with the table; `runs`: every consumer received
+//! every event once, in order), 1 when not, 2 on error.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -90,6 +94,9 @@ enum Scenario {
     /// 1,000 webhook triggers (`--filters`) on one source, 10,000 rows, 10,000 changes/s
     /// setting `value` uniformly in 0..99, a local receiver, 20 s.
     Triggers(Flags),
+    /// 1,000 runs x 100 events appended one per request at 5,000/s by 64 writers, each run
+    /// followed by 2 consumers (SSE, and GraphQL over 100 connections x 10 subscriptions).
+    Runs(Flags),
 }
 
 /// Where the changes come from.
@@ -126,19 +133,20 @@ struct Upstream {
     kind: BackendKind,
     url: String,
     standin: Option<StandIn>,
-    /// The trigger store (a database of the same cluster), for the `triggers` scenario.
+    /// The store (a database of the same cluster), for the `triggers` and `runs` scenarios.
     store_url: Option<String>,
-    /// The postmaster, whose children's CPU the `triggers` scenario splits by role.
+    /// The postmaster, whose children's CPU the `triggers` and `runs` scenarios split by role.
     postmaster: Option<u32>,
 }
 
 /// Overrides of the scenario's parameters.
 #[derive(Debug, Args)]
 struct Flags {
-    /// WebSocket connections (clients).
+    /// WebSocket connections (clients). In `runs`, the GraphQL consumers' connections
+    /// (default: runs / subs-per-conn).
     #[arg(long, visible_alias = "clients")]
     connections: Option<usize>,
-    /// Subscriptions per connection.
+    /// Subscriptions per connection (`runs`: 10, one run each).
     #[arg(long)]
     subs_per_conn: Option<usize>,
     /// Distinct filters `{group_id: {_eq: k}}`, 0 for none; rows get `group_id = id % filters`.
@@ -148,7 +156,8 @@ struct Flags {
     /// Rows in the source table.
     #[arg(long)]
     rows: Option<u32>,
-    /// Target changes per second (one UPDATE per transaction).
+    /// Target changes per second (one UPDATE per transaction). In `runs`, appends per second
+    /// over all writers (default 5,000).
     #[arg(long)]
     rate: Option<u32>,
     /// Seconds of load.
@@ -161,14 +170,25 @@ struct Flags {
     read_ms: u64,
     #[arg(long, default_value_t = 5000)]
     pause_ms: u64,
-    /// Writer connections of the load generator (each pipelines its statements).
-    #[arg(long, default_value_t = 4)]
-    writers: usize,
+    /// Writer connections of the load generator (each pipelines its statements; default 4).
+    /// In `runs`, concurrent HTTP appenders, one request at a time each (default 64).
+    #[arg(long)]
+    writers: Option<usize>,
+    /// Runs started and followed (`runs`; default 1,000).
+    #[arg(long)]
+    runs: Option<u32>,
+    /// Events appended per run, the last one COMPLETED (`runs`; default 100).
+    #[arg(long)]
+    events: Option<u32>,
+    /// Consumers attached at a time (`runs`), each step held for 10 ms.
+    #[arg(long, default_value_t = 64)]
+    attach_concurrency: usize,
     /// Bytes of `payload` per row (stored and replicated, never selected).
     #[arg(long, default_value_t = 100)]
     payload_bytes: usize,
     /// Seconds the clients may take to reach the table's final state after the load
-    /// (`triggers`: each wait after the load — evaluation, deliveries, redeliveries).
+    /// (`triggers`: each wait after the load — evaluation, deliveries, redeliveries; `runs`:
+    /// for the consumers to end after the last append).
     #[arg(long, default_value_t = 120)]
     converge_timeout: u64,
     /// Passed to the server as --history-batches.
@@ -237,6 +257,10 @@ struct Params {
     slow: usize,
     backend: BackendKind,
     values: Values,
+    writers: usize,
+    /// `runs`: runs, and events per run.
+    runs: u32,
+    events: u32,
     flags: Flags,
 }
 
@@ -252,6 +276,15 @@ impl Params {
                 ("streaming", f, (100, 1, 10, false, 10_000, 10_000, 20.0, 0))
             }
             Scenario::Triggers(f) => ("triggers", f, (0, 1, 1_000, false, 10_000, 10_000, 20.0, 0)),
+            // The source is only there because a config needs one; connections follow --runs.
+            Scenario::Runs(f) => ("runs", f, (0, 10, 0, false, 100, 5_000, 0.0, 0)),
+        };
+        let runs = f.runs.unwrap_or(1_000).max(1);
+        let subs_per_conn = f.subs_per_conn.unwrap_or(d.1).max(1);
+        let connections = match (name, f.connections) {
+            (_, Some(n)) => n,
+            ("runs", None) => (runs as usize).div_ceil(subs_per_conn),
+            (_, None) => d.0,
         };
         let default_backend = if name == "streaming" {
             BackendKind::Materialize
@@ -260,8 +293,8 @@ impl Params {
         };
         Params {
             name,
-            connections: f.connections.unwrap_or(d.0).max(1),
-            subs_per_conn: f.subs_per_conn.unwrap_or(d.1).max(1),
+            connections: connections.max(1),
+            subs_per_conn,
             filters: f.filters.unwrap_or(d.2),
             match_nothing: d.3,
             rows: f.rows.unwrap_or(d.4).max(1),
@@ -274,6 +307,12 @@ impl Params {
             } else {
                 Values::Counter
             },
+            writers: f
+                .writers
+                .unwrap_or(if name == "runs" { 64 } else { 4 })
+                .max(1),
+            runs,
+            events: f.events.unwrap_or(100).max(1),
             flags: f,
         }
     }
@@ -298,7 +337,9 @@ fn main() -> ExitCode {
     match runtime.block_on(run(&params)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
-            eprintln!("FAILED: the final state (or, for triggers, the correctness) check failed");
+            eprintln!(
+                "FAILED: the final state (or, for triggers and runs, the correctness) check failed"
+            );
             ExitCode::from(1)
         }
         Err(err) => {
@@ -313,16 +354,19 @@ fn main() -> ExitCode {
 /// for its postmaster.
 async fn run(p: &Params) -> anyhow::Result<bool> {
     let bin = server_binary(p.flags.server_bin.as_deref())?;
-    let triggers = p.name == "triggers";
-    if triggers && p.backend != BackendKind::Postgres {
-        bail!("the triggers scenario runs on PostgreSQL only (its store is a PostgreSQL database)");
+    let (triggers, runs) = (p.name == "triggers", p.name == "runs");
+    if (triggers || runs) && p.backend != BackendKind::Postgres {
+        bail!(
+            "the {} scenario runs on PostgreSQL only (its store is a PostgreSQL database)",
+            p.name
+        );
     }
     let mut cluster = None;
     let upstream = if p.backend == BackendKind::Postgres {
         eprintln!("[{}] starting PostgreSQL …", p.name);
         let mut options = ClusterOptions::default();
-        if triggers {
-            // Per-statement counts and times of the trigger store, for the report.
+        if triggers || runs {
+            // Per-statement counts and times of the store, for the report.
             options.settings.push((
                 "shared_preload_libraries".into(),
                 "pg_stat_statements".into(),
@@ -331,7 +375,7 @@ async fn run(p: &Params) -> anyhow::Result<bool> {
         options.settings.extend(p.flags.pg_setting.iter().cloned());
         let started = PgCluster::start(options).await?;
         let url = started.url("postgres");
-        let store_url = if triggers {
+        let store_url = if triggers || runs {
             started.create_database(STORE_DB).await?;
             Some(started.url(STORE_DB))
         } else {
@@ -374,6 +418,8 @@ async fn run(p: &Params) -> anyhow::Result<bool> {
         let run = async {
             if triggers {
                 triggers_scenario(p, &server, &upstream).await
+            } else if runs {
+                runs_scenario(p, &server, &upstream).await
             } else {
                 scenario(p, &server, &upstream).await
             }
@@ -682,7 +728,7 @@ async fn generate(upstream: &Upstream, p: &Params) -> anyhow::Result<Load> {
         return Ok(generate_direct(standin, p).await);
     }
     let url = &upstream.url;
-    let writers = p.flags.writers.max(1);
+    let writers = p.writers;
     let rate = f64::from(p.rate) / writers as f64;
     let next_value = Arc::new(AtomicI64::new(1));
     let start = Instant::now();
@@ -2335,6 +2381,1008 @@ were queued)
             "per_sec": re_rate, "steady_per_sec": steady, "complete": re.complete, "cpu": re.cost.json()},
         "rss_mb": {"start": rss_start, "created": rss_created, "load_end": rss_load_end, "end": rss_end, "peak": rss_peak},
         "violations": violations.len(), "ok": ok,
+    });
+    println!("{json}");
+    ok
+}
+
+// -------------------------------------------------------------------------------------- runs
+
+/// How long an attach step keeps its place (`--attach-concurrency`).
+const ATTACH_HOLD: Duration = Duration::from_millis(10);
+
+/// A GraphQL consumer's subscription, one per run.
+const RUN_EVENTS: &str =
+    "subscription($id: ID!) { runEvents(runId: $id, fromSeq: 1) { seq type data } }";
+
+/// What one consumer of a run received, checked as it arrived.
+struct Consumed {
+    /// The seq wanted next: seqs 1..=events, in order.
+    next: i64,
+    /// The terminal event arrived.
+    terminal: bool,
+    /// Its stream ended cleanly after it (SSE: the response ended; GraphQL: `complete`).
+    ended: bool,
+    /// Events received (heartbeats apart), duplicates included.
+    received: u64,
+    heartbeats: u64,
+    /// Receive time (µs since the epoch) by seq - 1, for the first copy of each seq.
+    received_at: Vec<i64>,
+    /// Receive time − the append's `sent_at_us`, µs.
+    latencies_us: Vec<u32>,
+    /// Gaps, duplicates, wrong types, errors: the first few, and how many.
+    problems: Vec<String>,
+    problem_count: u64,
+}
+
+impl Consumed {
+    fn new(events: u32) -> Consumed {
+        Consumed {
+            next: 1,
+            terminal: false,
+            ended: false,
+            received: 0,
+            heartbeats: 0,
+            received_at: vec![0; events as usize],
+            latencies_us: Vec::with_capacity(events as usize),
+            problems: Vec::new(),
+            problem_count: 0,
+        }
+    }
+
+    fn problem(&mut self, text: String) {
+        self.problem_count += 1;
+        if self.problems.len() < 3 {
+            self.problems.push(text);
+        }
+    }
+
+    /// One event (or heartbeat) as it arrived.
+    fn event(
+        &mut self,
+        shared: &RunShared,
+        seq: i64,
+        kind: &str,
+        sent_at_us: Option<i64>,
+        at: i64,
+    ) {
+        if kind == "HEARTBEAT" {
+            self.heartbeats += 1;
+            return;
+        }
+        self.received += 1;
+        shared.delivered.fetch_add(1, Relaxed);
+        let events = i64::from(shared.events);
+        if self.terminal {
+            self.problem(format!("seq {seq} ({kind}) after the terminal event"));
+        }
+        if seq < self.next {
+            self.problem(format!("seq {seq} again (duplicate)"));
+            return;
+        }
+        if seq > self.next {
+            self.problem(format!("seqs {}..={} missing", self.next, seq - 1));
+        }
+        let wanted = if seq == events {
+            "COMPLETED"
+        } else {
+            "PROGRESS"
+        };
+        if kind != wanted || seq > events {
+            self.problem(format!("seq {seq} is {kind}, expected {wanted}"));
+        }
+        if let Some(slot) = usize::try_from(seq - 1)
+            .ok()
+            .and_then(|i| self.received_at.get_mut(i))
+        {
+            *slot = at;
+        }
+        match sent_at_us {
+            Some(sent) => self
+                .latencies_us
+                .push((at - sent).clamp(0, i64::from(u32::MAX)) as u32),
+            None => self.problem(format!("seq {seq} without data.sent_at_us")),
+        }
+        self.next = seq + 1;
+        self.terminal = viewcast::run::TERMINAL.contains(&kind);
+    }
+
+    /// Every seq 1..=events once, in order, ending with COMPLETED and the stream's end.
+    fn complete(&self, events: u32) -> bool {
+        self.problem_count == 0
+            && self.terminal
+            && self.ended
+            && self.next == i64::from(events) + 1
+            && self.received == u64::from(events)
+    }
+}
+
+/// What the consumer and writer tasks share with the scenario.
+struct RunShared {
+    addr: SocketAddr,
+    events: u32,
+    /// For the SSE consumers (one connection each, held to the end).
+    http: reqwest::Client,
+    /// Bounds concurrent attaches (`--attach-concurrency`).
+    connecting: Semaphore,
+    /// Consumers attached: SSE response headers received; GraphQL subscriptions sent and the
+    /// connection's `pong` (sent after them) received.
+    attached: AtomicUsize,
+    /// Events received, all consumers.
+    delivered: AtomicU64,
+    /// Consumers whose stream is over (cleanly or not).
+    finished: AtomicUsize,
+    stop: CancellationToken,
+}
+
+/// An event as SSE `data:` and GraphQL `runEvents` give it (the fields the benchmark reads).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RunEventJson {
+    run_id: Option<String>,
+    seq: i64,
+    #[serde(rename = "type")]
+    kind: String,
+    data: Option<serde_json::Value>,
+}
+
+impl RunEventJson {
+    fn sent_at_us(&self) -> Option<i64> {
+        self.data.as_ref()?.get("sent_at_us")?.as_i64()
+    }
+}
+
+/// Follows run `id` over SSE from seq 1 until the response ends.
+async fn sse_consumer(shared: Arc<RunShared>, id: String) -> Consumed {
+    let mut consumed = Consumed::new(shared.events);
+    let result = tokio::select! {
+        result = sse_read(&shared, &id, &mut consumed) => result,
+        () = shared.stop.cancelled() => Err(anyhow::anyhow!("stopped before the stream ended")),
+    };
+    if let Err(err) = result {
+        consumed.problem(format!("SSE: {err:#}"));
+    }
+    shared.finished.fetch_add(1, Relaxed);
+    consumed
+}
+
+async fn sse_read(shared: &RunShared, id: &str, consumed: &mut Consumed) -> anyhow::Result<()> {
+    let permit = shared.connecting.acquire().await?;
+    let url = format!("http://{}/runs/{id}/events?fromSeq=1", shared.addr);
+    let mut response = shared.http.get(url).send().await?;
+    let status = response.status();
+    if status != reqwest::StatusCode::OK {
+        bail!(
+            "HTTP {status}: {}",
+            response.text().await.unwrap_or_default()
+        );
+    }
+    // The server replays the (empty) run after the headers: let it, before the next attaches.
+    tokio::time::sleep(ATTACH_HOLD).await;
+    drop(permit);
+    shared.attached.fetch_add(1, Relaxed);
+    let mut buffer: Vec<u8> = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let at = now_us();
+        buffer.extend_from_slice(&chunk);
+        // Events end with a blank line (LF, as axum writes them; CRLF tolerated).
+        while let Some(end) = blank_line(&buffer) {
+            let block: Vec<u8> = buffer.drain(..end).collect();
+            sse_event(shared, id, &String::from_utf8_lossy(&block), at, consumed);
+        }
+    }
+    if !String::from_utf8_lossy(&buffer).trim().is_empty() {
+        consumed.problem(format!("the stream ended inside an event: {buffer:?}"));
+    }
+    consumed.ended = true;
+    Ok(())
+}
+
+/// The end of the first event in `buffer` (after its blank line).
+fn blank_line(buffer: &[u8]) -> Option<usize> {
+    let lf = memchr::memmem::find(buffer, b"\n\n").map(|i| i + 2);
+    let crlf = memchr::memmem::find(buffer, b"\r\n\r\n").map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// One SSE event block: `id:` (the seq), `event:` (the type), `data:` (the event as JSON);
+/// comments (heartbeats) and `retry:` are skipped.
+fn sse_event(shared: &RunShared, run: &str, block: &str, at: i64, consumed: &mut Consumed) {
+    let (mut id, mut event, mut data) = (None, None, String::new());
+    for line in block.lines() {
+        if line.is_empty() || line.starts_with(':') {
+            continue;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "id" => id = Some(value.to_owned()),
+            "event" => event = Some(value.to_owned()),
+            "data" => {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(value);
+            }
+            _ => {}
+        }
+    }
+    if data.is_empty() && event.is_none() {
+        return;
+    }
+    if event.as_deref() == Some("error") {
+        consumed.problem(format!("error event: {data}"));
+        return;
+    }
+    let parsed: RunEventJson = match serde_json::from_str(&data) {
+        Ok(e) => e,
+        Err(err) => {
+            consumed.problem(format!("data {data:?}: {err}"));
+            return;
+        }
+    };
+    let seq_text = parsed.seq.to_string();
+    if id.as_deref() != Some(seq_text.as_str())
+        || event.as_deref() != Some(parsed.kind.as_str())
+        || parsed.run_id.as_deref() != Some(run)
+    {
+        consumed.problem(format!(
+            "id {id:?} / event {event:?} do not match the data's seq {} / type {} / run {:?}",
+            parsed.seq, parsed.kind, parsed.run_id
+        ));
+    }
+    let sent = parsed.sent_at_us();
+    consumed.event(shared, parsed.seq, &parsed.kind, sent, at);
+}
+
+/// One WebSocket connection following runs `ids` (operation id = index) until each
+/// subscription completes.
+async fn graphql_consumers(shared: Arc<RunShared>, ids: Vec<String>) -> Vec<Consumed> {
+    let mut subs: Vec<Consumed> = ids.iter().map(|_| Consumed::new(shared.events)).collect();
+    let result = tokio::select! {
+        result = graphql_read(&shared, &ids, &mut subs) => result,
+        () = shared.stop.cancelled() => {
+            Err(anyhow::anyhow!("stopped before every subscription completed"))
+        }
+    };
+    if let Err(err) = result {
+        for sub in subs.iter_mut().filter(|s| !s.ended) {
+            sub.problem(format!("GraphQL: {err:#}"));
+        }
+    }
+    shared.finished.fetch_add(subs.len(), Relaxed);
+    subs
+}
+
+async fn graphql_read(
+    shared: &RunShared,
+    ids: &[String],
+    subs: &mut [Consumed],
+) -> anyhow::Result<()> {
+    let mut ws = {
+        let _permit = shared.connecting.acquire().await?;
+        open(shared.addr, false).await?
+    };
+    for (i, id) in ids.iter().enumerate() {
+        let _permit = shared.connecting.acquire().await?;
+        let message = serde_json::json!({"type": "subscribe", "id": i.to_string(),
+            "payload": {"query": RUN_EVENTS, "variables": {"id": id}}});
+        ws.send(Message::Text(message.to_string().into())).await?;
+        // The server starts the subscription and replays the (empty) run meanwhile.
+        tokio::time::sleep(ATTACH_HOLD).await;
+    }
+    // Answered after the subscriptions were started (messages are handled in order).
+    ws.send(Message::Text(r#"{"type":"ping"}"#.into())).await?;
+    let mut closed = vec![false; ids.len()];
+    let (mut open_subs, mut ponged) = (ids.len(), false);
+    while open_subs > 0 {
+        let text = match ws.next().await {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Close(frame))) => bail!("server closed: {frame:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(err)) => return Err(err.into()),
+            None => bail!("connection lost"),
+        };
+        let at = now_us();
+        let message: RunsMessage = serde_json::from_str(&text)
+            .with_context(|| format!("unexpected message: {}", text.as_str()))?;
+        let sub = message
+            .id
+            .as_deref()
+            .and_then(|id| id.parse::<usize>().ok())
+            .filter(|&i| i < subs.len() && !closed[i]);
+        match (message.kind.as_str(), sub) {
+            ("pong", _) if !ponged => {
+                ponged = true;
+                shared.attached.fetch_add(ids.len(), Relaxed);
+            }
+            ("ping", _) => ws.send(Message::Text(r#"{"type":"pong"}"#.into())).await?,
+            ("next", Some(i)) => {
+                let payload = message.payload.unwrap_or_default();
+                let event = payload
+                    .get("data")
+                    .and_then(|d| d.get("runEvents"))
+                    .filter(|_| payload.get("errors").is_none())
+                    .and_then(|e| serde_json::from_value::<RunEventJson>(e.clone()).ok());
+                match event {
+                    Some(e) => subs[i].event(shared, e.seq, &e.kind, e.sent_at_us(), at),
+                    None => subs[i].problem(format!("next without an event: {payload}")),
+                }
+            }
+            ("complete", Some(i)) => {
+                subs[i].ended = true;
+                closed[i] = true;
+                open_subs -= 1;
+            }
+            ("error", Some(i)) => {
+                let payload = message.payload.unwrap_or_default();
+                subs[i].problem(format!("error: {payload}"));
+                closed[i] = true;
+                open_subs -= 1;
+            }
+            _ => bail!("unexpected message: {}", text.as_str()),
+        }
+    }
+    let _ = ws.close(None).await;
+    Ok(())
+}
+
+/// A graphql-transport-ws message with any payload (`error` carries a list).
+#[derive(Deserialize)]
+struct RunsMessage {
+    #[serde(rename = "type")]
+    kind: String,
+    id: Option<String>,
+    payload: Option<serde_json::Value>,
+}
+
+/// What one writer appended.
+#[derive(Default)]
+struct Appends {
+    done: u64,
+    /// Request sent → response read, µs, per successful append.
+    latencies_us: Vec<u32>,
+    /// Attempts repeated after a connection error or a 503.
+    retries: u64,
+    /// Appends given up on (their run is not appended to again).
+    failures: Vec<String>,
+}
+
+/// Appends `events` events to each of `runs`, seq by seq across its runs (so all of them are
+/// active at once), one request at a time, paced to `rate` per second from `start`.
+async fn append_writer(
+    http: reqwest::Client,
+    addr: SocketAddr,
+    runs: Vec<String>,
+    events: u32,
+    rate: f64,
+    start: Instant,
+) -> Appends {
+    let mut out = Appends::default();
+    let mut broken = vec![false; runs.len()];
+    let mut n = 0u64;
+    for seq in 1..=i64::from(events) {
+        let kind = if seq == i64::from(events) {
+            "COMPLETED"
+        } else {
+            "PROGRESS"
+        };
+        for (r, id) in runs.iter().enumerate() {
+            let due = start + Duration::from_secs_f64(n as f64 / rate);
+            n += 1;
+            if broken[r] {
+                continue;
+            }
+            tokio::time::sleep_until(due.into()).await;
+            match append_one(&http, addr, id, seq, kind, &mut out).await {
+                Ok(()) => out.done += 1,
+                Err(err) => {
+                    out.failures.push(format!("run {id} seq {seq}: {err:#}"));
+                    broken[r] = true;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `POST /runs/{id}/events` with one event at `seq`; repeated (same `expectedSeq`) after a
+/// connection error or a 503, where a 409 then means the earlier attempt went through if the
+/// run has the event.
+async fn append_one(
+    http: &reqwest::Client,
+    addr: SocketAddr,
+    id: &str,
+    seq: i64,
+    kind: &str,
+    out: &mut Appends,
+) -> anyhow::Result<()> {
+    let url = format!("http://{addr}/runs/{id}/events");
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let sent_at_us = now_us();
+        let body = serde_json::json!({"events": [{"type": kind, "data": {"sent_at_us": sent_at_us}}],
+            "expectedSeq": seq});
+        let started = Instant::now();
+        let response = http
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string())
+            .send()
+            .await;
+        let (status, text) = match response {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                (status, response.text().await.unwrap_or_default())
+            }
+            // A timeout is no reason to try again: the server is stuck.
+            Err(err) if err.is_timeout() => bail!("{:#}", anyhow::Error::from(err)),
+            Err(err) => (0, format!("{:#}", anyhow::Error::from(err))),
+        };
+        match status {
+            200 => {
+                let answer: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                if answer["events"][0]["seq"].as_i64() != Some(seq) {
+                    bail!("appended, but the answer is not seq {seq}: {text}");
+                }
+                let us = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                out.latencies_us.push(us);
+                return Ok(());
+            }
+            409 if attempt > 1 && text.contains("SEQ_MISMATCH") => {
+                let (_, run) = http_get(addr, &format!("/runs/{id}")).await?;
+                let run: serde_json::Value = serde_json::from_str(&run).unwrap_or_default();
+                if run["lastSeq"].as_i64() >= Some(seq) {
+                    return Ok(());
+                }
+                bail!("HTTP 409 after a retry: {text}");
+            }
+            0 | 503 if attempt < 10 => {
+                out.retries += 1;
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+            _ => bail!("HTTP {status}: {text}"),
+        }
+    }
+}
+
+/// `POST /runs`: the new run's id.
+async fn start_run(http: &reqwest::Client, addr: SocketAddr) -> anyhow::Result<(u16, String)> {
+    let response = http
+        .post(format!("http://{addr}/runs"))
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(r#"{"kind":"bench","input":{}}"#)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let text = response.text().await?;
+    if status != 201 {
+        return Ok((status, text));
+    }
+    let run: serde_json::Value = serde_json::from_str(&text)?;
+    let id = run["id"].as_str().context("no id in the new run")?;
+    Ok((status, id.to_owned()))
+}
+
+/// `GET /runs/{id}` of every run, 64 at a time: each must be PENDING with no event.
+async fn read_runs(http: &reqwest::Client, addr: SocketAddr, ids: &[String]) -> anyhow::Result<()> {
+    let read = |id: String| async move {
+        let response = http.get(format!("http://{addr}/runs/{id}")).send().await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        let run: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        if status != 200 || run["status"] != "PENDING" || run["lastSeq"] != 0 {
+            bail!("GET /runs/{id}: HTTP {status}: {text}");
+        }
+        anyhow::Ok(())
+    };
+    futures::stream::iter(ids.iter().cloned())
+        .map(read)
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Starts `n` runs, 32 requests at a time, after waiting for the store (it connects and
+/// migrates in the background, answering 503 until then) with the first.
+async fn start_runs(
+    http: &reqwest::Client,
+    addr: SocketAddr,
+    n: u32,
+) -> anyhow::Result<Vec<String>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        match start_run(http, addr).await? {
+            (201, id) => break id,
+            (503, _) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            (status, text) => bail!("POST /runs: HTTP {status}: {text}"),
+        }
+    };
+    let rest: Vec<anyhow::Result<(u16, String)>> = futures::stream::iter(1..n)
+        .map(|_| start_run(http, addr))
+        .buffered(32)
+        .collect()
+        .await;
+    let mut ids = vec![first];
+    for result in rest {
+        match result? {
+            (201, id) => ids.push(id),
+            (status, text) => bail!("POST /runs: HTTP {status}: {text}"),
+        }
+    }
+    Ok(ids)
+}
+
+/// Waits (up to 3 s: run consumers get a heartbeat after 15 quiet seconds) until the process
+/// uses at most 4 % of a core over half a second.
+async fn settle(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let before = cpu_seconds(pid);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if cpu_seconds(pid) - before <= 0.02 {
+            return;
+        }
+    }
+}
+
+/// What the runs scenario measured.
+#[derive(Default)]
+struct RunsRun {
+    start_secs: f64,
+    attach_secs: f64,
+    append_secs: f64,
+    /// Last append → every consumer's stream over (or the timeout).
+    drain_secs: f64,
+    all_ended: bool,
+    delivered_during_appends: u64,
+    appended: u64,
+    append_us: Vec<u32>,
+    retries: u64,
+    failures: Vec<String>,
+    /// Server RSS (MB): start, runs started, consumers attached, appends done, end, peak.
+    rss: [f64; 6],
+    append_cost: Cost,
+    drain_cost: Cost,
+    /// From the store: runs completed with every event, all runs, events, events not
+    /// published, outbox rows left.
+    store_counts: [i64; 5],
+    /// Quantiles (p50, p95, p99, max; ms) from the store: `sent_at_us` → the event's row
+    /// (`created_at`), and that → `published_at` (the publisher's round).
+    saved_ms: Vec<f64>,
+    published_ms: Vec<f64>,
+    /// `published_at` → received, µs, over every delivery.
+    from_published_us: Vec<u32>,
+    statements: Vec<Statement>,
+}
+
+async fn runs_scenario(
+    p: &Params,
+    server: &ServerProc,
+    upstream: &Upstream,
+) -> anyhow::Result<bool> {
+    // reqwest is built without a default crypto provider (it never speaks TLS here).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let store_url = upstream.store_url.as_deref().context("no store")?;
+    let postmaster = upstream.postmaster.context("the postmaster's pid")?;
+    let store = pg(store_url).await?;
+    let (name, pid, addr) = (p.name, server.pid, server.addr);
+    let shared = Arc::new(RunShared {
+        addr,
+        events: p.events,
+        http: reqwest::Client::builder()
+            .no_proxy()
+            .tcp_nodelay(true)
+            .build()?,
+        connecting: Semaphore::new(p.flags.attach_concurrency.max(1)),
+        attached: AtomicUsize::new(0),
+        delivered: AtomicU64::new(0),
+        finished: AtomicUsize::new(0),
+        stop: CancellationToken::new(),
+    });
+    let mut run = RunsRun::default();
+    run.rss[0] = status_mb(pid, "VmRSS");
+    eprintln!("[{name}] server pid {pid}; starting {} runs …", p.runs);
+    let started = Instant::now();
+    let ids = start_runs(&shared.http, addr, p.runs).await?;
+    run.start_secs = started.elapsed().as_secs_f64();
+    read_runs(&shared.http, addr, &ids).await?;
+    run.rss[1] = status_mb(pid, "VmRSS");
+
+    let consumers = 2 * ids.len();
+    let connections = p.connections.min(ids.len());
+    eprintln!(
+        "[{name}] attaching {consumers} consumers: {} over SSE, {} over GraphQL on {connections} \
+         connections …",
+        ids.len(),
+        ids.len()
+    );
+    let started = Instant::now();
+    let tasks = ConsumerTasks::spawn(&shared, &ids, connections);
+    let attached = poll_until(
+        Duration::from_secs(120),
+        Duration::from_millis(20),
+        || async {
+            if shared.finished.load(Relaxed) > 0 {
+                bail!("a consumer ended before any event was appended");
+            }
+            Ok(shared.attached.load(Relaxed) >= consumers)
+        },
+    )
+    .await;
+    let result = match attached {
+        Ok(true) => {
+            // GraphQL subscriptions read the store once started: let that finish.
+            settle(pid).await;
+            run.attach_secs = started.elapsed().as_secs_f64();
+            append_phase(p, &shared, &ids, &store, postmaster, pid, &mut run).await
+        }
+        Ok(false) => Err(anyhow::anyhow!(
+            "only {} of {consumers} consumers attached within 120 s",
+            shared.attached.load(Relaxed)
+        )),
+        Err(err) => Err(err),
+    };
+    shared.stop.cancel();
+    let (sse_done, graphql_done) = tasks.join(p.events).await?;
+    if let Err(err) = result {
+        let problems: Vec<&String> = sse_done
+            .iter()
+            .chain(&graphql_done)
+            .flat_map(|c| &c.problems)
+            .take(3)
+            .collect();
+        bail!("{err:#}; consumer problems: {problems:?}");
+    }
+    run.from_published_us = from_published(&store, &ids, &sse_done, &graphql_done).await?;
+    run.rss[4] = status_mb(pid, "VmRSS");
+    run.rss[5] = status_mb(pid, "VmHWM");
+    Ok(report_runs(p, &run, &sse_done, &graphql_done))
+}
+
+/// The consumer tasks: one SSE consumer per run, and GraphQL connections each following some
+/// runs (their indexes, in subscription order).
+struct ConsumerTasks {
+    sse: Vec<JoinHandle<Consumed>>,
+    graphql: Vec<(Vec<usize>, JoinHandle<Vec<Consumed>>)>,
+}
+
+impl ConsumerTasks {
+    /// Run i goes on GraphQL connection i % connections.
+    fn spawn(shared: &Arc<RunShared>, ids: &[String], connections: usize) -> ConsumerTasks {
+        let sse = ids
+            .iter()
+            .map(|id| tokio::spawn(sse_consumer(shared.clone(), id.clone())))
+            .collect();
+        let graphql = (0..connections)
+            .map(|c| {
+                let runs: Vec<usize> = (c..ids.len()).step_by(connections).collect();
+                let run_ids = runs.iter().map(|&r| ids[r].clone()).collect();
+                let task = tokio::spawn(graphql_consumers(shared.clone(), run_ids));
+                (runs, task)
+            })
+            .collect();
+        ConsumerTasks { sse, graphql }
+    }
+
+    /// Each run's SSE and GraphQL consumer, in run order.
+    async fn join(self, events: u32) -> anyhow::Result<(Vec<Consumed>, Vec<Consumed>)> {
+        let mut sse = Vec::with_capacity(self.sse.len());
+        for task in self.sse {
+            sse.push(task.await?);
+        }
+        let mut graphql: Vec<Option<Consumed>> = (0..sse.len()).map(|_| None).collect();
+        for (runs, task) in self.graphql {
+            for (r, consumed) in runs.into_iter().zip(task.await?) {
+                graphql[r] = Some(consumed);
+            }
+        }
+        let graphql = graphql
+            .into_iter()
+            .map(|c| c.unwrap_or_else(|| Consumed::new(events)))
+            .collect();
+        Ok((sse, graphql))
+    }
+}
+
+/// The appends, then the wait for every consumer to end; the store's view afterwards.
+async fn append_phase(
+    p: &Params,
+    shared: &Arc<RunShared>,
+    ids: &[String],
+    store: &tokio_postgres::Client,
+    postmaster: u32,
+    pid: u32,
+    run: &mut RunsRun,
+) -> anyhow::Result<()> {
+    let (name, addr) = (p.name, shared.addr);
+    run.rss[2] = status_mb(pid, "VmRSS");
+    store
+        .batch_execute(
+            "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset();",
+        )
+        .await?;
+    let writers = p.writers.min(ids.len());
+    let total = u64::from(p.events) * ids.len() as u64;
+    eprintln!(
+        "[{name}] appending {total} events ({} per run) at {}/s with {writers} writers …",
+        p.events, p.rate
+    );
+    let meter = Meter::start(pid, postmaster);
+    let delivered0 = shared.delivered.load(Relaxed);
+    let start = Instant::now();
+    // Writer w appends to runs w, w + writers, …; its share of the rate follows its runs.
+    let tasks: Vec<JoinHandle<Appends>> = (0..writers)
+        .map(|w| {
+            let runs: Vec<String> = ids.iter().skip(w).step_by(writers).cloned().collect();
+            let rate = f64::from(p.rate.max(1)) * runs.len() as f64 / ids.len() as f64;
+            let http = reqwest::Client::builder()
+                .no_proxy()
+                .tcp_nodelay(true)
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("HTTP client");
+            tokio::spawn(append_writer(http, addr, runs, p.events, rate, start))
+        })
+        .collect();
+    for task in tasks {
+        let appends = task.await?;
+        run.appended += appends.done;
+        run.append_us.extend(appends.latencies_us);
+        run.retries += appends.retries;
+        run.failures.extend(appends.failures);
+    }
+    run.append_secs = start.elapsed().as_secs_f64();
+    let appended_at = Instant::now();
+    run.delivered_during_appends = shared.delivered.load(Relaxed) - delivered0;
+    run.append_cost = meter.read();
+    run.rss[3] = status_mb(pid, "VmRSS");
+    eprintln!(
+        "[{name}] {} events appended in {:.1} s; waiting for the consumers …",
+        run.appended, run.append_secs
+    );
+    let consumers = 2 * ids.len();
+    run.all_ended = poll_until(
+        Duration::from_secs(p.flags.converge_timeout),
+        Duration::from_millis(10),
+        || async { Ok(shared.finished.load(Relaxed) >= consumers) },
+    )
+    .await?;
+    run.drain_secs = appended_at.elapsed().as_secs_f64();
+    run.drain_cost = meter.read().since(&run.append_cost);
+    drop(meter);
+    run.statements = statements(store).await?;
+    let row = store
+        .query_one(
+            "SELECT (SELECT count(*) FILTER (WHERE status = 'completed' AND next_seq = $1) \
+                     FROM viewcast_runs WHERE kind = 'bench'), \
+                    (SELECT count(*) FROM viewcast_runs WHERE kind = 'bench'), \
+                    (SELECT count(*) FROM viewcast_run_events), \
+                    (SELECT count(*) FROM viewcast_run_events WHERE published_at IS NULL), \
+                    (SELECT count(*) FROM viewcast_run_outbox)",
+            &[&(i64::from(p.events) + 1)],
+        )
+        .await?;
+    run.store_counts = [0, 1, 2, 3, 4].map(|i| row.get(i));
+    let us = |at: &str| format!("(extract(epoch FROM {at}) * 1e6)::float8");
+    let row = store
+        .query_one(
+            &format!(
+                "WITH e AS (SELECT {} - (data->>'sent_at_us')::float8 AS saved, {} - {} AS published \
+                 FROM viewcast_run_events WHERE published_at IS NOT NULL) \
+                 SELECT percentile_disc(ARRAY[0.5, 0.95, 0.99, 1]) WITHIN GROUP (ORDER BY saved), \
+                 percentile_disc(ARRAY[0.5, 0.95, 0.99, 1]) WITHIN GROUP (ORDER BY published) FROM e",
+                us("created_at"),
+                us("published_at"),
+                us("created_at")
+            ),
+            &[],
+        )
+        .await?;
+    let ms = |v: Option<Vec<f64>>| v.unwrap_or_default().iter().map(|us| us / 1e3).collect();
+    (run.saved_ms, run.published_ms) = (ms(row.get(0)), ms(row.get(1)));
+    Ok(())
+}
+
+/// `published_at` (the publisher's round) → received, µs, for every event every consumer got.
+async fn from_published(
+    store: &tokio_postgres::Client,
+    ids: &[String],
+    sse: &[Consumed],
+    graphql: &[Consumed],
+) -> anyhow::Result<Vec<u32>> {
+    let index: HashMap<&str, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    let rows = store
+        .query(
+            "SELECT run_id::text, seq, (extract(epoch FROM published_at) * 1e6)::float8 \
+             FROM viewcast_run_events WHERE published_at IS NOT NULL",
+            &[],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(2 * rows.len());
+    for row in rows {
+        let (run, seq, published): (String, i64, f64) = (row.get(0), row.get(1), row.get(2));
+        let (Some(&r), Ok(i)) = (index.get(run.as_str()), usize::try_from(seq - 1)) else {
+            continue;
+        };
+        for consumed in [&sse[r], &graphql[r]] {
+            if let Some(&at) = consumed.received_at.get(i).filter(|&&at| at > 0) {
+                out.push((at as f64 - published).clamp(0.0, f64::from(u32::MAX)) as u32);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Sorted copies of the consumers' latencies.
+fn sorted_latencies<'a>(consumers: impl Iterator<Item = &'a Consumed>) -> Vec<u32> {
+    let mut all: Vec<u32> = consumers
+        .flat_map(|c| c.latencies_us.iter().copied())
+        .collect();
+    all.sort_unstable();
+    all
+}
+
+/// Prints the runs report and its JSON line; true when every consumer got every event once,
+/// in order, and the store agrees.
+// One flat list of figures, printed twice (table, JSON), reads better than split in parts.
+#[allow(clippy::too_many_lines)]
+fn report_runs(p: &Params, run: &RunsRun, sse: &[Consumed], graphql: &[Consumed]) -> bool {
+    let (runs, events) = (sse.len() as u64, u64::from(p.events));
+    let expected = runs * events * 2;
+    let all = || sse.iter().chain(graphql);
+    let delivered: u64 = all().map(|c| c.received).sum();
+    let complete = |c: &[Consumed]| c.iter().filter(|c| c.complete(p.events)).count();
+    let (sse_ok, graphql_ok) = (complete(sse), complete(graphql));
+    let problems: u64 = all().map(|c| c.problem_count).sum();
+    let heartbeats: u64 = all().map(|c| c.heartbeats).sum();
+    let [completed_runs, all_runs, stored, unpublished, outbox] = run.store_counts;
+    let store_ok = completed_runs as u64 == runs
+        && all_runs as u64 == runs
+        && stored as u64 == runs * events
+        && unpublished == 0
+        && outbox == 0;
+    let ok = sse_ok == sse.len()
+        && graphql_ok == graphql.len()
+        && delivered == expected
+        && run.failures.is_empty()
+        && run.appended == runs * events
+        && store_ok;
+    let quantiles = |sorted: &[u32]| [0.5, 0.95, 0.99, 1.0].map(|q| quantile_ms(sorted, q));
+    let (sse_lat, graphql_lat) = (
+        sorted_latencies(sse.iter()),
+        sorted_latencies(graphql.iter()),
+    );
+    let both = sorted_latencies(all());
+    let mut published = run.from_published_us.clone();
+    published.sort_unstable();
+    let mut append_us = run.append_us.clone();
+    append_us.sort_unstable();
+    let [s50, s95, s99, smax] = quantiles(&sse_lat);
+    let [g50, g95, g99, gmax] = quantiles(&graphql_lat);
+    let [b50, b95, b99, bmax] = quantiles(&both);
+    let [f50, f95, f99, fmax] = quantiles(&published);
+    let [a50, a95, a99, amax] = quantiles(&append_us);
+    let q = |v: &[f64], i: usize| v.get(i).copied().unwrap_or(f64::NAN);
+    let (saved, pubd) = (&run.saved_ms, &run.published_ms);
+    let secs = run.append_secs;
+    let achieved = run.appended as f64 / secs;
+    let delivered_rate = run.delivered_during_appends as f64 / secs;
+    let [
+        rss_start,
+        rss_started,
+        rss_attached,
+        rss_appended,
+        rss_end,
+        rss_peak,
+    ] = run.rss;
+    let verdict = if ok { "OK" } else { "FAILED" };
+    let name = p.name;
+    let (rate, writers) = (p.rate, p.writers.min(sse.len()));
+    let (conns, per_conn) = (p.connections.min(sse.len()), p.subs_per_conn);
+    let attach = p.flags.attach_concurrency.max(1);
+    let (start_secs, attach_secs, drain) = (run.start_secs, run.attach_secs, run.drain_secs);
+    let (appended, retries, failures) = (run.appended, run.retries, run.failures.len());
+    let append_cost = run.append_cost.describe();
+    // /proc counts CPU in 10 ms ticks: a drain shorter than a second says nothing.
+    let drain_cost = if run.drain_cost.secs < 1.0 {
+        format!("not measured (drain {:.2} s)", run.drain_cost.secs)
+    } else {
+        run.drain_cost.describe()
+    };
+    let ended = if run.all_ended {
+        "every stream ended"
+    } else {
+        "NOT every stream ended within --converge-timeout"
+    };
+    let (sse_n, graphql_n) = (sse.len(), graphql.len());
+    println!(
+        "
+== viewcast-bench {name} (postgres store) ==
+  runs                {runs} runs x {events} events (the last COMPLETED), started in \
+{start_secs:.2} s
+  consumers           {sse_n} SSE + {graphql_n} GraphQL ({conns} connections x up to {per_conn} \
+subscriptions), attached {attach} at a time and settled in {attach_secs:.2} s
+  appends             target {rate}/s with {writers} writers, achieved {achieved:.0}/s: \
+{appended} in {secs:.1} s; {retries} retries, {failures} failed
+  append HTTP (ms)    p50 {a50:.1}  p95 {a95:.1}  p99 {a99:.1}  max {amax:.1}  (request -> \
+response)
+  delivered           {delivered_rate:.0} events/s to consumers during the appends; {delivered} of \
+{expected} expected ({:.1} %); last stream ended {drain:.2} s after the last append ({ended})
+  latency (ms)        append sent -> consumer received, p50 / p95 / p99 / max:
+    SSE               {s50:.1} / {s95:.1} / {s99:.1} / {smax:.1}  ({} samples)
+    GraphQL           {g50:.1} / {g95:.1} / {g99:.1} / {gmax:.1}  ({} samples)
+    both              {b50:.1} / {b95:.1} / {b99:.1} / {bmax:.1}  ({} samples)
+  sent -> saved       p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1} ms (store: created_at - \
+sent_at_us)
+  saved -> published  p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1} ms (store: published_at - \
+created_at)
+  published -> recv   p50 {f50:.1}  p95 {f95:.1}  p99 {f99:.1}  max {fmax:.1} ms (received - \
+published_at, both consumers)
+  store               {completed_runs}/{all_runs} runs completed with {events} events; {stored} \
+events, {unpublished} unpublished, {outbox} outbox rows left
+  CPU, appends        {append_cost}
+  CPU, drain          {drain_cost}
+  server RSS (MB)     start {rss_start:.1}  runs started {rss_started:.1}  consumers attached \
+{rss_attached:.1}  appends done {rss_appended:.1}  end {rss_end:.1}  peak {rss_peak:.1}",
+        100.0 * delivered as f64 / expected.max(1) as f64,
+        sse_lat.len(),
+        graphql_lat.len(),
+        both.len(),
+        q(saved, 0),
+        q(saved, 1),
+        q(saved, 2),
+        q(saved, 3),
+        q(pubd, 0),
+        q(pubd, 1),
+        q(pubd, 2),
+        q(pubd, 3),
+    );
+    println!("  store statements    calls (per event), total time — appends and drain:");
+    print_statements(&run.statements, (runs * events) as i64);
+    println!(
+        "  zero loss           {verdict}: {sse_ok}/{sse_n} SSE and {graphql_ok}/{graphql_n} \
+GraphQL consumers got seqs 1..={events} once, in order, ending with COMPLETED; {problems} \
+problems; {heartbeats} heartbeats"
+    );
+    let examples = all().flat_map(|c| &c.problems).take(5);
+    for problem in examples.chain(run.failures.iter().take(5)) {
+        println!("    {problem}");
+    }
+    let json = serde_json::json!({
+        "scenario": name, "runs": runs, "events_per_run": events, "target_rate": rate, "writers": writers,
+        "graphql_connections": conns, "subs_per_conn": per_conn, "attach_concurrency": attach,
+        "start_secs": start_secs,
+        "attach_secs": attach_secs, "appended": appended, "append_secs": secs, "achieved_rate": achieved,
+        "retries": retries, "failed_appends": failures,
+        "append_http_ms": {"p50": a50, "p95": a95, "p99": a99, "max": amax},
+        "delivered": delivered, "expected": expected, "delivered_per_sec_during_appends": delivered_rate,
+        "drain_secs": drain, "all_ended": run.all_ended,
+        "latency_ms": {
+            "sse": {"p50": s50, "p95": s95, "p99": s99, "max": smax, "samples": sse_lat.len()},
+            "graphql": {"p50": g50, "p95": g95, "p99": g99, "max": gmax, "samples": graphql_lat.len()},
+            "both": {"p50": b50, "p95": b95, "p99": b99, "max": bmax, "samples": both.len()}},
+        "sent_to_saved_ms": saved, "saved_to_published_ms": pubd,
+        "published_to_received_ms": {"p50": f50, "p95": f95, "p99": f99, "max": fmax},
+        "store": {"completed_runs": completed_runs, "runs": all_runs, "events": stored,
+            "unpublished": unpublished, "outbox": outbox},
+        "cpu_appends": run.append_cost.json(), "cpu_drain": run.drain_cost.json(),
+        "rss_mb": {"start": rss_start, "runs_started": rss_started, "attached": rss_attached,
+            "appended": rss_appended, "end": rss_end, "peak": rss_peak},
+        "consumers_complete": {"sse": sse_ok, "graphql": graphql_ok}, "problems": problems,
+        "heartbeats": heartbeats, "ok": ok,
     });
     println!("{json}");
     ok
