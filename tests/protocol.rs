@@ -130,6 +130,17 @@ async fn validation_errors_end_the_operation_with_error() {
             .contains("nope"),
         "{message}"
     );
+    assert_eq!(
+        message["payload"][0]["extensions"]["code"], "GRAPHQL_VALIDATION_FAILED",
+        "{message}"
+    );
+    ws.subscribe("p", "subscription { items {").await;
+    let message = ws.recv().await.unwrap();
+    assert_eq!(message["type"], "error", "{message}");
+    assert_eq!(
+        message["payload"][0]["extensions"]["code"], "GRAPHQL_PARSE_FAILED",
+        "{message}"
+    );
 
     ws.subscribe(
         "w",
@@ -273,6 +284,27 @@ async fn http_requests_get_graphql_errors() {
         "{result}"
     );
     assert!(result["data"].is_null());
+
+    // Every error has a code, async-graphql's own included.
+    for (query, code) in [
+        (
+            "{ items(where: {score: {_gte: \"x\"}}) { id } }",
+            "GRAPHQL_VALIDATION_FAILED",
+        ),
+        ("{ items { nope } }", "GRAPHQL_VALIDATION_FAILED"),
+        ("{ items(bogus: 1) { id } }", "GRAPHQL_VALIDATION_FAILED"),
+        ("{ items { id ", "GRAPHQL_PARSE_FAILED"),
+        (
+            "query Q($n: Int!) { items(limit: $n) { id } }",
+            "GRAPHQL_VALIDATION_FAILED",
+        ),
+    ] {
+        let result = common::graphql(addr, query, Value::Null).await;
+        assert_eq!(
+            result["errors"][0]["extensions"]["code"], code,
+            "{query}: {result}"
+        );
+    }
 
     let result = common::graphql(addr, "{ items(limit: -1) { id } }", Value::Null).await;
     assert!(

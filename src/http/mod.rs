@@ -154,7 +154,7 @@ async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: B
             let mut responses = Vec::with_capacity(requests.len());
             for request in requests {
                 state.metrics.http_requests.inc();
-                responses.push(state.schema.execute(request).await);
+                responses.push(run(&state, request).await);
             }
             json_response(StatusCode::OK, &responses)
         }
@@ -170,8 +170,51 @@ async fn execute(state: &AppState, request: async_graphql::Request, via_get: boo
     if via_get && is_mutation(&request.query) {
         return graphql_error_response(StatusCode::METHOD_NOT_ALLOWED, "mutations must use POST");
     }
-    let response = state.schema.execute(request).await;
+    let response = run(state, request).await;
     json_response(StatusCode::OK, &response)
+}
+
+/// Executes `request`; every error of the response carries an `extensions.code`.
+async fn run(state: &AppState, request: async_graphql::Request) -> async_graphql::Response {
+    let query = request.query.clone();
+    let mut response = state.schema.execute(request).await;
+    coded(&mut response.errors, &query);
+    response
+}
+
+/// Gives a code to the errors async-graphql reports without one (viewcast's own errors have
+/// theirs): `GRAPHQL_PARSE_FAILED` when the document does not parse,
+/// `GRAPHQL_VALIDATION_FAILED` for a request-level error (no path: validation, an unknown
+/// operation, a bad variable), `BAD_USER_INPUT` for one at a field (an argument it refused).
+pub(crate) fn coded(errors: &mut [async_graphql::ServerError], query: &str) {
+    if errors.iter().all(|e| {
+        e.extensions
+            .as_ref()
+            .is_some_and(|x| x.get("code").is_some())
+    }) {
+        return;
+    }
+    let parses = async_graphql::parser::parse_query(query).is_ok();
+    for error in errors {
+        if error
+            .extensions
+            .as_ref()
+            .is_some_and(|x| x.get("code").is_some())
+        {
+            continue;
+        }
+        let code = if !parses {
+            "GRAPHQL_PARSE_FAILED"
+        } else if error.path.is_empty() {
+            "GRAPHQL_VALIDATION_FAILED"
+        } else {
+            "BAD_USER_INPUT"
+        };
+        error
+            .extensions
+            .get_or_insert_with(Default::default)
+            .set("code", code);
+    }
 }
 
 fn is_mutation(query: &str) -> bool {

@@ -384,12 +384,14 @@ impl Connection {
         if !request.query.contains('@') {
             request = request.data(slot.clone());
         }
+        let query = request.query.clone();
         let responses = self
             .state
             .schema
             .execute_stream_with_session_data(request, self.session.clone());
         let op = OperationContext {
             id: id.clone(),
+            query,
             generation,
             data_kind: if self.protocol == Protocol::Modern {
                 "next"
@@ -511,6 +513,8 @@ async fn ready_frame(
 /// One operation as its task sees it.
 struct OperationContext {
     id: String,
+    /// The document (to tell a parse error from a validation error).
+    query: String,
     generation: u64,
     data_kind: &'static str,
     out: mpsc::Sender<Out>,
@@ -551,9 +555,11 @@ async fn run_operation(
         // Errors before any result (parse, validation, a rejected argument) end the operation
         // with an `error` message, as both protocols specify.
         if first && response.is_err() && response.data == async_graphql::Value::Null {
+            let mut errors = response.errors;
+            super::coded(&mut errors, &op.query);
             let _ = op
                 .out
-                .send(Out::Frame(text("error", Some(id), Some(&response.errors))))
+                .send(Out::Frame(text("error", Some(id), Some(&errors))))
                 .await;
             return Ended::Errored;
         }
