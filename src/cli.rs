@@ -88,6 +88,9 @@ pub struct ServeArgs {
     /// Seconds without events after which run subscribers (GraphQL and SSE) get a heartbeat.
     #[arg(long, env = "VIEWCAST_RUN_HEARTBEAT", default_value_t = 15)]
     pub run_heartbeat: u64,
+    /// Seconds after which ended runs are deleted with their events; 0 keeps them forever.
+    #[arg(long, env = "VIEWCAST_RUN_RETENTION", default_value_t = 0)]
+    pub run_retention: u64,
     /// Webhook requests in flight at once, across triggers.
     #[arg(long, env = "VIEWCAST_WEBHOOK_CONCURRENCY", default_value_t = 256)]
     pub webhook_concurrency: usize,
@@ -257,6 +260,8 @@ impl ServeArgs {
             public_url: self.public_url.clone(),
             runs: crate::run::RunSettings {
                 heartbeat: Duration::from_secs(self.run_heartbeat.max(1)),
+                retention: (self.run_retention > 0)
+                    .then(|| Duration::from_secs(self.run_retention)),
             },
             instance: self.instance.clone(),
             apply_setup: self.apply_setup,

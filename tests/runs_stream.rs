@@ -26,8 +26,16 @@ struct Replica {
 
 impl Replica {
     async fn start(db: &TestDb, heartbeat: Duration) -> Replica {
+        let settings = RunSettings {
+            heartbeat,
+            ..RunSettings::default()
+        };
+        Replica::start_with(db, settings).await
+    }
+
+    async fn start_with(db: &TestDb, settings: RunSettings) -> Replica {
         let store = Store::connect(&db.url).await.expect("store");
-        let runs = Runs::with(Connector::ready(store), RunSettings { heartbeat });
+        let runs = Runs::with(Connector::ready(store), settings);
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         runs.spawn(&shutdown, &tasks);
@@ -514,6 +522,51 @@ async fn many_consumers_starting_on_empty_runs_at_once_leave_the_store_usable() 
             .expect("reader");
         assert_eq!(seqs, vec![1, 2]);
     }
+    replica.stop().await;
+    db.stop().await;
+}
+
+#[tokio::test]
+async fn runs_that_ended_past_the_retention_are_deleted_with_their_events() {
+    let db = TestDb::new().await;
+    let replica = Replica::start_with(
+        &db,
+        RunSettings {
+            retention: Some(Duration::from_secs(1)),
+            ..RunSettings::default()
+        },
+    )
+    .await;
+    let runs = replica.runs.clone();
+    let ended = runs.start("job", &json!({}), None).await.expect("start").id;
+    runs.append(&ended, &[event("STARTED", 1), event("COMPLETED", 2)], None)
+        .await
+        .expect("append");
+    let running = runs.start("job", &json!({}), None).await.expect("start").id;
+    runs.append(&running, &[event("STARTED", 1)], None)
+        .await
+        .expect("append");
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    while runs.get(&ended).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ended run was not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM viewcast_run_events WHERE run_id = $1::text::uuid",
+            &[&ended],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0, "its events went with it");
+    let kept = runs.get(&running).await.expect("a running run is kept");
+    assert_eq!(kept.next_seq, 2);
     replica.stop().await;
     db.stop().await;
 }

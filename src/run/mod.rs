@@ -299,12 +299,15 @@ fn validate(event: &NewEvent) -> Result<(), RunError> {
 pub struct RunSettings {
     /// A consumer that has received nothing for this long gets a heartbeat.
     pub heartbeat: Duration,
+    /// Runs that ended longer ago than this are deleted with their events; `None`: kept.
+    pub retention: Option<Duration>,
 }
 
 impl Default for RunSettings {
     fn default() -> Self {
         RunSettings {
             heartbeat: Duration::from_secs(15),
+            retention: None,
         }
     }
 }
@@ -494,6 +497,7 @@ impl Runs {
         tasks.spawn(publisher::run(
             self.connector.clone(),
             self.metrics.clone(),
+            self.settings.retention,
             shutdown.clone(),
         ));
         tasks.spawn(

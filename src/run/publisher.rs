@@ -33,13 +33,14 @@ const ROUND: i64 = 2_000;
 pub async fn run(
     connector: std::sync::Arc<Connector>,
     metrics: std::sync::Arc<RunMetrics>,
+    retention: Option<Duration>,
     shutdown: CancellationToken,
 ) {
     loop {
         let Some(store) = connector.until_ready(&shutdown).await else {
             return;
         };
-        let led = lead(&store, &metrics, &shutdown).await;
+        let led = lead(&store, &metrics, retention, &shutdown).await;
         metrics.publishing.set(0);
         match led {
             Ok(()) => return,
@@ -56,6 +57,7 @@ pub async fn run(
 async fn lead(
     store: &crate::store::Store,
     metrics: &RunMetrics,
+    retention: Option<Duration>,
     shutdown: &CancellationToken,
 ) -> Result<(), StoreError> {
     let (client, mut notifications) = store.dedicated().await?;
@@ -78,7 +80,15 @@ async fn lead(
         .batch_execute(&format!("LISTEN {OUTBOX_CHANNEL}"))
         .await?;
     let mut client = client;
+    let prune_every = retention.map(|r| (r / 2).clamp(POLL, PRUNE_INTERVAL));
+    let mut pruned = tokio::time::Instant::now();
     loop {
+        if let (Some(retention), Some(every)) = (retention, prune_every)
+            && pruned.elapsed() >= every
+        {
+            prune(&client, retention).await?;
+            pruned = tokio::time::Instant::now();
+        }
         // Drain: a full round may leave more behind.
         loop {
             let published = publish_round(&mut client).await?;
@@ -99,6 +109,35 @@ async fn lead(
             () = tokio::time::sleep(POLL) => {}
         }
     }
+}
+
+/// How often, at most, ended runs past the retention are deleted.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Deletes runs that ended longer than `retention` ago, with their events (once all of them
+/// are published), a thousand at a time.
+async fn prune(client: &tokio_postgres::Client, retention: Duration) -> Result<(), StoreError> {
+    let mut deleted = 0;
+    loop {
+        let n = client
+            .execute(
+                "DELETE FROM viewcast_runs WHERE id IN ( \
+                     SELECT r.id FROM viewcast_runs r \
+                     WHERE r.finished_at < now() - make_interval(secs => $1) \
+                       AND NOT EXISTS (SELECT 1 FROM viewcast_run_outbox o WHERE o.run_id = r.id) \
+                     LIMIT 1000)",
+                &[&retention.as_secs_f64()],
+            )
+            .await?;
+        deleted += n;
+        if n < 1000 {
+            break;
+        }
+    }
+    if deleted > 0 {
+        tracing::info!(deleted, "ended runs past the retention deleted");
+    }
+    Ok(())
 }
 
 /// Publishes up to `ROUND` outbox rows; returns how many.

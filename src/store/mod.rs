@@ -45,6 +45,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "run_executors",
         include_str!("migrations/0008_run_executors.sql"),
     ),
+    (
+        9,
+        "run_retention",
+        include_str!("migrations/0009_run_retention.sql"),
+    ),
 ];
 
 /// A timestamp column as RFC 3339 in UTC, microseconds kept.
