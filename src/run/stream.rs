@@ -220,19 +220,21 @@ impl Runs {
                     if out.send(Item::Heartbeat { seq: out.sent }).await.is_err() {
                         return Ok(());
                     }
-                    // In case an announcement was lost: look in the store.
-                    let events: Vec<Arc<Event>> = self
-                        .published_events(id, next, PAGE)
-                        .await?
-                        .into_iter()
-                        .map(Arc::new)
-                        .collect();
-                    if self.send_live(events, &mut next, out).await {
-                        return Ok(());
-                    }
-                    // Asked for more than a run that has ended will ever have.
+                    // In case an announcement was lost: look in the store (one query when
+                    // nothing was missed).
                     let run = self.get(id).await?;
-                    if run.terminal_type.is_some() && next >= run.next_seq {
+                    if run.next_seq > next {
+                        let events: Vec<Arc<Event>> = self
+                            .published_events(id, next, PAGE)
+                            .await?
+                            .into_iter()
+                            .map(Arc::new)
+                            .collect();
+                        if self.send_live(events, &mut next, out).await {
+                            return Ok(());
+                        }
+                    } else if run.terminal_type.is_some() {
+                        // Asked for more than a run that has ended will ever have.
                         let _ = out.flush().await;
                         return Ok(());
                     }
