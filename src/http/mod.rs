@@ -101,6 +101,15 @@ async fn graphql_get(State(state): State<AppState>, request: axum::extract::Requ
                 Ok(request) => request,
                 Err(message) => return graphql_error_response(StatusCode::BAD_REQUEST, &message),
             };
+            if wants_event_stream(&parts.headers, &request) {
+                if is_mutation(&request.query) {
+                    return graphql_error_response(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "mutations must use POST",
+                    );
+                }
+                return graphql_sse(&state, request);
+            }
             execute(&state, request, true).await
         }
         _ if wants_html => Html(graphiql()).into_response(),
@@ -149,6 +158,11 @@ async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: B
         );
     }
     match serde_json::from_slice::<async_graphql::BatchRequest>(&body) {
+        Ok(async_graphql::BatchRequest::Single(request))
+            if wants_event_stream(&headers, &request) =>
+        {
+            graphql_sse(&state, request)
+        }
         Ok(async_graphql::BatchRequest::Single(request)) => execute(&state, request, false).await,
         Ok(async_graphql::BatchRequest::Batch(requests)) => {
             let mut responses = Vec::with_capacity(requests.len());
@@ -172,6 +186,58 @@ async fn execute(state: &AppState, request: async_graphql::Request, via_get: boo
     }
     let response = run(state, request).await;
     json_response(StatusCode::OK, &response)
+}
+
+/// Whether to answer `request` as an event stream (GraphQL over SSE): the client accepts
+/// `text/event-stream`, and either accepts nothing else (graphql-sse) or sends a subscription.
+/// A client that also takes JSON (urql's fetch lists both) gets JSON for a query.
+fn wants_event_stream(headers: &HeaderMap, request: &async_graphql::Request) -> bool {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    accept.contains("text/event-stream")
+        && (!accept.contains("json")
+            || has_operation(
+                &request.query,
+                async_graphql::parser::types::OperationType::Subscription,
+            ))
+}
+
+/// GraphQL over Server-Sent Events (the graphql-sse protocol's "distinct connections" mode):
+/// each result of the operation is an `event: next` with the result as JSON `data`, then one
+/// `event: complete`. Subscriptions, queries and mutations alike; a subscription streams until
+/// it ends, the client goes away or the server shuts down. Subscriptions run through the
+/// GraphQL executor here (the WebSocket transport has the shared-bytes fast path).
+fn graphql_sse(state: &AppState, request: async_graphql::Request) -> Response {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    use futures::StreamExt;
+    state.metrics.http_requests.inc();
+    let query = request.query.clone();
+    let results = state
+        .schema
+        .execute_stream(request)
+        .map(move |mut response| {
+            coded(&mut response.errors, &query);
+            let data = serde_json::to_string(&response).unwrap_or_else(|e| {
+                format!(r#"{{"errors":[{{"message":"cannot serialize the result: {e}"}}]}}"#)
+            });
+            Ok::<_, std::convert::Infallible>(SseEvent::default().event("next").data(data))
+        });
+    let complete =
+        futures::stream::once(async { Ok(SseEvent::default().event("complete").data("")) });
+    let events = results
+        .chain(complete)
+        .take_until(state.shutdown.clone().cancelled_owned());
+    let mut response = Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response();
+    // nginx and similar proxies buffer responses unless told not to.
+    response.headers_mut().insert(
+        "x-accel-buffering",
+        axum::http::HeaderValue::from_static("no"),
+    );
+    response
 }
 
 /// Executes `request`; every error of the response carries an `extensions.code`.
@@ -218,11 +284,12 @@ pub(crate) fn coded(errors: &mut [async_graphql::ServerError], query: &str) {
 }
 
 fn is_mutation(query: &str) -> bool {
-    async_graphql::parser::parse_query(query).is_ok_and(|doc| {
-        doc.operations
-            .iter()
-            .any(|(_, op)| op.node.ty == async_graphql::parser::types::OperationType::Mutation)
-    })
+    has_operation(query, async_graphql::parser::types::OperationType::Mutation)
+}
+
+fn has_operation(query: &str, ty: async_graphql::parser::types::OperationType) -> bool {
+    async_graphql::parser::parse_query(query)
+        .is_ok_and(|doc| doc.operations.iter().any(|(_, op)| op.node.ty == ty))
 }
 
 fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
