@@ -238,6 +238,15 @@ async fn ready_reports_a_lost_database_and_queries_fail_cleanly() {
             .contains("cannot connect"),
         "{body}"
     );
+    // Runs share that store: their consumers would get nothing, and /ready says so.
+    assert_eq!(body["runs"]["status"], "down", "{body}");
+    assert!(
+        body["runs"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("not listening for run events"),
+        "{body}"
+    );
 
     let result = common::graphql(addr, "{ items { id } }", Value::Null).await;
     assert_eq!(

@@ -344,6 +344,11 @@ async fn ready(State(state): State<AppState>) -> Response {
         body["ready"] = false.into();
         body["store"] = serde_json::json!({ "status": "down", "reason": reason });
     }
+    if let Some(reason) = state.runs.not_ready() {
+        ready = false;
+        body["ready"] = false.into();
+        body["runs"] = serde_json::json!({ "status": "down", "reason": reason });
+    }
     let status = if ready {
         StatusCode::OK
     } else {

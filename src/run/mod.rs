@@ -511,6 +511,18 @@ impl Runs {
         &self.bus
     }
 
+    /// `None` when run events reach this replica's consumers (or there is no store), else
+    /// why not (for `/ready`).
+    pub fn not_ready(&self) -> Option<String> {
+        if !self.connector.is_configured() || *self.bus.listening().borrow() {
+            return None;
+        }
+        Some(self.connector.not_ready().map_or_else(
+            || "not listening for run events yet".to_owned(),
+            |reason| format!("not listening for run events: {reason}"),
+        ))
+    }
+
     pub fn settings(&self) -> &RunSettings {
         &self.settings
     }
