@@ -62,7 +62,8 @@ pub struct ServeArgs {
     /// RisingWave URL for `backend: risingwave` sources (`postgres://root@host:4566/dev`).
     #[arg(long, env = "RISINGWAVE_URL", hide_env_values = true)]
     pub risingwave_url: Option<String>,
-    /// PostgreSQL database viewcast keeps triggers and deliveries in (default: `DATABASE_URL`).
+    /// PostgreSQL database viewcast keeps triggers, deliveries and runs in (default:
+    /// `DATABASE_URL`).
     #[arg(long, env = "VIEWCAST_STORE_URL", hide_env_values = true)]
     pub store_url: Option<String>,
     /// Let webhooks reach loopback and private addresses (refused by default).

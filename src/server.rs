@@ -29,7 +29,7 @@ pub struct ServeOptions {
     pub materialize_url: Option<String>,
     /// RisingWave URL for `risingwave` sources.
     pub risingwave_url: Option<String>,
-    /// PostgreSQL URL of the store for triggers (default: `database_url`).
+    /// PostgreSQL URL of the store for triggers and runs (default: `database_url`).
     pub store_url: Option<String>,
     pub triggers: crate::trigger::TriggerSettings,
     pub runs: crate::run::RunSettings,

@@ -1,4 +1,5 @@
-//! The PostgreSQL store viewcast keeps its own state in (triggers, their state, deliveries):
+//! The PostgreSQL store viewcast keeps its own state in (triggers, their state, deliveries,
+//! runs and their events):
 //! a connection pool and the project's migrations, applied at connection under an advisory
 //! lock so several replicas starting together apply each migration once.
 //!
