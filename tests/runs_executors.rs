@@ -233,12 +233,14 @@ async fn an_http_worker_gets_the_run_and_reports_with_its_token() {
 #[tokio::test]
 async fn an_http_run_fails_when_its_worker_goes_quiet_or_cannot_be_reached() {
     let mut worker = Receiver::start().await;
-    // The second kind's worker refuses every request.
+    // The second kind's worker fails every request; the third refuses the run.
     worker.path_default("/down", Reply::Status(503));
+    worker.path_default("/refuse", Reply::Status(422));
     let (db, server) = setup(&format!(
-        "  quiet:\n    executor: http\n    url: {}\n    deadline_s: 1\n  down:\n    executor: http\n    url: {}\n",
+        "  quiet:\n    executor: http\n    url: {}\n    deadline_s: 1\n  down:\n    executor: http\n    url: {}\n  refused:\n    executor: http\n    url: {}\n",
         worker.url("/quiet"),
         worker.url("/down"),
+        worker.url("/refuse"),
     ))
     .await;
     let addr = server.addr();
@@ -266,14 +268,24 @@ async fn an_http_run_fails_when_its_worker_goes_quiet_or_cannot_be_reached() {
         message.contains("503") && message.contains("4 attempts"),
         "{message}"
     );
-    let mut to_down = 0;
+    let refused = start(addr, "refused").await["data"]["startRun"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let events = events_at_end(addr, &refused).await;
+    assert_eq!(types(&events), ["DISPATCHED", "FAILED"]);
+    let message = events[1]["message"].as_str().unwrap();
+    assert!(message.contains("refused the run: 422"), "{message}");
+    let (mut to_down, mut to_refuse) = (0, 0);
     while let Some(r) = worker.next_within(Duration::from_millis(200)).await {
         to_down += usize::from(r.path == "/down");
+        to_refuse += usize::from(r.path == "/refuse");
     }
     assert!(
         to_down <= 4,
         "{to_down} requests to the failing worker (some may have come earlier)"
     );
+    assert_eq!(to_refuse, 1, "a refused run is not sent again");
     server.shutdown().await;
     db.stop().await;
 }

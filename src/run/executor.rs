@@ -540,6 +540,20 @@ impl Orchestrator {
                 .await;
             match sent {
                 Ok(response) if response.status().is_success() => return Ok(()),
+                // The worker refused the run itself: asking again would not change that.
+                Ok(response)
+                    if response.status().is_client_error()
+                        && !matches!(response.status().as_u16(), 408 | 429) =>
+                {
+                    let status = response.status();
+                    let body = response.text().await.unwrap_or_default();
+                    let body: String = body.chars().take(300).collect();
+                    return Err(
+                        format!("the worker at {url} refused the run: {status} {body}")
+                            .trim_end()
+                            .to_owned(),
+                    );
+                }
                 Ok(response) => last_error = format!("the worker answered {}", response.status()),
                 Err(err) => last_error = format!("the worker is unreachable: {err}"),
             }
