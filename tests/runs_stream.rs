@@ -396,20 +396,19 @@ async fn coalescing_sends_at_most_one_progress_a_second_and_always_the_latest() 
     assert!(got.contains(&last_progress), "the latest progress: {got:?}");
     assert_eq!(*got.last().expect("events"), log + 30, "COMPLETED");
     assert!(got.len() < 12, "coalesced: {got:?}");
-    // During the first 1.5 s (about 150 progress events), progress went out at most once a
-    // second: at most 3 of them, spaced (received times carry scheduling jitter, hence the
-    // margin below the interval).
+    // During the first 1.5 s (one progress event every 10 ms or so), progress went out at
+    // most once a second: the first at once, then one per elapsed second, so at most 3
+    // (times are not compared: under load the reader's clock lags the sender's).
+    let appended_early = log - 1 - 2;
+    assert!(
+        appended_early >= 10,
+        "{appended_early} progress events appended"
+    );
     let early: Vec<_> = received
         .iter()
         .filter(|(seq, t, _)| t == "PROGRESS" && *seq < log - 1)
         .collect();
     assert!((1..=3).contains(&early.len()), "{early:?}");
-    assert!(
-        early
-            .windows(2)
-            .all(|w| w[1].2 - w[0].2 >= Duration::from_millis(500)),
-        "progress spaced by the interval"
-    );
     replica.stop().await;
     db.stop().await;
 }
