@@ -132,6 +132,8 @@ pub struct Triggers {
     dispatchers: Mutex<HashMap<String, Arc<sender::Owned>>>,
     /// Webhook requests in flight, across sources.
     concurrency: Arc<tokio::sync::Semaphore>,
+    /// The webhook client, built with the first dispatcher.
+    http: std::sync::OnceLock<reqwest::Client>,
     shutdown: tokio_util::sync::CancellationToken,
     tasks: tokio_util::task::TaskTracker,
 }
@@ -164,6 +166,7 @@ impl Triggers {
             running: Mutex::new(std::collections::HashSet::new()),
             dispatchers: Mutex::new(HashMap::new()),
             concurrency: Arc::new(tokio::sync::Semaphore::new(concurrency)),
+            http: std::sync::OnceLock::new(),
             shutdown: shutdown.clone(),
             tasks,
         });
@@ -264,13 +267,7 @@ impl Triggers {
             return;
         }
         let Some(hub) = hubs.get(source) else { return };
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            // A redirect could lead anywhere, internal addresses included.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("viewcast/", env!("CARGO_PKG_VERSION")))
-            .build();
-        let http = match http {
+        let http = match self.http() {
             Ok(http) => http,
             Err(err) => {
                 tracing::error!(error = %err, "cannot build the webhook client; triggers will not deliver");
@@ -289,6 +286,20 @@ impl Triggers {
             runner::run(self.clone(), store, hub, shared, self.shutdown.clone()),
             span,
         ));
+    }
+
+    /// The webhook client every source's dispatcher shares (one pool of connections).
+    fn http(&self) -> Result<reqwest::Client, reqwest::Error> {
+        if let Some(http) = self.http.get() {
+            return Ok(http.clone());
+        }
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            // A redirect could lead anywhere, internal addresses included.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("viewcast/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(self.http.get_or_init(|| http).clone())
     }
 
     /// The source hub's batch boundary and position now (a trigger's creation point).
