@@ -37,16 +37,23 @@ pub const STARTED: &str = "STARTED";
 pub const PROGRESS: &str = "PROGRESS";
 pub const DISPATCHED: &str = "DISPATCHED";
 
-/// What a driver does next.
+/// What a demo run's driver does next.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Step {
-    /// Persist `event`, then wait `then` (the work of a demo item), then decide again.
-    Advance { event: NewEvent, then: Duration },
-    /// Do `act` (the action the last transition announced), then persist `event`.
+pub enum DemoStep {
+    /// Persist `event` (a transition with no work before it), then decide again.
+    Advance(NewEvent),
+    /// Do `act` (the work the last transition announced), then persist `event`.
     Act { act: Duration, event: NewEvent },
-    /// An http run: send it to the worker (after persisting nothing more).
+    /// Nothing more to do (the run has ended).
+    Done,
+}
+
+/// What an http run's driver does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpStep {
+    /// Send the run to the worker.
     Dispatch,
-    /// An http run the worker drives: fail it unless an event arrives within `left`.
+    /// The worker drives it: fail it unless an event arrives within `left`.
     Watch { left: Duration },
     /// Nothing more to do (the run has ended).
     Done,
@@ -63,7 +70,7 @@ fn percentage(done: u32, total: u32) -> f64 {
 /// The demo's next step after `last` (its last STARTED or PROGRESS event, if any):
 /// Start → Process item 1 … item `items` (each announced by a PROGRESS event, then worked on
 /// for `item`) → Finish (COMPLETED).
-pub fn demo_step(items: u32, item: Duration, last: Option<&Event>) -> Step {
+pub fn demo_step(items: u32, item: Duration, last: Option<&Event>) -> DemoStep {
     let items = items.max(1);
     let processing = |k: u32| NewEvent {
         event_type: PROGRESS.into(),
@@ -74,20 +81,17 @@ pub fn demo_step(items: u32, item: Duration, last: Option<&Event>) -> Step {
         data: None,
     };
     let Some(last) = last else {
-        return Step::Advance {
-            event: NewEvent {
-                event_type: STARTED.into(),
-                stage: Some("Start".into()),
-                message: Some(format!("{items} items to process")),
-                percentage: Some(0.0),
-                counters: Some(counters(0, items)),
-                data: None,
-            },
-            then: Duration::ZERO,
-        };
+        return DemoStep::Advance(NewEvent {
+            event_type: STARTED.into(),
+            stage: Some("Start".into()),
+            message: Some(format!("{items} items to process")),
+            percentage: Some(0.0),
+            counters: Some(counters(0, items)),
+            data: None,
+        });
     };
     match last.event_type.as_str() {
-        t if TERMINAL.contains(&t) => Step::Done,
+        t if TERMINAL.contains(&t) => DemoStep::Done,
         PROGRESS => {
             // Announced: item k (k - 1 done). Work on it, then announce the next.
             let done = last
@@ -110,12 +114,9 @@ pub fn demo_step(items: u32, item: Duration, last: Option<&Event>) -> Step {
                     data: None,
                 }
             };
-            Step::Act { act: item, event }
+            DemoStep::Act { act: item, event }
         }
-        _ => Step::Advance {
-            event: processing(1),
-            then: Duration::ZERO,
-        },
+        _ => DemoStep::Advance(processing(1)),
     }
 }
 
@@ -142,14 +143,14 @@ pub struct HttpState {
 
 /// An http run's next step: dispatch it unless the worker has reported since it was
 /// dispatched or this driver has sent it; then watch the deadline from the last event.
-pub fn http_step(state: HttpState, deadline: Duration) -> Step {
+pub fn http_step(state: HttpState, deadline: Duration) -> HttpStep {
     if state.ended {
-        return Step::Done;
+        return HttpStep::Done;
     }
     if state.last == Last::None || (state.last == Last::Dispatch && !state.dispatched_here) {
-        return Step::Dispatch;
+        return HttpStep::Dispatch;
     }
-    Step::Watch {
+    HttpStep::Watch {
         left: deadline.saturating_sub(state.quiet),
     }
 }
@@ -415,20 +416,17 @@ impl Orchestrator {
                 .last_event_of(&run.id, &[STARTED, PROGRESS])
                 .await?;
             match demo_step(items, item, last.as_ref()) {
-                Step::Advance { event, then } => {
+                DemoStep::Advance(event) => {
                     self.persist(&run.id, current.next_seq, event).await?;
-                    if !then.is_zero() && !self.wait(&run.id, then, shutdown).await {
-                        return Ok(());
-                    }
                 }
-                Step::Act { act, event } => {
+                DemoStep::Act { act, event } => {
                     if !self.wait(&run.id, act, shutdown).await {
                         return Ok(());
                     }
                     let next_seq = self.runs.get(&run.id).await?.next_seq;
                     self.persist(&run.id, next_seq, event).await?;
                 }
-                Step::Done | Step::Dispatch | Step::Watch { .. } => return Ok(()),
+                DemoStep::Done => return Ok(()),
             }
         }
     }
@@ -459,7 +457,7 @@ impl Orchestrator {
                 quiet,
             };
             match http_step(state, deadline) {
-                Step::Dispatch => {
+                HttpStep::Dispatch => {
                     if last.is_none() {
                         let event = NewEvent {
                             event_type: DISPATCHED.into(),
@@ -475,7 +473,7 @@ impl Orchestrator {
                     }
                     dispatched_here = true;
                 }
-                Step::Watch { left } if left.is_zero() => {
+                HttpStep::Watch { left } if left.is_zero() => {
                     let message = format!(
                         "the worker reported nothing for {} s (deadline_s)",
                         deadline.as_secs()
@@ -483,7 +481,7 @@ impl Orchestrator {
                     self.fail(&current, &message).await?;
                     return Ok(());
                 }
-                Step::Watch { left } => {
+                HttpStep::Watch { left } => {
                     // Woken by the run's next published event, or at the deadline.
                     let channel = self.runs.bus().channel(&run.id);
                     let mut published = channel.watch();
@@ -497,7 +495,7 @@ impl Orchestrator {
                         return Ok(());
                     }
                 }
-                Step::Done | Step::Advance { .. } | Step::Act { .. } => return Ok(()),
+                HttpStep::Done => return Ok(()),
             }
         }
     }
@@ -609,10 +607,10 @@ mod tests {
                     || TERMINAL.contains(&e.event_type.as_str())
             });
             match demo_step(items, item, last) {
-                Step::Advance { event, .. } => {
+                DemoStep::Advance(event) => {
                     events.push(stored(&event, events.len() as i64 + 1));
                 }
-                Step::Act { act, event } => {
+                DemoStep::Act { act, event } => {
                     assert_eq!(act, item);
                     // A crash between the announcement and the work: the next driver starts
                     // from the same state and does the same work.
@@ -622,8 +620,7 @@ mod tests {
                     }
                     events.push(stored(&event, events.len() as i64 + 1));
                 }
-                Step::Done => return events,
-                other => panic!("unexpected {other:?}"),
+                DemoStep::Done => return events,
             }
         }
         panic!("the demo never finished")
@@ -669,7 +666,7 @@ mod tests {
         // bare last event of another type starts processing.
         assert!(matches!(
             demo_step(2, Duration::ZERO, Some(&log)),
-            Step::Advance { .. }
+            DemoStep::Advance(_)
         ));
         let done = stored(
             &NewEvent {
@@ -678,7 +675,7 @@ mod tests {
             },
             3,
         );
-        assert_eq!(demo_step(2, Duration::ZERO, Some(&done)), Step::Done);
+        assert_eq!(demo_step(2, Duration::ZERO, Some(&done)), DemoStep::Done);
     }
 
     #[test]
@@ -693,26 +690,26 @@ mod tests {
         };
         assert_eq!(
             http_step(state(Last::None, false, s(0)), minute),
-            Step::Dispatch
+            HttpStep::Dispatch
         );
         // Dispatched by an earlier driver (crash or takeover), the worker silent: again.
         assert_eq!(
             http_step(state(Last::Dispatch, false, s(5)), minute),
-            Step::Dispatch
+            HttpStep::Dispatch
         );
         // Dispatched here: watch.
         assert_eq!(
             http_step(state(Last::Dispatch, true, s(5)), minute),
-            Step::Watch { left: s(55) }
+            HttpStep::Watch { left: s(55) }
         );
         // The worker reported: watch from its last event, whoever dispatched.
         assert_eq!(
             http_step(state(Last::Other, false, s(59)), minute),
-            Step::Watch { left: s(1) }
+            HttpStep::Watch { left: s(1) }
         );
         assert_eq!(
             http_step(state(Last::Other, true, s(61)), minute),
-            Step::Watch {
+            HttpStep::Watch {
                 left: Duration::ZERO
             }
         );
@@ -720,6 +717,6 @@ mod tests {
             ended: true,
             ..state(Last::Other, false, s(0))
         };
-        assert_eq!(http_step(ended, minute), Step::Done);
+        assert_eq!(http_step(ended, minute), HttpStep::Done);
     }
 }
