@@ -134,13 +134,18 @@ impl Bus {
         if let Some(channel) = channels.get(id).and_then(Weak::upgrade) {
             return channel;
         }
+        // Forget channels whose consumers have gone, at sizes doubling (amortized O(1)),
+        // rather than on every announcement round.
+        if channels.len().is_power_of_two() {
+            channels.retain(|_, c| c.strong_count() > 0);
+        }
         let channel = Arc::new(Channel::default());
         channels.insert(id.to_owned(), Arc::downgrade(&channel));
         channel
     }
 
     /// Announcements as they arrive (status changes for `runs` subscriptions). A receiver
-    /// that lags loses the oldest; the statuses are re-read from the store by the caller.
+    /// that lags loses the oldest (its subscription misses those changes).
     pub fn statuses(&self) -> broadcast::Receiver<Announcement> {
         self.statuses.subscribe()
     }
@@ -156,10 +161,9 @@ impl Bus {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The live channels among `ids` (and forgets the dead ones).
+    /// The live channels among `ids`.
     fn live(&self, ids: impl Iterator<Item = String>) -> Vec<(String, Arc<Channel>)> {
-        let mut channels = self.lock();
-        channels.retain(|_, c| c.strong_count() > 0);
+        let channels = self.lock();
         ids.filter_map(|id| channels.get(&id).and_then(Weak::upgrade).map(|c| (id, c)))
             .collect()
     }
@@ -233,15 +237,19 @@ impl Bus {
         }
     }
 
+    /// The runs with consumers here.
     fn live_ids(&self) -> Vec<String> {
-        let mut channels = self.lock();
-        channels.retain(|_, c| c.strong_count() > 0);
-        channels.keys().cloned().collect()
+        let channels = self.lock();
+        channels
+            .iter()
+            .filter(|(_, c)| c.strong_count() > 0)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// Reads the announced events of runs with consumers here into their channels, then
-    /// advances their published positions.
-    /// Reads on the bus's own connection: never queued behind appends for a pooled one.
+    /// advances their published positions. Reads on the bus's own connection: never queued
+    /// behind appends for a pooled one.
     async fn deliver(
         &self,
         client: &tokio_postgres::Client,
