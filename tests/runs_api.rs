@@ -7,25 +7,12 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::runs::{SCHEMA, http, items_db, json_of, parse_sse, post_json, sse_text};
 use common::{TestDb, Ws, graphql, http_request};
 use serde_json::{Value, json};
 
-const SCHEMA: &str = "
-backend: postgres
-sources:
-  items:
-    primary_key: id
-    columns:
-      id: Integer
-";
-
 async fn setup() -> (TestDb, viewcast::server::Server) {
-    let db = TestDb::new().await;
-    db.client()
-        .await
-        .batch_execute("CREATE TABLE items (id integer PRIMARY KEY)")
-        .await
-        .expect("table");
+    let db = items_db(false).await;
     let server = common::start_server(&db, SCHEMA).await;
     (db, server)
 }
@@ -321,59 +308,9 @@ async fn subscriptions_replay_then_follow_and_report_status_changes() {
     db.stop().await;
 }
 
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
-}
-
-async fn json_of(response: reqwest::Response) -> Value {
-    serde_json::from_str(&response.text().await.expect("body")).expect("JSON body")
-}
-
 /// Reads an SSE response to its end: (id, event, data) per event; comments are counted.
 async fn sse_events(response: reqwest::Response) -> (Vec<(String, String, Value)>, usize) {
-    let mut text = String::new();
-    let mut response = response;
-    while let Some(chunk) = tokio::time::timeout(common::DEADLINE, response.chunk())
-        .await
-        .expect("SSE data in time")
-        .expect("SSE body")
-    {
-        text.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
-    }
-    parse_sse(&text)
-}
-
-fn parse_sse(text: &str) -> (Vec<(String, String, Value)>, usize) {
-    let mut events = Vec::new();
-    let mut comments = 0;
-    for block in text.split("\n\n").filter(|b| !b.is_empty()) {
-        let (mut id, mut event, mut data) = (String::new(), String::new(), String::new());
-        for line in block.lines() {
-            if let Some(v) = line
-                .strip_prefix("id: ")
-                .or_else(|| line.strip_prefix("id:"))
-            {
-                v.clone_into(&mut id);
-            } else if let Some(v) = line
-                .strip_prefix("event: ")
-                .or_else(|| line.strip_prefix("event:"))
-            {
-                v.clone_into(&mut event);
-            } else if let Some(v) = line
-                .strip_prefix("data: ")
-                .or_else(|| line.strip_prefix("data:"))
-            {
-                data.push_str(v);
-            } else if line.starts_with(':') {
-                comments += 1;
-            }
-        }
-        if !data.is_empty() {
-            events.push((id, event, serde_json::from_str(&data).expect("JSON data")));
-        }
-    }
-    (events, comments)
+    parse_sse(&sse_text(response).await)
 }
 
 #[tokio::test]
@@ -382,35 +319,36 @@ async fn sse_and_plain_http_endpoints() {
     let (db, server) = setup().await;
     let addr = server.addr();
     let base = format!("http://{addr}");
-    let http = client();
+    let http = http();
 
-    let created = http
-        .post(format!("{base}/runs"))
-        .header("content-type", "application/json")
-        .body(json!({"kind": "index", "input": {"path": "/r"}, "idempotencyKey": "h1"}).to_string())
-        .send()
-        .await
-        .expect("POST /runs");
+    let created = post_json(
+        &http,
+        &format!("{base}/runs"),
+        &json!({"kind": "index", "input": {"path": "/r"}, "idempotencyKey": "h1"}),
+        None,
+    )
+    .await;
     assert_eq!(created.status(), 201);
-    let run: Value = serde_json::from_str(&created.text().await.expect("run")).expect("JSON");
+    let run = json_of(created).await;
     let id = run["id"].as_str().unwrap().to_owned();
     assert_eq!(run["status"], "PENDING");
-    let again = http
-        .post(format!("{base}/runs"))
-        .header("content-type", "application/json")
-        .body(json!({"kind": "index", "idempotencyKey": "h1"}).to_string())
-        .send()
-        .await
-        .expect("POST /runs");
+    let again = post_json(
+        &http,
+        &format!("{base}/runs"),
+        &json!({"kind": "index", "idempotencyKey": "h1"}),
+        None,
+    )
+    .await;
     assert_eq!(again.status(), 200);
     assert_eq!(json_of(again).await["id"], id.as_str());
 
-    let appended = http
-        .post(format!("{base}/runs/{id}/events"))
-        .header("content-type", "application/json").body(json!({"events": [{"type": "STARTED"}, {"type": "LOG", "message": "a\nb"}], "expectedSeq": 1}).to_string())
-        .send()
-        .await
-        .expect("append");
+    let appended = post_json(
+        &http,
+        &format!("{base}/runs/{id}/events"),
+        &json!({"events": [{"type": "STARTED"}, {"type": "LOG", "message": "a\nb"}], "expectedSeq": 1}),
+        None,
+    )
+    .await;
     assert_eq!(appended.status(), 200);
     assert_eq!(json_of(appended).await["events"][1]["seq"], 2);
 
@@ -433,13 +371,13 @@ async fn sse_and_plain_http_endpoints() {
     assert_eq!(header("cache-control"), "no-cache, no-transform");
     assert_eq!(header("x-accel-buffering"), "no");
     let reader = tokio::spawn(sse_events(response));
-    let cancelled = http
-        .post(format!("{base}/runs/{id}/cancel"))
-        .header("content-type", "application/json")
-        .body(json!({"reason": "user asked"}).to_string())
-        .send()
-        .await
-        .expect("cancel");
+    let cancelled = post_json(
+        &http,
+        &format!("{base}/runs/{id}/cancel"),
+        &json!({"reason": "user asked"}),
+        None,
+    )
+    .await;
     assert_eq!(cancelled.status(), 200);
     assert_eq!(json_of(cancelled).await["status"], "CANCELLED");
     let (events, _) = reader.await.expect("reader");
@@ -564,12 +502,7 @@ async fn sse_and_plain_http_endpoints() {
 
 #[tokio::test]
 async fn sse_heartbeats_while_a_run_is_quiet() {
-    let db = TestDb::new().await;
-    db.client()
-        .await
-        .batch_execute("CREATE TABLE items (id integer PRIMARY KEY)")
-        .await
-        .expect("table");
+    let db = items_db(false).await;
     let config =
         viewcast::config::load_str(std::path::Path::new("t.yaml"), SCHEMA).expect("config");
     let server = common::start_server_with_options(&db, config, |o| {
@@ -578,7 +511,7 @@ async fn sse_heartbeats_while_a_run_is_quiet() {
     .await;
     let addr = server.addr();
     let id = start_run(addr, None).await;
-    let http = client();
+    let http = http();
     let mut response = http
         .get(format!("http://{addr}/runs/{id}/events"))
         .send()

@@ -9,24 +9,18 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::receiver::{Receiver, Reply};
+use common::runs::{SCHEMA, http, items_db, json_of, post_json, run_when_ended};
 use common::{TestDb, graphql};
 use serde_json::{Value, json};
 
 async fn server_with(db: &TestDb, runs_yaml: &str) -> viewcast::server::Server {
-    let yaml = format!(
-        "backend: postgres\nsources:\n  items:\n    primary_key: id\n    columns:\n      id: Integer\nruns:\n{runs_yaml}"
-    );
+    let yaml = format!("{SCHEMA}runs:\n{runs_yaml}");
     let config = viewcast::config::load_str(std::path::Path::new("t.yaml"), &yaml).expect("config");
     common::start_server_with_config(db, config).await
 }
 
 async fn setup(runs_yaml: &str) -> (TestDb, viewcast::server::Server) {
-    let db = TestDb::new().await;
-    db.client()
-        .await
-        .batch_execute("CREATE TABLE items (id integer PRIMARY KEY)")
-        .await
-        .expect("table");
+    let db = items_db(false).await;
     let server = server_with(&db, runs_yaml).await;
     (db, server)
 }
@@ -42,24 +36,9 @@ async fn start(addr: SocketAddr, kind: &str) -> Value {
 
 /// The run's events once it has ended (waits for the end).
 async fn events_at_end(addr: SocketAddr, id: &str) -> Vec<Value> {
-    let deadline = tokio::time::Instant::now() + common::DEADLINE;
-    loop {
-        let run = graphql(
-            addr,
-            "query($id: ID!) { run(id: $id) { status events(limit: 1000) { seq type stage message percentage counters } } }",
-            json!({"id": id}),
-        )
-        .await;
-        let run = &run["data"]["run"];
-        if !matches!(run["status"].as_str(), Some("PENDING" | "RUNNING")) {
-            return run["events"].as_array().expect("events").clone();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the run did not end: {run}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let selection = "status events(limit: 1000) { seq type stage message percentage counters }";
+    let run = run_when_ended(addr, id, selection).await;
+    run["events"].as_array().expect("events").clone()
 }
 
 fn types(events: &[Value]) -> Vec<&str> {
@@ -185,26 +164,17 @@ async fn an_http_worker_gets_the_run_and_reports_with_its_token() {
         .to_owned();
     assert_eq!(events_url, format!("http://{addr}/runs/{id}/events"));
 
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::new();
+    let http = http();
     let post = |token: Option<String>, body: Value| {
-        let mut request = http
-            .post(&events_url)
-            .header("content-type", "application/json")
-            .body(body.to_string());
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        request.send()
+        let (http, url) = (http.clone(), events_url.clone());
+        async move { post_json(&http, &url, &body, token.as_deref()).await }
     };
     let events = json!({"events": [{"type": "PROGRESS", "stage": "Parsing", "percentage": 50}]});
-    let refused = post(None, events.clone()).await.expect("append");
+    let refused = post(None, events.clone()).await;
     assert_eq!(refused.status(), 401);
-    let body: Value = serde_json::from_str(&refused.text().await.unwrap()).unwrap();
+    let body = json_of(refused).await;
     assert_eq!(body["code"], "UNAUTHENTICATED");
-    let wrong = post(Some("0".repeat(64)), events.clone())
-        .await
-        .expect("append");
+    let wrong = post(Some("0".repeat(64)), events.clone()).await;
     assert_eq!(wrong.status(), 401);
     // Over GraphQL too.
     let gql = graphql(
@@ -214,7 +184,7 @@ async fn an_http_worker_gets_the_run_and_reports_with_its_token() {
     )
     .await;
     assert_eq!(gql["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
-    let ok = post(Some(token.clone()), events).await.expect("append");
+    let ok = post(Some(token.clone()), events).await;
     assert_eq!(ok.status(), 200);
     let gql = graphql(
         addr,

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::binary::{Binary, Scratch};
 use common::receiver::Receiver;
+use common::runs::{SCHEMA, http, items_db, outbox_state, post_json, run_when_ended, sse_seqs};
 use common::{TestDb, graphql};
 use serde_json::{Value, json};
 use viewcast::run::{NewEvent, Runs};
@@ -21,8 +22,7 @@ const DEMO_ITEMS: usize = 30;
 
 fn schema(worker: &Receiver) -> String {
     format!(
-        "backend: postgres\nsources:\n  items:\n    primary_key: id\n    columns:\n      id: Integer\n\
-         runs:\n  demo:\n    executor: demo\n    items: {DEMO_ITEMS}\n    item_ms: 100\n  \
+        "{SCHEMA}runs:\n  demo:\n    executor: demo\n    items: {DEMO_ITEMS}\n    item_ms: 100\n  \
          index:\n    executor: external\n  crawl:\n    executor: http\n    url: {}\n    deadline_s: 2\n",
         worker.url("/runs")
     )
@@ -43,37 +43,20 @@ async fn start(addr: SocketAddr, kind: &str) -> String {
 
 /// The run once it has ended: (status, events as (seq, type, message)).
 async fn ended(addr: SocketAddr, id: &str) -> (String, Vec<(i64, String, String)>) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let run = graphql(
-            addr,
-            "query($id: ID!) { run(id: $id) { status events(limit: 1000) { seq type message } } }",
-            json!({"id": id}),
-        )
-        .await;
-        let run = &run["data"]["run"];
-        let status = run["status"].as_str().expect("status").to_owned();
-        if status != "PENDING" && status != "RUNNING" {
-            let events = run["events"]
-                .as_array()
-                .expect("events")
-                .iter()
-                .map(|e| {
-                    (
-                        e["seq"].as_i64().unwrap(),
-                        e["type"].as_str().unwrap().to_owned(),
-                        e["message"].as_str().unwrap_or("").to_owned(),
-                    )
-                })
-                .collect();
-            return (status, events);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "run {id} did not end: {run}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let run = run_when_ended(addr, id, "status events(limit: 1000) { seq type message }").await;
+    let events = run["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| {
+            (
+                e["seq"].as_i64().unwrap(),
+                e["type"].as_str().unwrap().to_owned(),
+                e["message"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    (run["status"].as_str().expect("status").to_owned(), events)
 }
 
 /// A complete demo run: STARTED, one PROGRESS per item in order, COMPLETED; seqs 1, 2, 3, …
@@ -106,28 +89,6 @@ async fn last_seq(addr: SocketAddr, id: &str) -> i64 {
     run["data"]["run"]["lastSeq"].as_i64().expect("lastSeq")
 }
 
-/// Reads an SSE stream to its end: the seqs of its events.
-async fn sse_seqs(addr: SocketAddr, id: &str) -> Vec<i64> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut response = reqwest::Client::new()
-        .get(format!("http://{addr}/runs/{id}/events"))
-        .send()
-        .await
-        .expect("SSE");
-    let mut text = String::new();
-    while let Some(chunk) = tokio::time::timeout(common::DEADLINE, response.chunk())
-        .await
-        .expect("in time")
-        .expect("body")
-    {
-        text.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
-    }
-    text.lines()
-        .filter_map(|l| l.strip_prefix("id: "))
-        .map(|s| s.parse().expect("seq"))
-        .collect()
-}
-
 /// Appends a LOG event to `id` straight through the store (as a worker library would).
 async fn log(store: &Runs, id: &str, message: String) {
     let event = NewEvent {
@@ -138,22 +99,6 @@ async fn log(store: &Runs, id: &str, message: String) {
     store.append(id, &[event], None).await.expect("append");
 }
 
-/// (outbox rows left, events unpublished, events published before the one ahead of them).
-async fn outbox_state(sql: &tokio_postgres::Client) -> (i64, i64, i64) {
-    let row = sql
-        .query_one(
-            "SELECT (SELECT count(*) FROM viewcast_run_outbox),
-                    (SELECT count(*) FROM viewcast_run_events WHERE published_at IS NULL),
-                    (SELECT count(*) FROM viewcast_run_events a JOIN viewcast_run_events b
-                       ON a.run_id = b.run_id AND b.seq = a.seq + 1
-                     WHERE b.published_at < a.published_at)",
-            &[],
-        )
-        .await
-        .expect("query");
-    (row.get(0), row.get(1), row.get(2))
-}
-
 /// The test plays an http worker: takes the dispatched run, reports once, goes quiet.
 async fn report_once_then_go_quiet(worker: &mut Receiver) {
     let dispatched = worker.next().await;
@@ -162,26 +107,19 @@ async fn report_once_then_go_quiet(worker: &mut Receiver) {
         .as_str()
         .expect("url")
         .to_owned();
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let reported = reqwest::Client::new()
-        .post(&events_url)
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {token}"))
-        .body(json!({"events": [{"type": "PROGRESS", "stage": "Parsing"}]}).to_string())
-        .send()
-        .await
-        .expect("report");
+    let reported = post_json(
+        &http(),
+        &events_url,
+        &json!({"events": [{"type": "PROGRESS", "stage": "Parsing"}]}),
+        Some(&token),
+    )
+    .await;
     assert_eq!(reported.status(), 200);
 }
 
 #[tokio::test]
 async fn kill_9_during_runs_loses_nothing_and_resumes_as_documented() {
-    let db = TestDb::private().await;
-    db.client()
-        .await
-        .batch_execute("CREATE TABLE items (id integer PRIMARY KEY)")
-        .await
-        .expect("table");
+    let db = items_db(true).await;
     let mut worker = Receiver::start().await;
     let scratch = Scratch::new();
     let config = scratch.0.join("schema.yaml");
@@ -267,12 +205,7 @@ async fn replica(db: &TestDb, worker: &Receiver, instance: &str) -> viewcast::se
 
 #[tokio::test]
 async fn two_replicas_share_runs_and_one_drives_on_when_the_other_stops() {
-    let db = TestDb::new().await;
-    db.client()
-        .await
-        .batch_execute("CREATE TABLE items (id integer PRIMARY KEY)")
-        .await
-        .expect("table");
+    let db = items_db(false).await;
     let worker = Receiver::start().await;
     let a = replica(&db, &worker, "a").await;
     let b = replica(&db, &worker, "b").await;

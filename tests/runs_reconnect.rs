@@ -8,18 +8,10 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{TestDb, Ws};
+use common::Ws;
+use common::runs::{SCHEMA, http, items_db, json_of, post_json};
 use rand::Rng;
 use serde_json::{Value, json};
-
-const SCHEMA: &str = "
-backend: postgres
-sources:
-  items:
-    primary_key: id
-    columns:
-      id: Integer
-";
 
 /// Events in the run; the last is COMPLETED.
 const TOTAL: i64 = 2_000;
@@ -204,41 +196,20 @@ async fn post_events(
     events: &[Value],
     seq: i64,
 ) {
-    let response = http
-        .post(format!("http://{addr}/runs/{id}/events"))
-        .header("content-type", "application/json")
-        .body(json!({"events": events, "expectedSeq": seq}).to_string())
-        .send()
-        .await
-        .expect("append");
-    assert_eq!(response.status(), 200);
+    let url = format!("http://{addr}/runs/{id}/events");
+    let body = json!({"events": events, "expectedSeq": seq});
+    assert_eq!(post_json(http, &url, &body, None).await.status(), 200);
 }
 
 #[tokio::test]
 async fn a_thousand_random_disconnects_lose_and_repeat_nothing() {
-    let db = TestDb::new().await;
-    db.client()
-        .await
-        .batch_execute("CREATE TABLE items (id integer PRIMARY KEY)")
-        .await
-        .expect("table");
+    let db = items_db(false).await;
     let server = common::start_server(&db, SCHEMA).await;
     let addr = server.addr();
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::new();
-    let started: Value = serde_json::from_str(
-        &http
-            .post(format!("http://{addr}/runs"))
-            .header("content-type", "application/json")
-            .body(json!({"kind": "reconnect"}).to_string())
-            .send()
-            .await
-            .expect("start")
-            .text()
-            .await
-            .expect("body"),
-    )
-    .expect("JSON");
+    let http = http();
+    let start = json!({"kind": "reconnect"});
+    let started =
+        json_of(post_json(&http, &format!("http://{addr}/runs"), &start, None).await).await;
     let id = started["id"].as_str().expect("id").to_owned();
 
     // The writer appends until both consumers have made their disconnects, then ends the run.

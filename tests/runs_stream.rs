@@ -174,25 +174,7 @@ async fn the_outbox_is_published_in_per_run_order_under_concurrent_appends() {
     let sql = db.client().await;
     // Every event published, none left in the outbox; within a run, an event is never
     // published before the one ahead of it.
-    let row = sql
-        .query_one(
-            "SELECT (SELECT count(*) FROM viewcast_run_outbox),
-                    (SELECT count(*) FROM viewcast_run_events WHERE published_at IS NULL),
-                    (SELECT count(*) FROM viewcast_run_events a JOIN viewcast_run_events b
-                       ON a.run_id = b.run_id AND b.seq = a.seq + 1
-                     WHERE b.published_at < a.published_at)",
-            &[],
-        )
-        .await
-        .expect("query");
-    assert_eq!(
-        (
-            row.get::<_, i64>(0),
-            row.get::<_, i64>(1),
-            row.get::<_, i64>(2)
-        ),
-        (0, 0, 0)
-    );
+    assert_eq!(common::runs::outbox_state(&sql).await, (0, 0, 0));
     replica.stop().await;
     db.stop().await;
 }

@@ -7,9 +7,8 @@ mod common;
 #[allow(dead_code)]
 mod index_worker;
 
-use std::time::Duration;
-
-use common::{TestDb, graphql};
+use common::graphql;
+use common::runs::{SCHEMA, items_db, run_when_ended};
 use serde_json::{Value, json};
 
 async fn run_to_end(addr: std::net::SocketAddr, path: &str) -> Value {
@@ -23,24 +22,9 @@ async fn run_to_end(addr: std::net::SocketAddr, path: &str) -> Value {
         .as_str()
         .expect("id")
         .to_owned();
-    let deadline = tokio::time::Instant::now() + common::DEADLINE;
-    loop {
-        let run = graphql(
-            addr,
-            "query($id: ID!) { run(id: $id) { status terminalMessage events(limit: 1000) { seq type stage message counters data } } }",
-            json!({"id": id}),
-        )
-        .await;
-        let run = run["data"]["run"].clone();
-        if !matches!(run["status"].as_str(), Some("PENDING" | "RUNNING")) {
-            return run;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the run did not end: {run}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let selection =
+        "status terminalMessage events(limit: 1000) { seq type stage message counters data }";
+    run_when_ended(addr, &id, selection).await
 }
 
 #[tokio::test]
@@ -51,15 +35,9 @@ async fn the_example_worker_indexes_a_directory_and_fails_clearly_on_a_bad_path(
     let worker = listener.local_addr().expect("addr");
     tokio::spawn(index_worker::serve(listener));
 
-    let db = TestDb::new().await;
-    db.client()
-        .await
-        .batch_execute("CREATE TABLE items (id integer PRIMARY KEY)")
-        .await
-        .expect("table");
-    let yaml = format!(
-        "backend: postgres\nsources:\n  items:\n    primary_key: id\n    columns:\n      id: Integer\nruns:\n  index:\n    executor: http\n    url: http://{worker}/runs\n"
-    );
+    let db = items_db(false).await;
+    let yaml =
+        format!("{SCHEMA}runs:\n  index:\n    executor: http\n    url: http://{worker}/runs\n");
     let config = viewcast::config::load_str(std::path::Path::new("t.yaml"), &yaml).expect("config");
     let server = common::start_server_with_config(&db, config).await;
     let addr = server.addr();

@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod binary;
 pub mod receiver;
+pub mod runs;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
