@@ -333,7 +333,8 @@ fn serde_problem(error: &serde_yaml::Error, spans: &Spans) -> Problem {
         .hint(
             "check the indentation and the form of the value: \
              sources: { <name>: { primary_key: <column or list>, columns: { <column>: <type> } } }, \
-             enums: { <name>: [<value>, ...] }",
+             enums: { <name>: [<value>, ...] }, \
+             runs: { <kind>: { executor: external | demo | http } }",
         );
     }
     if let (None, Some(second)) = (at, spans.second_document()) {
