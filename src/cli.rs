@@ -122,6 +122,74 @@ pub struct ServeArgs {
     /// Seconds to wait for connections and feeds to stop on shutdown.
     #[arg(long, env = "VIEWCAST_SHUTDOWN_TIMEOUT", default_value_t = 10)]
     pub shutdown_timeout: u64,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// What one client may ask: every limit refuses with a coded error and counts in
+/// viewcast_limit_rejections_total{limit=…}.
+#[allow(clippy::doc_markdown)]
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Limits")]
+pub struct LimitArgs {
+    /// Longest GraphQL document accepted, in bytes.
+    #[arg(
+        long,
+        env = "VIEWCAST_GRAPHQL_MAX_DOCUMENT_BYTES",
+        default_value_t = 65_536
+    )]
+    pub graphql_max_document_bytes: usize,
+    /// Deepest nesting of brackets in a GraphQL document, and of lists and objects in its
+    /// variables (refused before parsing: GRAPHQL_PARSE_FAILED); at most 128, which the
+    /// parser's stack holds with room to spare.
+    #[arg(long, env = "VIEWCAST_GRAPHQL_MAX_NESTING", default_value_t = 64)]
+    pub graphql_max_nesting: usize,
+    /// Deepest selection (fields within fields) of an operation.
+    #[arg(long, env = "VIEWCAST_GRAPHQL_MAX_DEPTH", default_value_t = 16)]
+    pub graphql_max_depth: usize,
+    /// Most operations in one batched HTTP request.
+    #[arg(long, env = "VIEWCAST_GRAPHQL_MAX_BATCH", default_value_t = 10)]
+    pub graphql_max_batch: usize,
+    /// Most aliased fields in one operation.
+    #[arg(long, env = "VIEWCAST_GRAPHQL_MAX_ALIASES", default_value_t = 30)]
+    pub graphql_max_aliases: usize,
+    /// Most root fields in one operation.
+    #[arg(long, env = "VIEWCAST_GRAPHQL_MAX_ROOT_FIELDS", default_value_t = 30)]
+    pub graphql_max_root_fields: usize,
+    /// Highest estimated cost of an operation: the values its response can hold, each list
+    /// counted at its limit or first argument (or their default).
+    #[arg(long, env = "VIEWCAST_GRAPHQL_MAX_COST", default_value_t = 50_000)]
+    pub graphql_max_cost: u64,
+    /// Rows a one-shot query returns when it gives no limit.
+    #[arg(long, env = "VIEWCAST_QUERY_DEFAULT_LIMIT", default_value_t = 1_000)]
+    pub query_default_limit: usize,
+    /// Highest limit a one-shot query may give.
+    #[arg(long, env = "VIEWCAST_QUERY_MAX_LIMIT", default_value_t = 10_000)]
+    pub query_max_limit: usize,
+    /// Highest offset a one-shot query may give.
+    #[arg(long, env = "VIEWCAST_QUERY_MAX_OFFSET", default_value_t = 100_000)]
+    pub query_max_offset: usize,
+}
+
+impl LimitArgs {
+    pub fn graphql(&self) -> crate::limits::GraphqlLimits {
+        crate::limits::GraphqlLimits {
+            max_document_bytes: self.graphql_max_document_bytes.max(1),
+            max_nesting: self
+                .graphql_max_nesting
+                .clamp(1, crate::limits::MAX_NESTING),
+            max_batch: self.graphql_max_batch.max(1),
+            max_aliases: self.graphql_max_aliases,
+            max_root_fields: self.graphql_max_root_fields.max(1),
+            max_cost: self.graphql_max_cost.max(1),
+            max_depth: self.graphql_max_depth.max(1),
+            query_default_limit: self
+                .query_default_limit
+                .clamp(1, self.query_max_limit.max(1)),
+            query_max_limit: self.query_max_limit.max(1),
+            query_max_offset: self.query_max_offset,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -267,6 +335,7 @@ impl ServeArgs {
             instance: self.instance.clone(),
             apply_setup: self.apply_setup,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout),
+            graphql: self.limits.graphql(),
             ..ServeOptions::default()
         };
         options.ws.init_timeout = Duration::from_secs(self.ws_init_timeout);
@@ -313,7 +382,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 let schema = crate::schema::build(
                     &config,
                     crate::schema::Services::default(),
-                    crate::schema::SchemaLimits::default(),
+                    &crate::limits::GraphqlLimits::default(),
                 )
                 .context("the configuration is valid but its GraphQL schema is not")?;
                 print!("{}", schema.sdl());

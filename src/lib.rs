@@ -10,6 +10,7 @@ pub mod filter;
 pub mod http;
 pub mod hub;
 pub mod introspect;
+pub mod limits;
 pub mod pgcluster;
 pub mod run;
 pub mod schema;

@@ -15,7 +15,6 @@ use crate::feed::postgres::PgFeedSettings;
 use crate::feed::risingwave::RwFeedSettings;
 use crate::http::{AppState, WsSettings};
 use crate::hub::{Hub, HubLimits, Hubs, Starter};
-use crate::schema::SchemaLimits;
 use crate::telemetry::Metrics;
 
 /// How to run a server.
@@ -40,7 +39,7 @@ pub struct ServeOptions {
     pub apply_setup: bool,
     pub ws: WsSettings,
     pub hub_limits: HubLimits,
-    pub schema_limits: SchemaLimits,
+    pub graphql: crate::limits::GraphqlLimits,
     pub shutdown_timeout: Duration,
 }
 
@@ -60,7 +59,7 @@ impl Default for ServeOptions {
             apply_setup: false,
             ws: WsSettings::default(),
             hub_limits: HubLimits::default(),
-            schema_limits: SchemaLimits::default(),
+            graphql: crate::limits::GraphqlLimits::default(),
             shutdown_timeout: Duration::from_secs(10),
         }
     }
@@ -188,8 +187,9 @@ impl Server {
             hubs: Some(hubs.clone()),
             triggers: Some(triggers.clone()),
             runs: Some(runs.clone()),
+            rejections: Some(metrics.limits.clone()),
         };
-        let schema = crate::schema::build(&config, services, options.schema_limits)
+        let schema = crate::schema::build(&config, services, &options.graphql)
             .map_err(|e| ServerError::Schema(e.to_string()))?;
         let addr = format!("{}:{}", options.host, options.port);
         let listener = tokio::net::TcpListener::bind(&addr)
@@ -201,18 +201,10 @@ impl Server {
         let local = listener
             .local_addr()
             .map_err(|source| ServerError::Bind { addr, source })?;
-        let public_url = options.public_url.clone().unwrap_or_else(|| {
-            let host = if local.ip().is_unspecified() {
-                std::net::IpAddr::from([127, 0, 0, 1])
-            } else {
-                local.ip()
-            };
-            format!("http://{}", SocketAddr::new(host, local.port()))
-        });
         let orchestrator = Arc::new(crate::run::executor::Orchestrator::new(
             runs.clone(),
             options.instance.clone(),
-            &public_url,
+            &public_url(&options, local),
         ));
         tasks.spawn(orchestrator.run(shutdown.clone(), tasks.clone()));
         let state = AppState {
@@ -222,6 +214,8 @@ impl Server {
             runs,
             metrics: metrics.clone(),
             ws: options.ws,
+            graphql: options.graphql,
+            cost_model: Arc::new(crate::schema::cost_model(&config, &options.graphql)),
             shutdown: shutdown.clone(),
         };
         let app = crate::http::router(state);
@@ -283,6 +277,19 @@ impl Server {
             );
         }
     }
+}
+
+/// The URL workers reach this server at: `--public-url`, else the address it listens on
+/// (loopback for an unspecified one).
+fn public_url(options: &ServeOptions, local: SocketAddr) -> String {
+    options.public_url.clone().unwrap_or_else(|| {
+        let host = if local.ip().is_unspecified() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            local.ip()
+        };
+        format!("http://{}", SocketAddr::new(host, local.port()))
+    })
 }
 
 /// Spawns a hub's feed according to its backend.

@@ -8,7 +8,7 @@ fn sdl(case: &str) -> String {
     viewcast::schema::build(
         &config,
         viewcast::schema::Services::default(),
-        viewcast::schema::SchemaLimits::default(),
+        &viewcast::limits::GraphqlLimits::default(),
     )
     .expect("schema builds")
     .sdl()

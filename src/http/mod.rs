@@ -5,6 +5,7 @@
 //! module translates between wire formats and the GraphQL executor; it never reads hubs or
 //! databases except to report readiness.
 
+mod admit;
 mod runs;
 mod ws;
 
@@ -23,7 +24,9 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{HubStatus, Hubs};
+use crate::limits::{CostModel, GraphqlLimits, Limit};
 use crate::telemetry::Metrics;
+use admit::{Refusal, admit, has_operation};
 
 /// WebSocket protocol settings.
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +64,9 @@ pub struct AppState {
     pub runs: crate::run::Runs,
     pub metrics: Arc<Metrics>,
     pub ws: WsSettings,
+    pub graphql: GraphqlLimits,
+    /// List sizes of the schema, for the cost of an operation.
+    pub cost_model: Arc<CostModel>,
     /// Cancelled at shutdown: WebSocket connections close with 1001.
     pub shutdown: CancellationToken,
 }
@@ -97,12 +103,15 @@ async fn graphql_get(State(state): State<AppState>, request: axum::extract::Requ
     let query = Query::<GetParams>::try_from_uri(&parts.uri);
     match query {
         Ok(Query(params)) if params.query.is_some() => {
-            let request = match params.into_request() {
+            let mut request = match params.into_request() {
                 Ok(request) => request,
                 Err(message) => return graphql_error_response(StatusCode::BAD_REQUEST, &message),
             };
-            if wants_event_stream(&parts.headers, &request) {
-                if is_mutation(&request.query) {
+            if let Err(refusal) = admit(&state, &mut request) {
+                return refusal_response(&refusal);
+            }
+            if wants_event_stream(&parts.headers, &mut request) {
+                if is_mutation(&mut request) {
                     return graphql_error_response(
                         StatusCode::METHOD_NOT_ALLOWED,
                         "mutations must use POST",
@@ -157,31 +166,55 @@ async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: B
             "POST /graphql expects a JSON body (content-type: application/json)",
         );
     }
-    match serde_json::from_slice::<async_graphql::BatchRequest>(&body) {
-        Ok(async_graphql::BatchRequest::Single(request))
-            if wants_event_stream(&headers, &request) =>
-        {
-            graphql_sse(&state, request)
+    let batch = match serde_json::from_slice::<async_graphql::BatchRequest>(&body) {
+        Ok(batch) => batch,
+        Err(err) => {
+            return graphql_error_response(
+                StatusCode::BAD_REQUEST,
+                &format!("request body is not a GraphQL request: {err}"),
+            );
         }
-        Ok(async_graphql::BatchRequest::Single(request)) => execute(&state, request, false).await,
-        Ok(async_graphql::BatchRequest::Batch(requests)) => {
+    };
+    match batch {
+        async_graphql::BatchRequest::Single(mut request) => {
+            if let Err(refusal) = admit(&state, &mut request) {
+                return refusal_response(&refusal);
+            }
+            if wants_event_stream(&headers, &mut request) {
+                graphql_sse(&state, request)
+            } else {
+                execute(&state, request, false).await
+            }
+        }
+        async_graphql::BatchRequest::Batch(requests) => {
+            if requests.len() > state.graphql.max_batch {
+                state.metrics.limits.count(Limit::Batch);
+                return refusal_response(&Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "the batch has {} operations; the limit is {} (--graphql-max-batch)",
+                        requests.len(),
+                        state.graphql.max_batch
+                    ),
+                    "BATCH_LIMIT_EXCEEDED",
+                ));
+            }
             let mut responses = Vec::with_capacity(requests.len());
-            for request in requests {
+            for mut request in requests {
                 state.metrics.http_requests.inc();
-                responses.push(run(&state, request).await);
+                responses.push(match admit(&state, &mut request) {
+                    Ok(()) => run(&state, request).await,
+                    Err(refusal) => async_graphql::Response::from_errors(vec![*refusal.error]),
+                });
             }
             json_response(StatusCode::OK, &responses)
         }
-        Err(err) => graphql_error_response(
-            StatusCode::BAD_REQUEST,
-            &format!("request body is not a GraphQL request: {err}"),
-        ),
     }
 }
 
-async fn execute(state: &AppState, request: async_graphql::Request, via_get: bool) -> Response {
+async fn execute(state: &AppState, mut request: async_graphql::Request, via_get: bool) -> Response {
     state.metrics.http_requests.inc();
-    if via_get && is_mutation(&request.query) {
+    if via_get && is_mutation(&mut request) {
         return graphql_error_response(StatusCode::METHOD_NOT_ALLOWED, "mutations must use POST");
     }
     let response = run(state, request).await;
@@ -191,7 +224,7 @@ async fn execute(state: &AppState, request: async_graphql::Request, via_get: boo
 /// Whether to answer `request` as an event stream (GraphQL over SSE): the client accepts
 /// `text/event-stream`, and either accepts nothing else (graphql-sse) or sends a subscription.
 /// A client that also takes JSON (urql's fetch lists both) gets JSON for a query.
-fn wants_event_stream(headers: &HeaderMap, request: &async_graphql::Request) -> bool {
+fn wants_event_stream(headers: &HeaderMap, request: &mut async_graphql::Request) -> bool {
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -199,7 +232,7 @@ fn wants_event_stream(headers: &HeaderMap, request: &async_graphql::Request) -> 
     accept.contains("text/event-stream")
         && (!accept.contains("json")
             || has_operation(
-                &request.query,
+                request,
                 async_graphql::parser::types::OperationType::Subscription,
             ))
 }
@@ -283,13 +316,15 @@ pub(crate) fn coded(errors: &mut [async_graphql::ServerError], query: &str) {
     }
 }
 
-fn is_mutation(query: &str) -> bool {
-    has_operation(query, async_graphql::parser::types::OperationType::Mutation)
+fn is_mutation(request: &mut async_graphql::Request) -> bool {
+    has_operation(
+        request,
+        async_graphql::parser::types::OperationType::Mutation,
+    )
 }
 
-fn has_operation(query: &str, ty: async_graphql::parser::types::OperationType) -> bool {
-    async_graphql::parser::parse_query(query)
-        .is_ok_and(|doc| doc.operations.iter().any(|(_, op)| op.node.ty == ty))
+fn refusal_response(refusal: &Refusal) -> Response {
+    json_response(refusal.status, &refusal.body())
 }
 
 fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {

@@ -376,6 +376,11 @@ impl Connection {
             .await;
             return;
         }
+        if let Err(refusal) = super::admit::admit(&self.state, &mut request) {
+            let payload = serde_json::json!([refusal.error]);
+            self.send(text("error", Some(&id), Some(payload))).await;
+            return;
+        }
         self.generation += 1;
         let generation = self.generation;
         // Subscriptions without directives run on the fast path: the executor validates them

@@ -24,24 +24,9 @@ use futures::StreamExt;
 use crate::config::{ColumnType, Config, SourceDef, names};
 use crate::filter::{self, Filter};
 use crate::hub::{Cursor, Event, Hubs, Reader};
+use crate::limits::{CostModel, GraphqlLimits, Limit, Rejections};
 pub use encode::{JsonEncoder, PlanSlot, SubscriptionPlan};
 pub use output::{RowView, to_graphql};
-
-/// Limits applied to every operation.
-#[derive(Debug, Clone, Copy)]
-pub struct SchemaLimits {
-    pub max_depth: usize,
-    pub max_complexity: usize,
-}
-
-impl Default for SchemaLimits {
-    fn default() -> Self {
-        SchemaLimits {
-            max_depth: 16,
-            max_complexity: 5_000,
-        }
-    }
-}
 
 /// What the resolvers reach at run time (absent when the schema is built only to check it).
 #[derive(Default, Clone)]
@@ -49,13 +34,15 @@ pub struct Services {
     pub hubs: Option<Arc<Hubs>>,
     pub triggers: Option<Arc<crate::trigger::Triggers>>,
     pub runs: Option<crate::run::Runs>,
+    /// Where resolvers count the requests a limit refused.
+    pub rejections: Option<Arc<Rejections>>,
 }
 
 /// Builds the schema for `config`; `services` are attached as schema data.
 pub fn build(
     config: &Config,
     services: Services,
-    limits: SchemaLimits,
+    limits: &GraphqlLimits,
 ) -> Result<Schema, SchemaError> {
     let mut query = Object::new("Query");
     let mut mutation = Object::new("Mutation");
@@ -75,7 +62,7 @@ pub fn build(
     for source in &config.sources {
         builder_types.extend(source_types(source));
         builder_types.push(triggers::input_type(source).into());
-        query = query.field(query_field(source));
+        query = query.field(query_field(source, limits));
         for field in triggers::query_fields(source) {
             query = query.field(field);
         }
@@ -89,8 +76,12 @@ pub fn build(
         .register(query)
         .register(mutation)
         .register(subscription)
+        // The cost of an operation is estimated before it gets here (`limits::check_operations`,
+        // which counts list sizes); async-graphql's own complexity counts every field as 1.
         .limit_depth(limits.max_depth)
-        .limit_complexity(limits.max_complexity);
+        .limit_recursive_depth(limits.max_nesting)
+        .data(*limits)
+        .data(services.rejections.unwrap_or_default());
     for ty in builder_types {
         builder = builder.register(ty);
     }
@@ -104,6 +95,28 @@ pub fn build(
         builder = builder.data(runs);
     }
     builder.finish()
+}
+
+/// The list sizes of the schema `build` makes for `config`, for the cost of an operation: the
+/// default of each list field that takes a `limit` or `first` (given ones count as given).
+pub fn cost_model(config: &Config, limits: &GraphqlLimits) -> CostModel {
+    let mut sizes: std::collections::HashMap<String, u64> = [
+        ("runs", 20),
+        ("events", 100),
+        ("runEvents", 100),
+        ("deliveries", 20),
+        ("recent_attempts", 10),
+    ]
+    .into_iter()
+    .map(|(name, size)| (name.to_owned(), size))
+    .collect();
+    for source in &config.sources {
+        sizes.insert(source.name.clone(), limits.query_default_limit as u64);
+        sizes.insert(names::source_dead_letters_query_field(&source.name), 100);
+    }
+    CostModel {
+        default_sizes: sizes,
+    }
 }
 
 /// Types shared by every source: operations, ordering, scalars and comparison inputs.
@@ -362,7 +375,7 @@ fn compile_where(
     }
 }
 
-fn query_field(source: &Arc<SourceDef>) -> Field {
+fn query_field(source: &Arc<SourceDef>, limits: &GraphqlLimits) -> Field {
     let name = source.name.clone();
     let field_source = source.clone();
     Field::new(&name, TypeRef::named_nn_list_nn(&name), move |ctx| {
@@ -370,8 +383,7 @@ fn query_field(source: &Arc<SourceDef>) -> Field {
         FieldFuture::new(async move {
             let filter = compile_where(&source, ctx.args.get("where"))?;
             let order = output::parse_order_by(&source, ctx.args.get("order_by"))?;
-            let limit = non_negative(ctx.args.get("limit"), "limit")?;
-            let offset = non_negative(ctx.args.get("offset"), "offset")?.unwrap_or(0);
+            let (limit, offset) = query_window(ctx.ctx, &ctx)?;
             let hub = hubs(ctx.ctx)?
                 .get(&source.name)
                 .ok_or_else(|| user_error("unknown source", "INTERNAL_SERVER_ERROR"))?;
@@ -387,10 +399,7 @@ fn query_field(source: &Arc<SourceDef>) -> Field {
             };
             rows.retain(|row| filter.matches(row));
             output::sort_rows(&source, &order, &mut rows);
-            let rows = rows
-                .into_iter()
-                .skip(offset)
-                .take(limit.unwrap_or(usize::MAX));
+            let rows = rows.into_iter().skip(offset).take(limit);
             Ok(Some(FieldValue::list(rows.map(|row| {
                 FieldValue::owned_any(RowView::new(row, None))
             }))))
@@ -405,23 +414,48 @@ fn query_field(source: &Arc<SourceDef>) -> Field {
         "order_by",
         TypeRef::named_nn_list(names::source_order_by_type(&name)),
     ))
-    .argument(InputValue::new("limit", TypeRef::named(TypeRef::INT)))
-    .argument(InputValue::new("offset", TypeRef::named(TypeRef::INT)))
+    .argument(
+        InputValue::new("limit", TypeRef::named(TypeRef::INT)).description(format!(
+            "At most this many rows (default {}, at most {}).",
+            limits.query_default_limit, limits.query_max_limit
+        )),
+    )
+    .argument(
+        InputValue::new("offset", TypeRef::named(TypeRef::INT)).description(format!(
+            "Skip this many rows first (at most {}).",
+            limits.query_max_offset
+        )),
+    )
 }
 
-fn non_negative(
-    arg: Option<async_graphql::dynamic::ValueAccessor<'_>>,
-    name: &str,
-) -> async_graphql::Result<Option<usize>> {
-    match arg {
-        Some(v) if !v.is_null() => {
-            let n = v.i64()?;
-            usize::try_from(n)
-                .map(Some)
-                .map_err(|_| user_error(format!("{name} must not be negative"), "BAD_USER_INPUT"))
+/// A one-shot query's `limit` (default `--query-default-limit`) and `offset` (default 0),
+/// within their limits.
+fn query_window(
+    ctx: &async_graphql::Context<'_>,
+    resolver: &ResolverContext<'_>,
+) -> async_graphql::Result<(usize, usize)> {
+    let limits = ctx.data_unchecked::<GraphqlLimits>();
+    let get = |name: &str, max: usize, flag: &str| -> async_graphql::Result<Option<usize>> {
+        let Some(value) = resolver.args.get(name).filter(|v| !v.is_null()) else {
+            return Ok(None);
+        };
+        let n = value.i64()?;
+        let n = usize::try_from(n)
+            .map_err(|_| user_error(format!("{name} must not be negative"), "BAD_USER_INPUT"))?;
+        if n > max {
+            ctx.data_unchecked::<Arc<Rejections>>()
+                .count(Limit::QueryRows);
+            return Err(user_error(
+                format!("{name} must be at most {max} ({flag})"),
+                "BAD_USER_INPUT",
+            ));
         }
-        _ => Ok(None),
-    }
+        Ok(Some(n))
+    };
+    let limit = get("limit", limits.query_max_limit, "--query-max-limit")?
+        .unwrap_or(limits.query_default_limit);
+    let offset = get("offset", limits.query_max_offset, "--query-max-offset")?.unwrap_or(0);
+    Ok((limit, offset))
 }
 
 fn subscription_field(source: &Arc<SourceDef>) -> SubscriptionField {

@@ -126,6 +126,8 @@ pub struct Metrics {
     pub http_requests: Counter,
     pub protocol_errors: Counter,
     pub runs: Arc<RunMetrics>,
+    /// Requests refused by a limit (`crate::limits`), per limit.
+    pub limits: Arc<crate::limits::Rejections>,
     sources: std::sync::RwLock<Vec<(String, Arc<SourceMetrics>)>>,
 }
 
@@ -203,6 +205,19 @@ impl Metrics {
             "1 while this server is the one that publishes run events.",
             self.runs.publishing.get().into(),
         );
+        let name = "viewcast_limit_rejections_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Requests refused by a limit.\n# TYPE {name} counter"
+        );
+        for limit in crate::limits::Limit::ALL {
+            let _ = writeln!(
+                out,
+                "{name}{{limit=\"{}\"}} {}",
+                limit.label(),
+                self.limits.get(limit)
+            );
+        }
         let sources = self
             .sources
             .read()

@@ -1,0 +1,124 @@
+//! What one client may ask of the server: every limit, its default, and the counter of the
+//! requests it refused (`viewcast_limit_rejections_total{limit=…}`).
+//!
+//! `document` holds the checks on GraphQL documents that run before and right after parsing
+//! (size, nesting, aliases, root fields, cost). They are pure: no tokio, no I/O. The transports
+//! (`http`) and the resolvers (`schema`) apply them; this module never sees a socket.
+
+pub mod document;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use document::{CostModel, DocumentError, check_operations, check_text, check_variables};
+
+/// Every limit a request can hit, as it is labelled in `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// A GraphQL document longer than `max_document_bytes`.
+    DocumentBytes,
+    /// Brackets (selection sets, lists, objects, arguments) or variables nested deeper than
+    /// `max_nesting`.
+    Nesting,
+    /// More operations in one batched HTTP request than `max_batch`.
+    Batch,
+    /// More aliased fields in an operation than `max_aliases`.
+    Aliases,
+    /// More root fields in an operation than `max_root_fields`.
+    RootFields,
+    /// An operation whose estimated cost (values it can return) exceeds `max_cost`.
+    Cost,
+    /// A one-shot query's `limit` above `query_max_limit`, or `offset` above `query_max_offset`.
+    QueryRows,
+}
+
+impl Limit {
+    pub const ALL: [Limit; 7] = [
+        Limit::DocumentBytes,
+        Limit::Nesting,
+        Limit::Batch,
+        Limit::Aliases,
+        Limit::RootFields,
+        Limit::Cost,
+        Limit::QueryRows,
+    ];
+
+    /// The `limit` label in `/metrics`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Limit::DocumentBytes => "document_bytes",
+            Limit::Nesting => "nesting",
+            Limit::Batch => "batch",
+            Limit::Aliases => "aliases",
+            Limit::RootFields => "root_fields",
+            Limit::Cost => "cost",
+            Limit::QueryRows => "query_rows",
+        }
+    }
+
+    fn index(self) -> usize {
+        Limit::ALL
+            .iter()
+            .position(|l| *l == self)
+            .unwrap_or_default()
+    }
+}
+
+/// Requests refused per limit, since start.
+#[derive(Debug, Default)]
+pub struct Rejections([AtomicU64; Limit::ALL.len()]);
+
+impl Rejections {
+    pub fn count(&self, limit: Limit) {
+        self.0[limit.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, limit: Limit) -> u64 {
+        self.0[limit.index()].load(Ordering::Relaxed)
+    }
+}
+
+/// The highest `max_nesting` accepted: async-graphql's parser recurses per level and
+/// overflows a 2 MiB thread stack (tokio's) between 256 and 512 levels in a debug build.
+pub const MAX_NESTING: usize = 128;
+
+/// The limits on GraphQL requests. Each is a flag of `viewcast serve` (see `cli`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GraphqlLimits {
+    /// Longest accepted document, in bytes.
+    pub max_document_bytes: usize,
+    /// Deepest nesting of brackets in a document, and of lists and objects in its variables.
+    pub max_nesting: usize,
+    /// Most operations in one batched HTTP request.
+    pub max_batch: usize,
+    /// Most aliased fields in one operation.
+    pub max_aliases: usize,
+    /// Most root fields in one operation.
+    pub max_root_fields: usize,
+    /// Highest estimated cost of one operation (see [`CostModel`]).
+    pub max_cost: u64,
+    /// Deepest selection (fields within fields) of one operation.
+    pub max_depth: usize,
+    /// Rows a one-shot query returns when it gives no `limit`.
+    pub query_default_limit: usize,
+    /// Highest `limit` a one-shot query may give.
+    pub query_max_limit: usize,
+    /// Highest `offset` a one-shot query may give.
+    pub query_max_offset: usize,
+}
+
+impl Default for GraphqlLimits {
+    fn default() -> Self {
+        GraphqlLimits {
+            max_document_bytes: 64 * 1024,
+            max_nesting: 64,
+            max_batch: 10,
+            max_aliases: 30,
+            max_root_fields: 30,
+            max_cost: 50_000,
+            max_depth: 16,
+            query_default_limit: 1_000,
+            query_max_limit: 10_000,
+            query_max_offset: 100_000,
+        }
+    }
+}
