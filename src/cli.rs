@@ -53,6 +53,8 @@ pub struct ServeArgs {
     #[arg(long, short, env = "VIEWCAST_CONFIG", default_value = "schema.yaml")]
     pub config: PathBuf,
     /// PostgreSQL URL for `backend: postgres` sources (postgres://user:password@host:port/db).
+    /// Every database URL takes libpq's TLS settings: ?sslmode=verify-full&sslrootcert=ca.pem
+    /// (or system), sslcert and sslkey, or PGSSLMODE, PGSSLROOTCERT, PGSSLCERT, PGSSLKEY.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Materialize URL for `backend: materialize` sources
@@ -407,18 +409,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Refuses a database URL the server could never use, before anything starts.
+/// Refuses a database URL the server could never use (its syntax, its TLS settings and the
+/// certificate files they name), before anything starts.
 fn check_database_url(url: &str, flag: &str) -> anyhow::Result<()> {
-    let config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| anyhow::anyhow!("invalid database URL ({flag}): {e}"))?;
-    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-        anyhow::bail!(
-            "the database URL ({flag}) asks for sslmode=require, but this version of viewcast connects without TLS; \
-             use a TLS-terminating proxy or a network you trust, and sslmode=disable or prefer"
-        );
-    }
-    Ok(())
+    crate::pgconn::Database::parse(url)
+        .map(drop)
+        .map_err(|e| anyhow::anyhow!("the database URL ({flag}): {e}"))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -8,8 +8,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use tokio_postgres::NoTls;
-
 use crate::config::{Backend, names};
 
 /// What to introspect and how to write it.
@@ -64,13 +62,12 @@ pub struct CatalogRelation {
 
 /// Reads the catalog and returns the schema.yaml text.
 pub async fn introspect(url: &str, request: &Request) -> Result<String, IntrospectError> {
-    let config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e: tokio_postgres::Error| IntrospectError::Url(e.to_string()))?;
-    let (client, connection) = config
-        .connect(NoTls)
+    let database =
+        crate::pgconn::Database::parse(url).map_err(|e| IntrospectError::Url(e.to_string()))?;
+    let (client, connection) = database
+        .connect()
         .await
-        .map_err(|e| IntrospectError::Connect(e.to_string()))?;
+        .map_err(|e| IntrospectError::Connect(crate::pgconn::error_text(&e)))?;
     let connection = tokio::spawn(connection);
     let mut relations = Vec::new();
     for relation in &request.relations {

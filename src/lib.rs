@@ -12,6 +12,7 @@ pub mod hub;
 pub mod introspect;
 pub mod limits;
 pub mod pgcluster;
+pub mod pgconn;
 pub mod run;
 pub mod schema;
 pub mod server;

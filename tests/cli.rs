@@ -6,6 +6,8 @@ fn viewcast(args: &[&str]) -> (i32, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_viewcast"))
         .args(args)
         .env_remove("VIEWCAST_CONFIG")
+        .env_remove("PGSSLMODE")
+        .env_remove("PGSSLROOTCERT")
         .output()
         .expect("run viewcast");
     (
@@ -82,22 +84,28 @@ fn check_reports_config_errors_with_their_position() {
 
 #[test]
 fn serve_refuses_a_database_url_it_cannot_use() {
-    let (code, _, err) = viewcast(&[
-        "serve",
-        "--config",
-        "examples/demo/schema.yaml",
-        "--database-url",
-        "postgres://u@h:notaport/db",
-    ]);
+    let serve = |url: &str| {
+        viewcast(&[
+            "serve",
+            "--config",
+            "examples/demo/schema.yaml",
+            "--database-url",
+            url,
+        ])
+    };
+    let (code, _, err) = serve("postgres://u:hunter2@h:notaport/db");
     assert_eq!(code, 1);
-    assert!(err.contains("invalid database URL"), "{err}");
-    let (code, _, err) = viewcast(&[
-        "serve",
-        "--config",
-        "examples/demo/schema.yaml",
-        "--database-url",
-        "postgres://u@h/db?sslmode=require",
-    ]);
+    assert!(err.contains("invalid connection string"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    // TLS settings are checked before anything starts: the mode, and the files they name.
+    let (code, _, err) = serve("postgres://u:hunter2@h/db?sslmode=verify-full");
     assert_eq!(code, 1);
-    assert!(err.contains("without TLS"), "{err}");
+    assert!(err.contains("sslrootcert"), "{err}");
+    let (code, _, err) =
+        serve("postgres://u@h/db?sslmode=verify-ca&sslrootcert=/does/not/exist.pem");
+    assert_eq!(code, 1);
+    assert!(err.contains("/does/not/exist.pem"), "{err}");
+    let (code, _, err) = serve("postgres://u@h/db?sslmode=sometimes");
+    assert_eq!(code, 1);
+    assert!(err.contains("sslmode=sometimes"), "{err}");
 }

@@ -95,19 +95,42 @@ impl FeedError {
     /// privilege, bad value) needs an operator.
     pub(crate) fn from_db(what: &str, err: &tokio_postgres::Error) -> FeedError {
         let Some(db) = err.as_db_error() else {
-            return FeedError::Connection(format!("{what}: {err}"));
+            let message = format!("{what}: {}", crate::pgconn::error_text(err));
+            return if crate::pgconn::is_tls_failure(err) {
+                FeedError::Setup(message)
+            } else {
+                FeedError::Connection(message)
+            };
         };
-        let transient = matches!(
-            &db.code().code()[..2],
-            "08" | "40" | "53" | "55" | "57" | "58"
-        );
         let message = format!("{what}: {}", db.message());
-        if transient {
+        if is_transient(db.code().code()) {
             FeedError::Connection(message)
         } else {
             FeedError::Setup(message)
         }
     }
+}
+
+/// Opens a connection to `url`; a URL the operator must fix is a `Setup` error, a failed
+/// connection is told by `classify` (each database reports its errors its own way).
+pub(crate) async fn connect(
+    url: &str,
+    what: &str,
+    classify: fn(&str, &tokio_postgres::Error) -> FeedError,
+) -> Result<(tokio_postgres::Client, crate::pgconn::Connection), FeedError> {
+    crate::pgconn::connect(url).await.map_err(|err| match err {
+        crate::pgconn::ConnectError::Connect(err) => classify(what, &err),
+        err @ crate::pgconn::ConnectError::Url(_) => FeedError::Setup(format!("{what}: {err}")),
+    })
+}
+
+/// Whether a SQLSTATE is of a class a retry can outlast: connection problems, lack of
+/// resources, operator intervention, rollbacks, objects in the wrong state.
+pub(crate) fn is_transient(sqlstate: &str) -> bool {
+    matches!(
+        sqlstate.get(..2),
+        Some("08" | "40" | "53" | "55" | "57" | "58")
+    )
 }
 
 /// Exponential backoff with jitter: 100 ms doubling to 30 s, reset once a session streams.

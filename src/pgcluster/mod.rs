@@ -20,7 +20,7 @@ mod owner;
 use std::fs::{DirBuilder, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::net::{Ipv4Addr, TcpListener};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -65,6 +65,21 @@ pub struct ClusterOptions {
     pub superuser: String,
     /// How long the server may take to accept connections.
     pub start_timeout: Duration,
+    /// Serve TLS (`ssl = on`) with this certificate.
+    pub tls: Option<ClusterTls>,
+}
+
+/// A server certificate for a cluster, and how strict the server is about TLS.
+#[derive(Debug, Clone)]
+pub struct ClusterTls {
+    /// The server's certificate chain, PEM.
+    pub cert_pem: String,
+    /// Its private key, PEM.
+    pub key_pem: String,
+    /// Only connections over TLS are accepted (`hostssl` in `pg_hba.conf`).
+    pub required: bool,
+    /// A CA (PEM) whose client certificates are required (`clientcert=verify-ca`).
+    pub client_ca_pem: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -76,6 +91,7 @@ impl Default for ClusterOptions {
             fsync: None,
             superuser: "postgres".to_owned(),
             start_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -93,6 +109,8 @@ pub struct PgCluster {
     superuser: String,
     /// Resolved `-c` settings, defaults first.
     settings: Vec<(String, String)>,
+    /// The unix socket's directory (private to us and the server).
+    socket_dir: PathBuf,
     run_as: Option<RunAs>,
     start_timeout: Duration,
     server: Option<Server>,
@@ -185,6 +203,7 @@ impl PgCluster {
             port,
             superuser: options.superuser,
             settings: resolve_settings(&options.settings, &socket_dir, fsync),
+            socket_dir: socket_dir.clone(),
             run_as,
             start_timeout: options.start_timeout,
             server: None,
@@ -192,6 +211,9 @@ impl PgCluster {
         // From here on an early return drops `cluster`, which removes the scratch directory.
         create_private_dir(&socket_dir, run_as)?;
         cluster.prepare_data_dir(fsync).await?;
+        if let Some(tls) = &options.tls {
+            cluster.serve_tls(tls)?;
+        }
         cluster.launch(options.port.is_some()).await?;
         info!(
             port = cluster.port,
@@ -207,6 +229,18 @@ impl PgCluster {
         format!(
             "postgres://{}@127.0.0.1:{}/{database}",
             self.superuser, self.port
+        )
+    }
+
+    /// Our own connections (the readiness probe, `create_database`) go through the unix
+    /// socket in our private directory: they work however strict the server is about TCP
+    /// clients (TLS only, client certificates).
+    fn socket_url(&self, database: &str) -> String {
+        format!(
+            "host={} port={} user={} dbname={database}",
+            self.socket_dir.display(),
+            self.port,
+            self.superuser
         )
     }
 
@@ -232,7 +266,7 @@ impl PgCluster {
     /// Creates a database owned by the superuser.
     pub async fn create_database(&self, name: &str) -> Result<(), ClusterError> {
         let action = || format!("create database {name}");
-        let (client, connection) = tokio_postgres::connect(&self.url("postgres"), NoTls)
+        let (client, connection) = tokio_postgres::connect(&self.socket_url("postgres"), NoTls)
             .await
             .map_err(|source| ClusterError::Query {
                 action: action(),
@@ -319,6 +353,64 @@ impl PgCluster {
             run_as.chown(&self.data_dir)?;
         }
         self.initdb(fsync).await
+    }
+
+    /// Writes the certificate and key where only the server's user reads them, turns `ssl`
+    /// on, and rewrites `pg_hba.conf` as `tls` asks.
+    fn serve_tls(&mut self, tls: &ClusterTls) -> Result<(), ClusterError> {
+        let dir = self.scratch_dir.join("tls");
+        create_private_dir(&dir, self.run_as)?;
+        let write = |name: &str, text: &str| -> Result<PathBuf, ClusterError> {
+            let path = dir.join(name);
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()))
+                .map_err(|source| ClusterError::Io {
+                    action: "write",
+                    path: path.clone(),
+                    source,
+                })?;
+            if let Some(run_as) = self.run_as {
+                run_as.chown(&path)?;
+            }
+            Ok(path)
+        };
+        let mut settings = vec![
+            ("ssl".to_owned(), "on".to_owned()),
+            (
+                "ssl_cert_file".to_owned(),
+                write("server.crt", &tls.cert_pem)?.display().to_string(),
+            ),
+            (
+                "ssl_key_file".to_owned(),
+                write("server.key", &tls.key_pem)?.display().to_string(),
+            ),
+        ];
+        let mut method = "trust".to_owned();
+        if let Some(ca) = &tls.client_ca_pem {
+            settings.push((
+                "ssl_ca_file".to_owned(),
+                write("client-ca.crt", ca)?.display().to_string(),
+            ));
+            method.push_str(" clientcert=verify-ca");
+        }
+        self.settings.extend(settings);
+        if tls.required {
+            let hba = self.data_dir.join("pg_hba.conf");
+            let text = format!(
+                "local all all trust\nlocal replication all trust\n\
+                 hostssl all all 127.0.0.1/32 {method}\nhostssl replication all 127.0.0.1/32 {method}\n"
+            );
+            std::fs::write(&hba, text).map_err(|source| ClusterError::Io {
+                action: "write",
+                path: hba,
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     async fn initdb(&self, fsync: bool) -> Result<(), ClusterError> {
@@ -449,7 +541,7 @@ impl PgCluster {
     /// Waits until the server answers a query, it exits, or the start deadline passes.
     async fn wait_ready(&self, server: &mut Server, log_offset: u64) -> Result<(), Launch> {
         let deadline = Instant::now() + self.start_timeout;
-        let url = format!("{}?connect_timeout=2", self.url("postgres"));
+        let url = format!("{} connect_timeout=2", self.socket_url("postgres"));
         let mut backoff = Duration::from_millis(20);
         let mut last_error = None;
         loop {
@@ -832,6 +924,7 @@ mod tests {
             port: 54321,
             superuser: "postgres".to_owned(),
             settings: Vec::new(),
+            socket_dir: PathBuf::from("/tmp/x/sock"),
             run_as: None,
             start_timeout: Duration::from_secs(1),
             server: None,
@@ -839,6 +932,10 @@ mod tests {
         assert_eq!(
             cluster.url("app"),
             "postgres://postgres@127.0.0.1:54321/app"
+        );
+        assert_eq!(
+            cluster.socket_url("app"),
+            "host=/tmp/x/sock port=54321 user=postgres dbname=app"
         );
         assert_eq!(cluster.pid(), None);
     }

@@ -10,7 +10,6 @@
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
-use tokio_postgres::NoTls;
 
 /// The migrations, in order: (version, name, SQL). A migration never changes once released.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -115,20 +114,27 @@ pub enum StoreError {
     },
     #[error("store query failed: {0}")]
     Query(String),
+    #[error(
+        "the store was migrated by a newer viewcast (its migration {found}; this binary knows up to {known}): run the newer version, or a store of its own"
+    )]
+    Newer { found: i32, known: i32 },
 }
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(err: tokio_postgres::Error) -> StoreError {
         match err.as_db_error() {
             Some(db) => StoreError::Query(db.message().to_owned()),
-            None => StoreError::Unavailable(err.to_string()),
+            None => StoreError::Unavailable(crate::pgconn::error_text(&err)),
         }
     }
 }
 
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(err: deadpool_postgres::PoolError) -> StoreError {
-        StoreError::Unavailable(err.to_string())
+        match err {
+            deadpool_postgres::PoolError::Backend(err) => StoreError::from(err),
+            other => StoreError::Unavailable(other.to_string()),
+        }
     }
 }
 
@@ -137,7 +143,7 @@ impl From<deadpool_postgres::PoolError> for StoreError {
 pub struct Store {
     pool: deadpool_postgres::Pool,
     /// For connections of their own (LISTEN, session advisory locks).
-    config: std::sync::Arc<tokio_postgres::Config>,
+    database: std::sync::Arc<crate::pgconn::Database>,
 }
 
 impl std::fmt::Debug for Store {
@@ -149,12 +155,11 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Connects and applies the migrations that have not been applied yet.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
-        let pg: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| StoreError::Url(e.to_string()))?;
+        let database =
+            crate::pgconn::Database::parse(url).map_err(|e| StoreError::Url(e.to_string()))?;
         let manager = deadpool_postgres::Manager::from_config(
-            pg.clone(),
-            NoTls,
+            database.config().clone(),
+            database.tls(),
             deadpool_postgres::ManagerConfig {
                 recycling_method: deadpool_postgres::RecyclingMethod::Fast,
             },
@@ -170,7 +175,7 @@ impl Store {
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let store = Store {
             pool,
-            config: std::sync::Arc::new(pg),
+            database: std::sync::Arc::new(database),
         };
         store.migrate().await?;
         Ok(store)
@@ -192,7 +197,7 @@ impl Store {
         ),
         StoreError,
     > {
-        let (client, mut connection) = self.config.connect(NoTls).await?;
+        let (client, mut connection) = self.database.connect().await?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -216,24 +221,30 @@ impl Store {
 
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut client = self.client().await?;
-        client
-            .batch_execute(
-                "CREATE TABLE IF NOT EXISTS viewcast_migrations (
-                     version integer PRIMARY KEY,
-                     name text NOT NULL,
-                     applied_at timestamptz NOT NULL DEFAULT now())",
-            )
-            .await?;
+        // The lock first: replicas starting together would otherwise race to create the
+        // migrations table (and one would fail on its unique type name).
         client
             .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
             .await?;
         let result = async {
+            client
+                .batch_execute(
+                    "CREATE TABLE IF NOT EXISTS viewcast_migrations (
+                         version integer PRIMARY KEY,
+                         name text NOT NULL,
+                         applied_at timestamptz NOT NULL DEFAULT now())",
+                )
+                .await?;
             let applied: Vec<i32> = client
                 .query("SELECT version FROM viewcast_migrations", &[])
                 .await?
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
+            let known = MIGRATIONS.last().map_or(0, |m| m.0);
+            if let Some(&found) = applied.iter().filter(|&&v| v > known).max() {
+                return Err(StoreError::Newer { found, known });
+            }
             for &(version, name, sql) in MIGRATIONS {
                 if applied.contains(&version) {
                     continue;

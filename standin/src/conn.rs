@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rand::Rng;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -55,7 +54,7 @@ enum Stop {
 struct Session {
     shared: Arc<Shared>,
     out: Out,
-    wr: OwnedWriteHalf,
+    wr: Box<dyn AsyncWrite + Send + Unpin>,
     rx: mpsc::Receiver<Frontend>,
     kill: CancellationToken,
     cancel: Arc<std::sync::Mutex<CancellationToken>>,
@@ -78,18 +77,45 @@ struct Session {
 
 // Start-up reads top to bottom as the protocol runs; split, it would hide the order.
 #[allow(clippy::too_many_lines)]
-pub async fn serve(socket: TcpStream, shared: Arc<Shared>, stop: CancellationToken) {
-    let (mut rd, mut wr) = socket.into_split();
-    let startup = loop {
-        match wire::read_startup(&mut rd).await {
-            Ok(Startup::Ssl) => {
-                if wr.write_all(b"N").await.is_err() {
-                    return;
-                }
+pub async fn serve(mut socket: TcpStream, shared: Arc<Shared>, stop: CancellationToken) {
+    // An SSLRequest comes first, if at all: answered `S` (and the session continues over TLS)
+    // when the stand-in has a certificate, else `N`.
+    // Plain TCP splits without a lock; a TLS session needs tokio's shared split.
+    type Halves = (
+        Box<dyn AsyncRead + Send + Unpin>,
+        Box<dyn AsyncWrite + Send + Unpin>,
+    );
+    let mut first = wire::read_startup(&mut socket).await;
+    let (mut rd, wr): Halves = match (&first, &shared.options.tls) {
+        (Ok(Startup::Ssl), Some(tls)) => {
+            if socket.write_all(b"S").await.is_err() {
+                return;
             }
-            Ok(other) => break other,
-            Err(_) => return,
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+            let Ok(mut tls) = acceptor.accept(socket).await else {
+                return;
+            };
+            shared.tls_sessions.fetch_add(1, Ordering::Relaxed);
+            first = wire::read_startup(&mut tls).await;
+            let (rd, wr) = tokio::io::split(tls);
+            (Box::new(rd), Box::new(wr))
         }
+        (Ok(Startup::Ssl), None) => {
+            if socket.write_all(b"N").await.is_err() {
+                return;
+            }
+            first = wire::read_startup(&mut socket).await;
+            let (rd, wr) = socket.into_split();
+            (Box::new(rd), Box::new(wr))
+        }
+        _ => {
+            let (rd, wr) = socket.into_split();
+            (Box::new(rd), Box::new(wr))
+        }
+    };
+    let startup = match first {
+        Ok(Startup::Ssl) | Err(_) => return,
+        Ok(other) => other,
     };
     let params = match startup {
         Startup::Cancel { pid, secret } => {

@@ -57,6 +57,9 @@ pub struct Options {
     pub chunking: Chunking,
     /// Clusters `SET cluster` may name.
     pub clusters: Vec<String>,
+    /// Serve TLS to clients that ask (`SSLRequest`) with this configuration; `None`: refuse
+    /// TLS (`N`), as a server without certificates does.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for Options {
@@ -66,6 +69,7 @@ impl Default for Options {
             default_retain: Duration::from_secs(1),
             chunking: Chunking::Random { max_bytes: 64 },
             clusters: vec!["quickstart".into(), "default".into()],
+            tls: None,
         }
     }
 }
@@ -156,6 +160,8 @@ pub(crate) struct Shared {
     pub conns: Mutex<HashMap<i32, ConnInfo>>,
     pub next_pid: AtomicI32,
     pub refuse: AtomicBool,
+    /// Sessions that completed a TLS handshake.
+    pub tls_sessions: std::sync::atomic::AtomicU64,
 }
 
 /// A running stand-in. Dropping it stops the server and closes every connection.
@@ -176,6 +182,7 @@ impl StandIn {
             conns: Mutex::new(HashMap::new()),
             next_pid: AtomicI32::new(1000),
             refuse: AtomicBool::new(false),
+            tls_sessions: std::sync::atomic::AtomicU64::new(0),
         });
         let shutdown = CancellationToken::new();
         let tick = shared.options.tick;
@@ -230,6 +237,11 @@ impl StandIn {
     /// A connection URL (Materialize's default user and database).
     pub fn url(&self) -> String {
         format!("postgres://materialize@{}/materialize", self.addr)
+    }
+
+    /// How many client sessions ran over TLS so far.
+    pub fn tls_sessions(&self) -> u64 {
+        self.shared.tls_sessions.load(Ordering::Relaxed)
     }
 
     /// Drops every connection that is streaming (a SUBSCRIBE in COPY, an open cursor), as a

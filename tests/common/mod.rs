@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod binary;
+pub mod certs;
 pub mod receiver;
 pub mod runs;
 

@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{StreamExt, pin_mut};
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 use super::copytext::CopyDecoder;
@@ -128,14 +127,8 @@ async fn session(
     backoff: &mut Backoff,
 ) -> Result<(), FeedError> {
     let source = hub.source().clone();
-    let config: tokio_postgres::Config = settings
-        .url
-        .parse()
-        .map_err(|e| FeedError::Setup(format!("invalid Materialize URL: {e}")))?;
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| classify("cannot connect to materialize", &e))?;
+    let (client, connection) =
+        super::connect(&settings.url, "cannot connect to materialize", classify).await?;
     let connection = tokio::spawn(connection);
     let result = async {
         let mut setup = format!(
@@ -240,7 +233,7 @@ fn quote_literal(text: &str) -> String {
 /// the rest is retried.
 fn classify(what: &str, err: &tokio_postgres::Error) -> FeedError {
     let Some(db) = err.as_db_error() else {
-        return FeedError::Connection(format!("{what}: {err}"));
+        return FeedError::from_db(what, err);
     };
     let message = db.message();
     let text = format!("{what}: {message}");
@@ -255,7 +248,7 @@ fn classify(what: &str, err: &tokio_postgres::Error) -> FeedError {
         || message.contains("unknown database")
         || message.contains("was dropped")
         || message.contains("does not exist")
-        || matches!(&db.code().code()[..2], "42" | "28");
+        || matches!(db.code().code().get(..2), Some("42" | "28"));
     if operator {
         FeedError::Setup(text)
     } else {

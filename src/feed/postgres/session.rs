@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
-use tokio_postgres::{NoTls, SimpleQueryMessage};
+use tokio_postgres::SimpleQueryMessage;
 use tokio_util::sync::CancellationToken;
 
 use super::pgoutput::{self, Message};
@@ -44,17 +44,15 @@ pub(super) async fn run(
     backoff: &mut Backoff,
 ) -> Result<(), FeedError> {
     let source = hub.source().clone();
-    let pg_config: tokio_postgres::Config = settings
-        .url
-        .parse()
-        .map_err(|e| FeedError::Setup(format!("invalid database URL: {e}")))?;
-    let (client, connection) = pg_config
-        .connect(NoTls)
+    let database = crate::pgconn::Database::parse(&settings.url)
+        .map_err(|e| FeedError::Setup(format!("the database URL: {e}")))?;
+    let (client, connection) = database
+        .connect()
         .await
-        .map_err(|e| connection_error("cannot connect to postgres", e))?;
+        .map_err(|e| FeedError::from_db("cannot connect to postgres", &e))?;
     let connection = tokio::spawn(connection);
     let result = stream(
-        hub, &source, settings, &pg_config, &client, resume, cancel, backoff,
+        hub, &source, settings, &database, &client, resume, cancel, backoff,
     )
     .await;
     drop(client);
@@ -67,7 +65,7 @@ async fn stream(
     hub: &Arc<Hub>,
     source: &Arc<SourceDef>,
     settings: &PgFeedSettings,
-    pg_config: &tokio_postgres::Config,
+    database: &crate::pgconn::Database,
     client: &tokio_postgres::Client,
     resume: &mut Resume,
     cancel: &CancellationToken,
@@ -92,13 +90,19 @@ async fn stream(
         })?;
     }
 
-    let mut config = replication_config(pg_config, settings, &source.name);
+    let mut config = replication_config(database, settings, &source.name);
     if let Some(lsn) = resume_from {
         config = config.with_start_lsn(lsn);
     }
     let mut repl = ReplicationClient::connect_gated(config)
         .await
-        .map_err(|e| connection_error("cannot open replication connection", e))?;
+        .map_err(|e| match e {
+            // A certificate or a server without TLS: the operator's to fix.
+            pgwire_replication::PgWireError::Tls(message) => {
+                FeedError::Setup(format!("cannot open replication connection: {message}"))
+            }
+            other => connection_error("cannot open replication connection", other),
+        })?;
     if resume_from.is_none() {
         // Whatever was applied before belongs to a slot that is gone: from here on, only the
         // new slot's positions count (a failure before the snapshot is applied must not leave
@@ -259,10 +263,11 @@ fn lag(commit_time_micros: i64) -> Duration {
 }
 
 fn replication_config(
-    pg: &tokio_postgres::Config,
+    database: &crate::pgconn::Database,
     settings: &PgFeedSettings,
     source: &str,
 ) -> ReplicationConfig {
+    let pg = database.config();
     let host = match pg.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
         Some(tokio_postgres::config::Host::Unix(path)) => path.to_string_lossy().into_owned(),
@@ -283,6 +288,7 @@ fn replication_config(
         .map(|(k, v)| format!("-c {k}={}", v.replace(' ', "\\ ")))
         .collect::<Vec<_>>()
         .join(" ");
+    let tls = database.replication_tls(&host);
     ReplicationConfig::new(
         host,
         user,
@@ -292,6 +298,7 @@ fn replication_config(
         settings.publication(source).as_str(),
     )
     .with_port(port)
+    .with_tls(tls)
     .with_options(options)
     .with_application_name(format!("viewcast {source}"))
     .with_status_interval(Duration::from_secs(1))
@@ -373,7 +380,7 @@ async fn read_snapshot(
 /// Drops this instance's slot for `source` so a stopped server pins no WAL.
 pub(super) async fn drop_slot_on_shutdown(settings: &PgFeedSettings, source: &str) {
     let slot = settings.slot(source);
-    let Ok((client, connection)) = tokio_postgres::connect(&settings.url, NoTls).await else {
+    let Ok((client, connection)) = crate::pgconn::connect(&settings.url).await else {
         return;
     };
     let connection = tokio::spawn(connection);

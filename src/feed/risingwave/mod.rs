@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio_postgres::{NoTls, SimpleQueryMessage, SimpleQueryRow};
+use tokio_postgres::{SimpleQueryMessage, SimpleQueryRow};
 use tokio_util::sync::CancellationToken;
 
 use super::{Backoff, Batch, Change, FeedError, FeedEvent, Net, Position, net_diff};
@@ -121,14 +121,8 @@ async fn session(
     backoff: &mut Backoff,
 ) -> Result<(), FeedError> {
     let source = hub.source().clone();
-    let config: tokio_postgres::Config = settings
-        .url
-        .parse()
-        .map_err(|e| FeedError::Setup(format!("invalid RisingWave URL: {e}")))?;
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| classify("cannot connect to risingwave", &e))?;
+    let (client, connection) =
+        super::connect(&settings.url, "cannot connect to risingwave", classify).await?;
     let connection = tokio::spawn(connection);
     let result = async {
         let subscription = subscription_name(&source);
@@ -477,7 +471,7 @@ fn per_key(source: &SourceDef, rows: Vec<(Row, i64)>) -> Vec<(Key, Net)> {
 /// RisingWave's errors come as multi-line reports: their text decides.
 fn classify(what: &str, err: &tokio_postgres::Error) -> FeedError {
     let Some(db) = err.as_db_error() else {
-        return FeedError::Connection(format!("{what}: {err}"));
+        return FeedError::from_db(what, err);
     };
     let message = db.message();
     // The report's last line is the root cause, numbered (`  2: table or source not found`).
@@ -494,7 +488,7 @@ fn classify(what: &str, err: &tokio_postgres::Error) -> FeedError {
         || message.contains("does not exist")
         || message.contains("permission denied")
         || message.contains("unknown catalog item")
-        || matches!(&db.code().code()[..2], "42" | "28");
+        || matches!(db.code().code().get(..2), Some("42" | "28"));
     if operator {
         FeedError::Setup(text)
     } else {
