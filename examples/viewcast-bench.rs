@@ -528,6 +528,9 @@ impl ServerProc {
             "--apply-setup",
         ]);
         command.args(["--instance", "bench", "--log", &p.flags.server_log]);
+        // Every simulated client connects from loopback: the per-address cap would stand for
+        // one client, not thousands.
+        command.args(["--http-max-connections-per-address", "0"]);
         if let Some(n) = p.flags.history_batches {
             command.args(["--history-batches", &n.to_string()]);
         }

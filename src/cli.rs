@@ -34,7 +34,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the GraphQL API for the sources in a schema.yaml.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Validate a schema.yaml and print the GraphQL schema (SDL) it generates.
     Check(CheckArgs),
     /// Run a self-contained demo: a private PostgreSQL, a live trading dataset and the server.
@@ -124,6 +124,12 @@ pub struct ServeArgs {
     /// Seconds to wait for connections and feeds to stop on shutdown.
     #[arg(long, env = "VIEWCAST_SHUTDOWN_TIMEOUT", default_value_t = 10)]
     pub shutdown_timeout: u64,
+    /// Browser origins whose pages may use this server (`https://app.example.com`, no path),
+    /// comma-separated, or * for any; by default only pages this server serves. Requests and
+    /// WebSocket upgrades from other origins are refused with 403; allowed ones get CORS
+    /// answers.
+    #[arg(long, env = "VIEWCAST_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -171,6 +177,38 @@ pub struct LimitArgs {
     /// Highest offset a one-shot query may give.
     #[arg(long, env = "VIEWCAST_QUERY_MAX_OFFSET", default_value_t = 100_000)]
     pub query_max_offset: usize,
+    /// Largest HTTP request body, in bytes (413 PAYLOAD_TOO_LARGE).
+    #[arg(long, env = "VIEWCAST_HTTP_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub http_max_body_bytes: usize,
+    /// Seconds a client may take to send a request's headers.
+    #[arg(long, env = "VIEWCAST_HTTP_HEADER_TIMEOUT", default_value_t = 10)]
+    pub http_header_timeout: u64,
+    /// Seconds a request may take until its response starts (408 REQUEST_TIMEOUT); streams
+    /// (WebSocket, SSE) run past it.
+    #[arg(long, env = "VIEWCAST_HTTP_REQUEST_TIMEOUT", default_value_t = 30)]
+    pub http_request_timeout: u64,
+    /// Most open connections; more are answered 503 and closed.
+    #[arg(long, env = "VIEWCAST_HTTP_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub http_max_connections: usize,
+    /// Most open connections from one client address (0: no cap); behind a proxy every
+    /// client shares its address, so raise it or set 0 there.
+    #[arg(
+        long,
+        env = "VIEWCAST_HTTP_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 1_000
+    )]
+    pub http_max_connections_per_address: usize,
+    /// Most open Server-Sent Events streams (graphql-sse and runs); more get 503.
+    #[arg(long, env = "VIEWCAST_SSE_MAX_STREAMS", default_value_t = 10_000)]
+    pub sse_max_streams: usize,
+    /// Largest WebSocket message (and frame) in bytes; a larger one closes the connection
+    /// with 1009.
+    #[arg(long, env = "VIEWCAST_WS_MAX_MESSAGE_BYTES", default_value_t = 1 << 20)]
+    pub ws_max_message_bytes: usize,
+    /// Seconds a WebSocket client may send nothing, not even a pong to the server's pings,
+    /// before the connection is closed (4408).
+    #[arg(long, env = "VIEWCAST_WS_IDLE_TIMEOUT", default_value_t = 60)]
+    pub ws_idle_timeout: u64,
 }
 
 impl LimitArgs {
@@ -338,8 +376,20 @@ impl ServeArgs {
             apply_setup: self.apply_setup,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout),
             graphql: self.limits.graphql(),
+            http: crate::http::HttpSettings {
+                max_body_bytes: self.limits.http_max_body_bytes.max(1),
+                header_timeout: Duration::from_secs(self.limits.http_header_timeout.max(1)),
+                request_timeout: Duration::from_secs(self.limits.http_request_timeout.max(1)),
+                max_connections: self.limits.http_max_connections.max(1),
+                max_connections_per_address: self.limits.http_max_connections_per_address,
+                max_sse_streams: self.limits.sse_max_streams,
+                allowed_origins: crate::http::AllowedOrigins::parse(&self.allowed_origins)
+                    .map_err(|e| anyhow::anyhow!("--allowed-origins: {e}"))?,
+            },
             ..ServeOptions::default()
         };
+        options.ws.max_message_bytes = self.limits.ws_max_message_bytes.max(1024);
+        options.ws.idle_timeout = Duration::from_secs(self.limits.ws_idle_timeout.max(1));
         options.ws.init_timeout = Duration::from_secs(self.ws_init_timeout);
         options.ws.keepalive = Duration::from_secs(self.ws_keepalive.max(1));
         options.ws.max_operations = self.ws_max_operations;

@@ -13,7 +13,7 @@ use crate::feed::FeedEvent;
 use crate::feed::materialize::MzFeedSettings;
 use crate::feed::postgres::PgFeedSettings;
 use crate::feed::risingwave::RwFeedSettings;
-use crate::http::{AppState, WsSettings};
+use crate::http::{AppState, HttpSettings, WsSettings};
 use crate::hub::{Hub, HubLimits, Hubs, Starter};
 use crate::telemetry::Metrics;
 
@@ -38,6 +38,7 @@ pub struct ServeOptions {
     pub instance: String,
     pub apply_setup: bool,
     pub ws: WsSettings,
+    pub http: HttpSettings,
     pub hub_limits: HubLimits,
     pub graphql: crate::limits::GraphqlLimits,
     pub shutdown_timeout: Duration,
@@ -58,6 +59,7 @@ impl Default for ServeOptions {
             instance: "default".into(),
             apply_setup: false,
             ws: WsSettings::default(),
+            http: HttpSettings::default(),
             hub_limits: HubLimits::default(),
             graphql: crate::limits::GraphqlLimits::default(),
             shutdown_timeout: Duration::from_secs(10),
@@ -214,28 +216,22 @@ impl Server {
             runs,
             metrics: metrics.clone(),
             ws: options.ws,
+            http: options.http.clone(),
+            sse_streams: Arc::default(),
             graphql: options.graphql,
             cost_model: Arc::new(crate::schema::cost_model(&config, &options.graphql)),
             shutdown: shutdown.clone(),
         };
         let app = crate::http::router(state);
-        // Small frames go out at once: Nagle's algorithm would hold them for the peer's ACK.
-        let listener =
-            axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
-                if let Err(err) = stream.set_nodelay(true) {
-                    tracing::debug!(error = %err, "cannot set TCP_NODELAY");
-                }
-            });
-        let stop = shutdown.clone();
         tasks.spawn(
-            async move {
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
-                if let Err(err) = served {
-                    tracing::error!(error = %err, "http server failed");
-                }
-            }
+            crate::http::serve::serve(
+                listener,
+                app,
+                options.http.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+                tasks.clone(),
+            )
             .instrument(tracing::info_span!("http")),
         );
         tracing::info!(addr = %local, "viewcast listening");

@@ -25,7 +25,8 @@ sources:
 struct Fixture {
     db: TestDb,
     server: Server,
-    watcher: Ws,
+    /// What the subscriber receives; it reads all along (answering the server's pings).
+    watcher: tokio::sync::mpsc::UnboundedReceiver<Value>,
     next_id: i32,
 }
 
@@ -53,6 +54,22 @@ impl Fixture {
             .await;
         let end = watcher.next_payload("watch").await;
         assert_eq!(end["data"]["items"]["operation"], "SNAPSHOT_END", "{end}");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            // Keep-alives come every 12 s, so `recv` never waits past its deadline here.
+            while let Ok(message) = watcher.recv().await {
+                match message["type"].as_str() {
+                    Some("ka" | "pong") => {}
+                    Some("ping") => watcher.send(json!({ "type": "pong" })).await,
+                    _ => {
+                        if tx.send(message).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        let watcher = rx;
         Fixture {
             db,
             server,
@@ -75,9 +92,14 @@ impl Fixture {
             .execute("INSERT INTO items VALUES ($1, 'x')", &[&id])
             .await
             .expect("insert");
-        let update = self.watcher.next_payload("watch").await;
-        assert_eq!(update["data"]["items"]["operation"], "INSERT", "{update}");
-        assert_eq!(update["data"]["items"]["data"]["id"], id, "{update}");
+        let message = tokio::time::timeout(common::DEADLINE, self.watcher.recv())
+            .await
+            .expect("the subscriber receives the change within the deadline")
+            .expect("the subscriber's connection is open");
+        assert_eq!(message["id"], "watch", "{message}");
+        let update = &message["payload"]["data"]["items"];
+        assert_eq!(update["operation"], "INSERT", "{message}");
+        assert_eq!(update["data"]["id"], id, "{message}");
     }
 
     async fn rejections(&self, limit: &str) -> u64 {
@@ -292,4 +314,361 @@ fn urlencode(text: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Reads what the server sends on `stream` until it closes it (or the deadline passes).
+async fn read_to_close(stream: &mut tokio::net::TcpStream) -> String {
+    String::from_utf8_lossy(&read_bytes_to_close(stream).await).into_owned()
+}
+
+async fn read_bytes_to_close(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    tokio::time::timeout(common::DEADLINE, stream.read_to_end(&mut bytes))
+        .await
+        .expect("the server closes the connection within the deadline")
+        .expect("read");
+    bytes
+}
+
+#[tokio::test]
+async fn bodies_headers_and_slow_requests_are_bounded() {
+    use tokio::io::AsyncWriteExt;
+    let mut f = Fixture::start_with(|options| {
+        options.http.max_body_bytes = 10_000;
+        options.http.header_timeout = std::time::Duration::from_millis(500);
+        options.http.request_timeout = std::time::Duration::from_millis(500);
+    })
+    .await;
+    let addr = f.addr();
+    let big = json!({ "query": "{ __typename }", "variables": { "pad": "x".repeat(20_000) } });
+    let (status, response) = post(addr, &big.to_string(), &[]).await;
+    assert_eq!((status, code(&response)), (413, "PAYLOAD_TOO_LARGE"));
+    let (status, text) = http_request(
+        addr,
+        "POST",
+        "/runs",
+        Some(&big.to_string()),
+        &[("Content-Type", "application/json")],
+    )
+    .await
+    .expect("POST /runs");
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("PAYLOAD_TOO_LARGE"), "{text}");
+    assert_eq!(f.rejections("body_bytes").await, 2);
+    f.still_serves().await;
+
+    // Headers that never end: the connection is closed.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(b"POST /graphql HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let answer = read_to_close(&mut slow).await;
+    assert!(!answer.contains("200 OK"), "{answer}");
+    f.still_serves().await;
+
+    // A body that never arrives: 408 once the request timeout passes.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(
+        b"POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"query\"",
+    )
+    .await
+    .expect("write");
+    let answer = read_to_close(&mut slow).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("REQUEST_TIMEOUT"), "{answer}");
+    assert_eq!(f.rejections("request_timeout").await, 1);
+    f.still_serves().await;
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn connections_are_capped_in_all_and_per_address() {
+    use tokio::io::AsyncWriteExt;
+    // The fixture's own subscriber holds one connection.
+    let mut f = Fixture::start_with(|options| {
+        options.http.max_connections_per_address = 3;
+        options.http.max_connections = 100;
+    })
+    .await;
+    let addr = f.addr();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    // The /metrics probe of `rejections` needs a connection of its own: read it first.
+    let mut fourth = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    fourth
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = read_to_close(&mut fourth).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("TOO_MANY_CONNECTIONS"), "{answer}");
+    drop(held);
+    let count = common::eventually(|| f.rejections("connections_per_address"), |n| *n >= 1).await;
+    assert_eq!(count, 1);
+    f.still_serves().await;
+    f.stop().await;
+
+    let mut f = Fixture::start_with(|options| {
+        options.http.max_connections_per_address = 0;
+        options.http.max_connections = 2;
+    })
+    .await;
+    let held = tokio::net::TcpStream::connect(f.addr())
+        .await
+        .expect("connect");
+    let mut third = tokio::net::TcpStream::connect(f.addr())
+        .await
+        .expect("connect");
+    third
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = read_to_close(&mut third).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    drop(held);
+    let count = common::eventually(|| f.rejections("connections"), |n| *n >= 1).await;
+    assert_eq!(count, 1);
+    f.still_serves().await;
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn sse_streams_are_capped() {
+    let mut f = Fixture::start_with(|options| options.http.max_sse_streams = 1).await;
+    let addr = f.addr();
+    let subscribe = json!({ "query": "subscription { items { operation } }" }).to_string();
+    // One stream, held open.
+    let mut held = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let request = format!(
+            "POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAccept: text/event-stream\r\nContent-Length: {}\r\n\r\n{subscribe}",
+            subscribe.len()
+        );
+        held.write_all(request.as_bytes()).await.expect("write");
+        let mut status_line = [0u8; 12];
+        held.read_exact(&mut status_line).await.expect("response");
+        assert_eq!(&status_line, b"HTTP/1.1 200");
+    }
+    let (status, response) = post(addr, &subscribe, &[("Accept", "text/event-stream")]).await;
+    assert_eq!((status, code(&response)), (503, "TOO_MANY_STREAMS"));
+    let (status, text) = http_request(
+        addr,
+        "GET",
+        "/runs/00000000-0000-0000-0000-000000000000/events",
+        None,
+        &[],
+    )
+    .await
+    .expect("GET");
+    assert_eq!(status, 503, "{text}");
+    assert_eq!(f.rejections("sse_streams").await, 2);
+    f.still_serves().await;
+    drop(held);
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn websocket_messages_operations_and_idle_clients_are_bounded() {
+    let mut f = Fixture::start_with(|options| {
+        options.ws.max_message_bytes = 4_096;
+        options.ws.max_operations = 2;
+        options.ws.idle_timeout = std::time::Duration::from_millis(500);
+        options.ws.keepalive = std::time::Duration::from_millis(100);
+    })
+    .await;
+    let addr = f.addr();
+    // A message over the limit: 1009, before the server buffers it whole.
+    let mut ws = Ws::connect(addr, "graphql-transport-ws").await;
+    let pad = "x".repeat(100_000);
+    ws.send(json!({ "type": "subscribe", "id": "1", "payload": { "query": "{ __typename }", "variables": { "pad": pad } } }))
+        .await;
+    assert_eq!(ws.recv().await.unwrap_err().0, 1009);
+    assert_eq!(f.rejections("ws_message_bytes").await, 1);
+    f.still_serves().await;
+
+    // Operations per connection.
+    let mut ws = Ws::connect(addr, "graphql-transport-ws").await;
+    // Subscriptions that match no row: nothing arrives before the refusal.
+    let none = "subscription { items(where: {id: {_eq: -1}}) { operation } }";
+    for id in ["a", "b"] {
+        ws.subscribe(id, none).await;
+    }
+    let response = ws_error(&mut ws, "c", none).await;
+    assert!(
+        response["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("too many operations")),
+        "{response}"
+    );
+    assert_eq!(f.rejections("ws_operations").await, 1);
+
+    // A client that sends nothing and answers no ping (a raw socket: a WebSocket library
+    // would answer them as it reads): closed with 4408.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    {
+        use tokio::io::AsyncWriteExt;
+        idle.write_all(
+            b"GET /graphql HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+              Sec-WebSocket-Protocol: graphql-ws\r\n\r\n",
+        )
+        .await
+        .expect("upgrade request");
+    }
+    let bytes = read_bytes_to_close(&mut idle).await;
+    assert!(
+        bytes.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+    // A close frame (0x88), its length, then the code 4408 (0x1138).
+    let close = bytes
+        .windows(4)
+        .position(|w| w[0] == 0x88 && w[2..] == [0x11, 0x38]);
+    assert!(close.is_some(), "{}", String::from_utf8_lossy(&bytes));
+    assert!(String::from_utf8_lossy(&bytes).contains("Idle timeout"));
+    assert!(f.rejections("ws_idle").await >= 1);
+    // The fixture's subscriber reads all along (answering pings): still served.
+    f.still_serves().await;
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn cross_site_forms_and_text_posts_are_refused() {
+    let mut f = Fixture::start().await;
+    let addr = f.addr();
+    let mutation = json!({ "query": "mutation { cancelRun(runId: \"x\") { id } }" }).to_string();
+    // No content type (a no-cors fetch of a Blob), a form, plain text: 415, nothing runs.
+    for headers in [
+        vec![],
+        vec![("Content-Type", "application/x-www-form-urlencoded")],
+        vec![("Content-Type", "text/plain;charset=UTF-8")],
+    ] {
+        let (status, text) = http_request(addr, "POST", "/graphql", Some(&mutation), &headers)
+            .await
+            .expect("POST");
+        assert_eq!(status, 415, "{headers:?}: {text}");
+        let (status, _) = http_request(
+            addr,
+            "POST",
+            "/runs/00000000-0000-0000-0000-000000000000/cancel",
+            None,
+            &headers,
+        )
+        .await
+        .expect("POST");
+        assert_eq!(status, 415, "{headers:?}");
+    }
+    // A document as application/graphql is fine.
+    let (status, text) = http_request(
+        addr,
+        "POST",
+        "/graphql",
+        Some("{ __typename }"),
+        &[("Content-Type", "application/graphql")],
+    )
+    .await
+    .expect("POST");
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("Query"), "{text}");
+    f.still_serves().await;
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn pages_of_other_sites_are_refused_over_http_and_websocket() {
+    let mut f = Fixture::start().await;
+    let addr = f.addr();
+    // A page on another site: refused, over HTTP and WebSocket alike; the server's own pages
+    // (GraphiQL) and clients without an Origin pass.
+    let evil = [
+        ("Origin", "http://evil.example"),
+        ("Content-Type", "application/json"),
+    ];
+    let query = json!({ "query": "{ __typename }" }).to_string();
+    let (status, text) = http_request(addr, "POST", "/graphql", Some(&query), &evil)
+        .await
+        .expect("POST");
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("FORBIDDEN_ORIGIN"), "{text}");
+    let own = format!("http://{addr}");
+    let (status, _) = http_request(
+        addr,
+        "POST",
+        "/graphql",
+        Some(&query),
+        &[("Origin", &own), ("Content-Type", "application/json")],
+    )
+    .await
+    .expect("POST");
+    assert_eq!(status, 200);
+    let upgrade = |addr: SocketAddr, origin: &'static str| async move {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("ws://{addr}/graphql")
+            .into_client_request()
+            .expect("request");
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            "graphql-transport-ws".parse().expect("header"),
+        );
+        request
+            .headers_mut()
+            .insert("Origin", origin.parse().expect("header"));
+        tokio_tungstenite::connect_async(request).await
+    };
+    match upgrade(addr, "http://evil.example").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403);
+        }
+        other => panic!("a hijacking upgrade must be refused: {other:?}"),
+    }
+    assert_eq!(f.rejections("origin").await, 2);
+    f.still_serves().await;
+    f.stop().await;
+
+    // Listed origins pass, with CORS answers (preflights too).
+    let mut f = Fixture::start_with(|options| {
+        options.http.allowed_origins =
+            viewcast::http::AllowedOrigins::parse(&["https://app.example.com".to_owned()])
+                .expect("valid");
+    })
+    .await;
+    let addr = f.addr();
+    let (status, text) = http_request(
+        addr,
+        "OPTIONS",
+        "/graphql",
+        None,
+        &[
+            ("Origin", "https://app.example.com"),
+            ("Access-Control-Request-Method", "POST"),
+            ("Access-Control-Request-Headers", "content-type"),
+        ],
+    )
+    .await
+    .expect("OPTIONS");
+    assert_eq!(status, 204, "{text}");
+    let (status, _) = http_request(
+        addr,
+        "POST",
+        "/graphql",
+        Some(&query),
+        &[
+            ("Origin", "https://app.example.com"),
+            ("Content-Type", "application/json"),
+        ],
+    )
+    .await
+    .expect("POST");
+    assert_eq!(status, 200);
+    if let Err(err) = upgrade(addr, "https://app.example.com").await {
+        panic!("a listed origin upgrades: {err:?}");
+    }
+    assert!(upgrade(addr, "http://evil.example").await.is_err());
+    f.still_serves().await;
+    f.stop().await;
 }

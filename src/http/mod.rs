@@ -6,9 +6,12 @@
 //! databases except to report readiness.
 
 mod admit;
+mod protect;
 mod runs;
+pub(crate) mod serve;
 mod ws;
 
+pub use protect::AllowedOrigins;
 pub use ws::ConnectionParams;
 
 use std::sync::Arc;
@@ -41,6 +44,9 @@ pub struct WsSettings {
     pub max_operations: usize,
     /// How long a write to a client may block before the connection is dropped.
     pub write_timeout: Duration,
+    /// How long a client may send nothing (no message, no pong to the server's pings)
+    /// before the connection is closed.
+    pub idle_timeout: Duration,
 }
 
 impl Default for WsSettings {
@@ -51,7 +57,79 @@ impl Default for WsSettings {
             max_message_bytes: 1 << 20,
             max_operations: 200,
             write_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
         }
+    }
+}
+
+/// HTTP settings and limits.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// How long a client may take to send a request's headers.
+    pub header_timeout: Duration,
+    /// How long a request may take until its response starts (streams run past it).
+    pub request_timeout: Duration,
+    /// Most open connections.
+    pub max_connections: usize,
+    /// Most open connections from one client address (0: no cap).
+    pub max_connections_per_address: usize,
+    /// Most open Server-Sent Events streams (graphql-sse and runs).
+    pub max_sse_streams: usize,
+    /// Browser origins that may use the API.
+    pub allowed_origins: AllowedOrigins,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            max_body_bytes: 1 << 20,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            max_connections_per_address: 1_000,
+            max_sse_streams: 10_000,
+            allowed_origins: AllowedOrigins::SameOrigin,
+        }
+    }
+}
+
+/// Open Server-Sent Events streams, against `HttpSettings::max_sse_streams`.
+#[derive(Debug, Default)]
+pub(crate) struct SseStreams(std::sync::atomic::AtomicUsize);
+
+/// One open stream's place, given back when the stream is dropped.
+pub(crate) struct SseSlot(Arc<SseStreams>);
+
+impl Drop for SseSlot {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl AppState {
+    /// A place for one more SSE stream, or the refusal (`503`) to answer with.
+    pub(crate) fn sse_slot(&self) -> Result<SseSlot, Box<Response>> {
+        use std::sync::atomic::Ordering;
+        let open = &self.sse_streams.0;
+        if open.fetch_add(1, Ordering::Relaxed) >= self.http.max_sse_streams {
+            open.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.limits.count(Limit::SseStreams);
+            let mut response = json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({ "errors": [{
+                    "message": format!("too many open event streams (--sse-max-streams {}); try again later", self.http.max_sse_streams),
+                    "extensions": { "code": "TOO_MANY_STREAMS" },
+                }]}),
+            );
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+            return Err(Box::new(response));
+        }
+        Ok(SseSlot(self.sse_streams.clone()))
     }
 }
 
@@ -65,8 +143,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub ws: WsSettings,
     pub graphql: GraphqlLimits,
+    pub http: HttpSettings,
     /// List sizes of the schema, for the cost of an operation.
     pub cost_model: Arc<CostModel>,
+    pub(crate) sse_streams: Arc<SseStreams>,
     /// Cancelled at shutdown: WebSocket connections close with 1001.
     pub shutdown: CancellationToken,
 }
@@ -82,16 +162,51 @@ pub fn router(state: AppState) -> Router {
         .route("/runs/{id}", get(runs::get_run))
         .route("/runs/{id}/events", get(runs::events).post(runs::append))
         .route("/runs/{id}/cancel", axum::routing::post(runs::cancel))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.http.max_body_bytes,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            protect::timeout,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            protect::origins,
+        ))
         .with_state(state)
+}
+
+/// A request body, or the refusal to answer with when it is over `--http-max-body-bytes`.
+pub(crate) fn body_within_limit(
+    state: &AppState,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Bytes, Refusal> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            state.metrics.limits.count(Limit::BodyBytes);
+            Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is over {} bytes (--http-max-body-bytes)",
+                    state.http.max_body_bytes
+                ),
+                "PAYLOAD_TOO_LARGE",
+            )
+        } else {
+            Refusal::new(rejection.status(), rejection.body_text(), "BAD_REQUEST")
+        }
+    })
 }
 
 async fn graphql_get(State(state): State<AppState>, request: axum::extract::Request) -> Response {
     let (mut parts, _body) = request.into_parts();
     if parts.headers.contains_key(header::UPGRADE) {
+        // The WebSocket keeps its connection counted (see `serve`).
+        let slot = parts.extensions.get::<serve::ConnectionSlot>().cloned();
         return match axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &state)
             .await
         {
-            Ok(upgrade) => ws::upgrade(upgrade, state),
+            Ok(upgrade) => ws::upgrade(upgrade, state, slot),
             Err(rejection) => rejection.into_response(),
         };
     }
@@ -152,19 +267,38 @@ impl GetParams {
     }
 }
 
-async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn graphql_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let body = match body_within_limit(&state, body) {
+        Ok(body) => body,
+        Err(refusal) => return refusal_response(&refusal),
+    };
+    // A JSON or GraphQL content type, always: a browser sends a cross-site request without a
+    // preflight only with a form or text type (or none), so this refuses cross-site forgery.
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !content_type.is_empty()
-        && !content_type.starts_with("application/json")
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if content_type.starts_with("application/graphql") && !content_type.contains("json") {
+        let query = String::from_utf8_lossy(&body).into_owned();
+        let mut request = async_graphql::Request::new(query);
+        if let Err(refusal) = admit(&state, &mut request) {
+            return refusal_response(&refusal);
+        }
+        return execute(&state, request, false).await;
+    }
+    if !content_type.starts_with("application/json")
         && !content_type.starts_with("application/graphql-response+json")
     {
-        return graphql_error_response(
+        return refusal_response(&Refusal::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "POST /graphql expects a JSON body (content-type: application/json)",
-        );
+            "POST /graphql takes a JSON body (content-type: application/json) or a document (application/graphql)",
+            "UNSUPPORTED_MEDIA_TYPE",
+        ));
     }
     let batch = match serde_json::from_slice::<async_graphql::BatchRequest>(&body) {
         Ok(batch) => batch,
@@ -246,11 +380,17 @@ fn graphql_sse(state: &AppState, request: async_graphql::Request) -> Response {
     use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
     use futures::StreamExt;
     state.metrics.http_requests.inc();
+    let slot = match state.sse_slot() {
+        Ok(slot) => slot,
+        Err(refusal) => return *refusal,
+    };
     let query = request.query.clone();
     let results = state
         .schema
         .execute_stream(request)
         .map(move |mut response| {
+            // The stream holds its place until it is dropped.
+            let _ = &slot;
             coded(&mut response.errors, &query);
             let data = serde_json::to_string(&response).unwrap_or_else(|e| {
                 format!(r#"{{"errors":[{{"message":"cannot serialize the result: {e}"}}]}}"#)

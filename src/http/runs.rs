@@ -17,6 +17,7 @@ use std::convert::Infallible;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, Sse};
@@ -64,20 +65,38 @@ fn run_error(err: &RunError) -> Response {
     error(status, &err.to_string(), err.code()).into_response()
 }
 
-/// The JSON body of a POST (an empty body is `{}`).
-fn body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, bytes: &Bytes) -> Result<T, Problem> {
+/// The JSON body of a POST (an empty body is `{}`). The content type must say JSON, even for
+/// an empty body: a browser sends a cross-site request without a preflight only with a form
+/// or text type (or none), so this refuses cross-site forgery (a form that cancels a run).
+fn body<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<T, Problem> {
+    let bytes = super::body_within_limit(state, bytes).map_err(|refusal| Problem {
+        status: refusal.status,
+        message: refusal.error.message.clone(),
+        code: if refusal.status == StatusCode::PAYLOAD_TOO_LARGE {
+            "PAYLOAD_TOO_LARGE"
+        } else {
+            "BAD_REQUEST"
+        },
+    })?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json");
-    if !bytes.is_empty() && !content_type.starts_with("application/json") {
+        .unwrap_or("");
+    if !content_type
+        .to_ascii_lowercase()
+        .starts_with("application/json")
+    {
         return Err(error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "send the body as application/json",
-            "BAD_REQUEST",
+            "send the body as JSON, with content-type: application/json",
+            "UNSUPPORTED_MEDIA_TYPE",
         ));
     }
-    let text: &[u8] = if bytes.is_empty() { b"{}" } else { bytes };
+    let text: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
     serde_json::from_slice(text).map_err(|e| {
         error(
             StatusCode::BAD_REQUEST,
@@ -97,8 +116,12 @@ struct StartBody {
     idempotency_key: Option<String>,
 }
 
-pub async fn start(State(state): State<AppState>, headers: HeaderMap, bytes: Bytes) -> Response {
-    let request: StartBody = match body(&headers, &bytes) {
+pub async fn start(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Response {
+    let request: StartBody = match body(&state, &headers, bytes) {
         Ok(request) => request,
         Err(problem) => return problem.into_response(),
     };
@@ -139,9 +162,9 @@ pub async fn append(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    bytes: Bytes,
+    bytes: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let request: AppendBody = match body(&headers, &bytes) {
+    let request: AppendBody = match body(&state, &headers, bytes) {
         Ok(request) => request,
         Err(problem) => return problem.into_response(),
     };
@@ -174,9 +197,9 @@ pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    bytes: Bytes,
+    bytes: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let request: CancelBody = match body(&headers, &bytes) {
+    let request: CancelBody = match body(&state, &headers, bytes) {
         Ok(request) => request,
         Err(problem) => return problem.into_response(),
     };
@@ -241,6 +264,10 @@ pub async fn events(
             .into_response();
         }
     };
+    let slot = match state.sse_slot() {
+        Ok(slot) => slot,
+        Err(refusal) => return *refusal,
+    };
     let follow = Follow {
         from_seq,
         coalesce,
@@ -252,7 +279,9 @@ pub async fn events(
     };
     let shutdown = state.shutdown.clone();
     let frames = stream
-        .map(|item| {
+        .map(move |item| {
+            // The stream holds its place until it is dropped.
+            let _ = &slot;
             let frame = match item {
                 Ok(Item::Event(e)) => SseEvent::default()
                     .id(e.seq.to_string())

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use crate::hub::{CursorError, Reader};
+use crate::limits::Limit;
 use crate::schema::{JsonEncoder, PlanSlot};
 use crate::telemetry::SourceMetrics;
 
@@ -48,16 +49,26 @@ enum Protocol {
 #[derive(Debug, Clone)]
 pub struct ConnectionParams(pub serde_json::Value);
 
-pub(super) fn upgrade(upgrade: WebSocketUpgrade, state: AppState) -> Response {
+pub(super) fn upgrade(
+    upgrade: WebSocketUpgrade,
+    state: AppState,
+    slot: Option<super::serve::ConnectionSlot>,
+) -> Response {
+    // Frames are limited like messages: otherwise a frame is read (up to 16 MiB) before
+    // the message's size is checked.
     let upgrade = upgrade
         .protocols([MODERN, LEGACY])
-        .max_message_size(state.ws.max_message_bytes);
+        .max_message_size(state.ws.max_message_bytes)
+        .max_frame_size(state.ws.max_message_bytes);
     let protocol = match upgrade.selected_protocol().and_then(|v| v.to_str().ok()) {
         Some(LEGACY) => Protocol::Legacy,
         // graphql-transport-ws is the default for clients that name no subprotocol.
         _ => Protocol::Modern,
     };
-    upgrade.on_upgrade(move |socket| run(socket, protocol, state))
+    upgrade.on_upgrade(move |socket| async move {
+        run(socket, protocol, state).await;
+        drop(slot);
+    })
 }
 
 #[derive(Deserialize)]
@@ -165,6 +176,10 @@ async fn run(socket: WebSocket, protocol: Protocol, state: AppState) {
     };
     let init_deadline = tokio::time::sleep(state.ws.init_timeout);
     tokio::pin!(init_deadline);
+    // Anything the client sends (a pong to the pings sent with each keep-alive included)
+    // moves this on; a client silent for the idle timeout is gone or stuck.
+    let idle_deadline = tokio::time::sleep(state.ws.idle_timeout);
+    tokio::pin!(idle_deadline);
     let mut keepalive = tokio::time::interval(state.ws.keepalive);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     keepalive.reset();
@@ -184,20 +199,36 @@ async fn run(socket: WebSocket, protocol: Protocol, state: AppState) {
                 state.metrics.protocol_errors.inc();
                 break Some((4408, "Connection initialisation timeout".to_owned()));
             }
+            () = &mut idle_deadline => {
+                state.metrics.limits.count(Limit::WsIdle);
+                let seconds = state.ws.idle_timeout.as_secs_f64();
+                break Some((4408, format!("Idle timeout: nothing received for {seconds} s")));
+            }
             _ = keepalive.tick(), if conn.init_received => {
                 let message = match conn.protocol {
                     Protocol::Modern => text::<()>("ping", None, None),
                     Protocol::Legacy => text::<()>("ka", None, None),
                 };
-                if conn.out.send(Out::Frame(message)).await.is_err() {
+                // A WebSocket ping too: every client answers it, whatever its protocol.
+                if conn.out.send(Out::Frame(message)).await.is_err()
+                    || conn.out.send(Out::Frame(Message::Ping(axum::body::Bytes::new()))).await.is_err()
+                {
                     break None;
                 }
             }
             message = stream.next() => {
+                idle_deadline.as_mut().reset(tokio::time::Instant::now() + state.ws.idle_timeout);
                 let next = match message {
                     Some(Ok(Message::Text(body))) => conn.handle(body.as_str()).await,
                     Some(Ok(Message::Binary(_))) => Next::Close(4400, "Binary messages are not supported".into()),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => Next::Continue,
+                    // tungstenite's capacity error ("Message too long: …", "Frame too long"):
+                    // the spec's 1009 (Message Too Big).
+                    Some(Err(err)) if err.to_string().contains("too long") => {
+                        state.metrics.limits.count(Limit::WsMessageBytes);
+                        let max = state.ws.max_message_bytes;
+                        break Some((1009, format!("Message too big: the limit is {max} bytes")));
+                    }
                     Some(Ok(Message::Close(_)) | Err(_)) | None => break None,
                 };
                 if let Next::Close(code, reason) = next {
@@ -366,6 +397,7 @@ impl Connection {
     /// Runs one operation in its own task.
     async fn start(&mut self, id: String, mut request: async_graphql::Request) {
         if self.operations.len() >= self.state.ws.max_operations {
+            self.state.metrics.limits.count(Limit::WsOperations);
             let limit = self.state.ws.max_operations;
             self.send_error(
                 &id,

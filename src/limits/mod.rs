@@ -29,10 +29,28 @@ pub enum Limit {
     Cost,
     /// A one-shot query's `limit` above `query_max_limit`, or `offset` above `query_max_offset`.
     QueryRows,
+    /// A connection beyond `--http-max-connections`.
+    Connections,
+    /// A connection beyond `--http-max-connections-per-address` from one client address.
+    ConnectionsPerAddress,
+    /// A request body beyond `--http-max-body-bytes`.
+    BodyBytes,
+    /// A request whose handler did not answer within `--http-request-timeout`.
+    RequestTimeout,
+    /// A browser request (or WebSocket upgrade) from an origin that is not allowed.
+    Origin,
+    /// A Server-Sent Events stream beyond `--sse-max-streams`.
+    SseStreams,
+    /// A WebSocket message (or frame) beyond `--ws-max-message-bytes`.
+    WsMessageBytes,
+    /// An operation beyond `--ws-max-operations` on one WebSocket connection.
+    WsOperations,
+    /// A WebSocket connection that sent nothing (not even a pong) for `--ws-idle-timeout`.
+    WsIdle,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 7] = [
+    pub const ALL: [Limit; 16] = [
         Limit::DocumentBytes,
         Limit::Nesting,
         Limit::Batch,
@@ -40,6 +58,15 @@ impl Limit {
         Limit::RootFields,
         Limit::Cost,
         Limit::QueryRows,
+        Limit::Connections,
+        Limit::ConnectionsPerAddress,
+        Limit::BodyBytes,
+        Limit::RequestTimeout,
+        Limit::Origin,
+        Limit::SseStreams,
+        Limit::WsMessageBytes,
+        Limit::WsOperations,
+        Limit::WsIdle,
     ];
 
     /// The `limit` label in `/metrics`.
@@ -52,6 +79,15 @@ impl Limit {
             Limit::RootFields => "root_fields",
             Limit::Cost => "cost",
             Limit::QueryRows => "query_rows",
+            Limit::Connections => "connections",
+            Limit::ConnectionsPerAddress => "connections_per_address",
+            Limit::BodyBytes => "body_bytes",
+            Limit::RequestTimeout => "request_timeout",
+            Limit::Origin => "origin",
+            Limit::SseStreams => "sse_streams",
+            Limit::WsMessageBytes => "ws_message_bytes",
+            Limit::WsOperations => "ws_operations",
+            Limit::WsIdle => "ws_idle",
         }
     }
 

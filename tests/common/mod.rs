@@ -251,19 +251,26 @@ impl Ws {
             .await;
     }
 
-    /// The next text message as JSON; `Err(code, reason)` if the server closed.
+    /// The next text message as JSON; `Err(code, reason)` if the server closed. WebSocket
+    /// pings are answered (by tungstenite, as it reads) and skipped.
     pub async fn recv(&mut self) -> Result<Value, (u16, String)> {
-        let message = tokio::time::timeout(DEADLINE, self.socket.next())
-            .await
-            .expect("a message within the deadline");
-        match message {
-            Some(Ok(Message::Text(text))) => Ok(serde_json::from_str(&text).expect("JSON message")),
-            Some(Ok(Message::Close(frame))) => Err(frame.map_or((1005, String::new()), |f| {
-                (f.code.into(), f.reason.to_string())
-            })),
-            Some(Ok(other)) => panic!("unexpected frame {other:?}"),
-            Some(Err(err)) => Err((1006, err.to_string())),
-            None => Err((1006, "closed".into())),
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.socket.next())
+                .await
+                .expect("a message within the deadline");
+            return match message {
+                Some(Ok(Message::Text(text))) => {
+                    Ok(serde_json::from_str(&text).expect("JSON message"))
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Close(frame))) => Err(frame.map_or((1005, String::new()), |f| {
+                    (f.code.into(), f.reason.to_string())
+                })),
+                Some(Ok(other)) => panic!("unexpected frame {other:?}"),
+                Some(Err(err)) => Err((1006, err.to_string())),
+                None => Err((1006, "closed".into())),
+            };
         }
     }
 
