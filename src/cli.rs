@@ -177,6 +177,48 @@ pub struct LimitArgs {
     /// Highest offset a one-shot query may give.
     #[arg(long, env = "VIEWCAST_QUERY_MAX_OFFSET", default_value_t = 100_000)]
     pub query_max_offset: usize,
+    /// Most conditions in a where argument (columns, operators, _and/_or/_not keys and their
+    /// list items).
+    #[arg(long, env = "VIEWCAST_FILTER_MAX_NODES", default_value_t = 256)]
+    pub filter_max_nodes: usize,
+    /// Most values in one _in or _nin list.
+    #[arg(long, env = "VIEWCAST_FILTER_MAX_IN", default_value_t = 1_000)]
+    pub filter_max_in: usize,
+    /// Longest _like/_regex pattern (and their variants), in bytes.
+    #[arg(
+        long,
+        env = "VIEWCAST_FILTER_MAX_PATTERN_BYTES",
+        default_value_t = 1_024
+    )]
+    pub filter_max_pattern_bytes: usize,
+    /// Most distinct views (filter and selection) of one source, each evaluated on every
+    /// change; a subscription that needs another gets TOO_MANY_VIEWS.
+    #[arg(long, env = "VIEWCAST_MAX_VIEWS_PER_SOURCE", default_value_t = 1_000)]
+    pub max_views_per_source: usize,
+    /// Most distinct filters (per source) the subscriptions of one WebSocket connection use.
+    #[arg(long, env = "VIEWCAST_WS_MAX_FILTERS", default_value_t = 100)]
+    pub ws_max_filters: usize,
+    /// Largest run input, and largest run event (stage, message, counters and data together),
+    /// as JSON text in bytes (PAYLOAD_TOO_LARGE).
+    #[arg(long, env = "VIEWCAST_RUN_MAX_PAYLOAD_BYTES", default_value_t = 65_536)]
+    pub run_max_payload_bytes: usize,
+    /// Most events in one append (appendRunEvents, POST /runs/{id}/events).
+    #[arg(
+        long,
+        env = "VIEWCAST_RUN_MAX_EVENTS_PER_APPEND",
+        default_value_t = 1_000
+    )]
+    pub run_max_events_per_append: usize,
+    /// Triggers one source may have (LIMIT_EXCEEDED).
+    #[arg(long, env = "VIEWCAST_MAX_TRIGGERS_PER_SOURCE", default_value_t = 100)]
+    pub max_triggers_per_source: usize,
+    /// Deliveries one redeliver_S_trigger may queue (the width of its id range).
+    #[arg(long, env = "VIEWCAST_TRIGGER_MAX_REDELIVER", default_value_t = 1_000)]
+    pub trigger_max_redeliver: usize,
+    /// Webhook requests in flight to one host at once, so a slow receiver holds no more of
+    /// the shared slots (default: a quarter of --webhook-concurrency).
+    #[arg(long, env = "VIEWCAST_WEBHOOK_MAX_PER_HOST")]
+    pub webhook_max_per_host: Option<usize>,
     /// Largest HTTP request body, in bytes (413 PAYLOAD_TOO_LARGE).
     #[arg(long, env = "VIEWCAST_HTTP_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub http_max_body_bytes: usize,
@@ -228,6 +270,11 @@ impl LimitArgs {
                 .clamp(1, self.query_max_limit.max(1)),
             query_max_limit: self.query_max_limit.max(1),
             query_max_offset: self.query_max_offset,
+            filter: crate::filter::FilterLimits {
+                max_nodes: self.filter_max_nodes.max(1),
+                max_in: self.filter_max_in.max(1),
+                max_pattern_bytes: self.filter_max_pattern_bytes.max(1),
+            },
         }
     }
 }
@@ -365,12 +412,21 @@ impl ServeArgs {
                 instance: self.instance.clone(),
                 delivery_retention: (self.delivery_retention > 0)
                     .then(|| Duration::from_secs(self.delivery_retention)),
+                max_per_host: self
+                    .limits
+                    .webhook_max_per_host
+                    .unwrap_or(self.webhook_concurrency / 4)
+                    .max(1),
+                max_per_source: self.limits.max_triggers_per_source,
+                max_redeliver: self.limits.trigger_max_redeliver.max(1),
             },
             public_url: self.public_url.clone(),
             runs: crate::run::RunSettings {
                 heartbeat: Duration::from_secs(self.run_heartbeat.max(1)),
                 retention: (self.run_retention > 0)
                     .then(|| Duration::from_secs(self.run_retention)),
+                max_payload_bytes: self.limits.run_max_payload_bytes.max(1),
+                max_events_per_append: self.limits.run_max_events_per_append.max(1),
             },
             instance: self.instance.clone(),
             apply_setup: self.apply_setup,
@@ -390,6 +446,8 @@ impl ServeArgs {
         };
         options.ws.max_message_bytes = self.limits.ws_max_message_bytes.max(1024);
         options.ws.idle_timeout = Duration::from_secs(self.limits.ws_idle_timeout.max(1));
+        options.ws.max_filters = self.limits.ws_max_filters.max(1);
+        options.hub_limits.max_views = self.limits.max_views_per_source.max(1);
         options.ws.init_timeout = Duration::from_secs(self.ws_init_timeout);
         options.ws.keepalive = Duration::from_secs(self.ws_keepalive.max(1));
         options.ws.max_operations = self.ws_max_operations;

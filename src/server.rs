@@ -178,12 +178,14 @@ impl Server {
             },
             connector.clone(),
             Some(hubs.clone()),
+            metrics.limits.clone(),
             shutdown.clone(),
             tasks.clone(),
         );
         let runs = crate::run::Runs::with(connector.clone(), options.runs.clone())
             .with_kinds(config.run_kinds.clone())
-            .with_metrics(metrics.runs.clone());
+            .with_metrics(metrics.runs.clone())
+            .with_rejections(metrics.limits.clone());
         runs.spawn(&shutdown, &tasks);
         let services = crate::schema::Services {
             hubs: Some(hubs.clone()),

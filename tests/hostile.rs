@@ -672,3 +672,265 @@ async fn pages_of_other_sites_are_refused_over_http_and_websocket() {
     f.still_serves().await;
     f.stop().await;
 }
+
+#[tokio::test]
+async fn filters_views_and_filters_per_connection_are_bounded() {
+    let mut f = Fixture::start_with(|options| {
+        options.graphql.filter = viewcast::filter::FilterLimits {
+            max_nodes: 20,
+            max_in: 5,
+            max_pattern_bytes: 16,
+        };
+        // The fixture's subscriber is one view.
+        options.hub_limits.max_views = 3;
+        options.ws.max_filters = 2;
+    })
+    .await;
+    let addr = f.addr();
+    for (filter, phrase) in [
+        (json!({"id": {"_in": [1, 2, 3, 4, 5, 6]}}), "_in"),
+        (
+            json!({"name": {"_regex": "(a|b|c|d|e|f|g|h)*x"}}),
+            "pattern",
+        ),
+        (
+            json!({"_or": (0..25).map(|i| json!({"id": {"_eq": i}})).collect::<Vec<_>>()}),
+            "conditions",
+        ),
+    ] {
+        let response = common::graphql(
+            addr,
+            "query($w: itemsExpression) { items(where: $w) { id } }",
+            json!({ "w": filter }),
+        )
+        .await;
+        assert_eq!(code(&response), "BAD_USER_INPUT", "{response}");
+        let message = response["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(message.contains(phrase), "{message}");
+    }
+    assert_eq!(f.rejections("filter").await, 3);
+    f.still_serves().await;
+
+    // Filters per connection: two distinct ones, any number of times; not a third.
+    let mut ws = Ws::connect(addr, "graphql-transport-ws").await;
+    let sub =
+        |id: i32| format!("subscription {{ items(where: {{id: {{_eq: {id}}}}}) {{ operation }} }}");
+    for (op, id) in [("a", -1), ("b", -2), ("c", -1)] {
+        ws.subscribe(op, &sub(id)).await;
+    }
+    let response = ws_error(&mut ws, "d", &sub(-3)).await;
+    assert_eq!(code(&response), "TOO_MANY_FILTERS", "{response}");
+    assert_eq!(f.rejections("connection_filters").await, 1);
+    // Views per source: the fixture's, and this connection's two; a fourth elsewhere waits.
+    let mut other = Ws::connect(addr, "graphql-transport-ws").await;
+    let response = ws_error(&mut other, "x", &sub(-4)).await;
+    assert_eq!(code(&response), "TOO_MANY_VIEWS", "{response}");
+    assert_eq!(f.rejections("views").await, 1);
+    // Completing a subscription gives its filter back to the connection (and its view to
+    // the source, once no one else reads it).
+    ws.send(json!({"type": "complete", "id": "b"})).await;
+    let response = common::eventually(
+        || async {
+            let mut probe = Ws::connect(addr, "graphql-transport-ws").await;
+            probe.subscribe("p", &sub(-4)).await;
+            let first =
+                tokio::time::timeout(std::time::Duration::from_millis(500), probe.recv()).await;
+            matches!(first, Ok(Ok(m)) if m["type"] == "error")
+        },
+        |refused| !refused,
+    )
+    .await;
+    assert!(!response);
+    f.still_serves().await;
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn runs_payloads_and_appends_are_bounded_and_a_page_of_runs_reads_its_events_at_once() {
+    let mut f = Fixture::start_with(|options| {
+        options.runs.max_payload_bytes = 1_000;
+        options.runs.max_events_per_append = 3;
+    })
+    .await;
+    let addr = f.addr();
+    let big = "x".repeat(2_000);
+    let (status, text) = http_request(
+        addr,
+        "POST",
+        "/runs",
+        Some(&json!({ "kind": "job", "input": { "blob": big } }).to_string()),
+        &[("Content-Type", "application/json")],
+    )
+    .await
+    .expect("POST /runs");
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("PAYLOAD_TOO_LARGE"), "{text}");
+    let started = common::graphql(
+        addr,
+        "mutation { startRun(kind: \"job\") { id } }",
+        json!({}),
+    )
+    .await;
+    let id = started["data"]["startRun"]["id"]
+        .as_str()
+        .expect("run id")
+        .to_owned();
+    let append = |events: Value| {
+        common::graphql(
+            addr,
+            "mutation($id: ID!, $events: [RunEventInput!]!) { appendRunEvents(runId: $id, events: $events) { seq } }",
+            json!({ "id": id, "events": events }),
+        )
+    };
+    let response = append(json!([{ "type": "LOG", "message": big }])).await;
+    assert_eq!(code(&response), "PAYLOAD_TOO_LARGE", "{response}");
+    let response =
+        append(json!([{ "type": "LOG" }, { "type": "LOG" }, { "type": "LOG" }, { "type": "LOG" }]))
+            .await;
+    assert_eq!(code(&response), "PAYLOAD_TOO_LARGE", "{response}");
+    assert_eq!(f.rejections("run_payload").await, 3);
+    f.still_serves().await;
+
+    // 40 runs with two events each: the page's events come in one store query, not 40.
+    for _ in 0..40 {
+        let started = common::graphql(
+            addr,
+            "mutation { startRun(kind: \"page\") { id } }",
+            json!({}),
+        )
+        .await;
+        let id = started["data"]["startRun"]["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        let response = common::graphql(
+            addr,
+            "mutation($id: ID!) { appendRunEvents(runId: $id, events: [{type: \"LOG\", message: \"a\"}, {type: \"LOG\", message: \"b\"}]) { seq } }",
+            json!({ "id": id }),
+        )
+        .await;
+        assert!(response["errors"].is_null(), "{response}");
+    }
+    let reads = || async {
+        let (_, text) = common::http_get(addr, "/metrics").await.expect("metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix("viewcast_run_event_reads_total "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .expect("viewcast_run_event_reads_total")
+    };
+    let before = reads().await;
+    let page = common::graphql(
+        addr,
+        "{ runs(filter: {kind: \"page\"}, first: 40) { nodes { id events { seq message } } } }",
+        json!({}),
+    )
+    .await;
+    let nodes = page["data"]["runs"]["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 40, "{page}");
+    for node in nodes {
+        assert_eq!(
+            node["events"],
+            json!([{"seq": 1, "message": "a"}, {"seq": 2, "message": "b"}])
+        );
+    }
+    assert_eq!(
+        reads().await - before,
+        1,
+        "one store query for the page's events"
+    );
+    f.still_serves().await;
+    f.stop().await;
+}
+
+/// Creates a trigger on `items`; the response (errors included).
+async fn create_trigger(addr: SocketAddr, input: Value) -> Value {
+    common::graphql(
+        addr,
+        "mutation($input: itemsTriggerInput!) { create_items_trigger(input: $input) { name } }",
+        json!({ "input": input }),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn triggers_per_source_and_redelivery_ranges_are_bounded() {
+    let receiver = common::receiver::Receiver::start().await;
+    let mut f = Fixture::start_with(|options| {
+        options.triggers.allow_private_targets = true;
+        options.triggers.max_per_source = 2;
+        options.triggers.max_redeliver = 10;
+    })
+    .await;
+    let addr = f.addr();
+    for name in ["a", "b"] {
+        let response = create_trigger(
+            addr,
+            json!({ "name": name, "webhook": receiver.url("/x"), "fire": { "id": { "_gte": 0 } } }),
+        )
+        .await;
+        assert!(response["errors"].is_null(), "{response}");
+    }
+    let response = create_trigger(
+        addr,
+        json!({ "name": "c", "webhook": receiver.url("/x"), "fire": { "id": { "_gte": 0 } } }),
+    )
+    .await;
+    assert_eq!(code(&response), "LIMIT_EXCEEDED", "{response}");
+    assert_eq!(f.rejections("triggers").await, 1);
+    let response = common::graphql(
+        addr,
+        "mutation { redeliver_items_trigger(name: \"a\", from: \"1\", to: \"1000000\") { id } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(code(&response), "LIMIT_EXCEEDED", "{response}");
+    assert_eq!(f.rejections("redeliver").await, 1);
+    f.still_serves().await;
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn a_tarpitting_receiver_holds_only_its_share_of_the_webhook_slots() {
+    let tarpit = common::receiver::Receiver::start().await;
+    // It answers after the longest timeout a trigger may have.
+    tarpit.default_reply(common::receiver::Reply::After(
+        std::time::Duration::from_secs(600),
+        200,
+    ));
+    let mut fine = common::receiver::Receiver::start().await;
+    let mut f = Fixture::start_with(|options| {
+        options.triggers.allow_private_targets = true;
+        options.triggers.max_concurrent_deliveries = 4;
+        options.triggers.max_per_host = 2;
+    })
+    .await;
+    let addr = f.addr();
+    // More triggers on the tarpit than there are slots, created first (claimed first).
+    for i in 0..6 {
+        let response = create_trigger(
+            addr,
+            json!({
+                "name": format!("slow{i}"), "webhook": tarpit.url("/slow"),
+                "fire": { "id": { "_gte": 0 } },
+                "retry": { "timeout_ms": 300_000 },
+            }),
+        )
+        .await;
+        assert!(response["errors"].is_null(), "{response}");
+    }
+    let response = create_trigger(
+        addr,
+        json!({ "name": "fine", "webhook": fine.url("/fine"), "fire": { "id": { "_gte": 0 } } }),
+    )
+    .await;
+    assert!(response["errors"].is_null(), "{response}");
+    // One row fires all seven; the fine receiver gets its webhook while the tarpit holds two
+    // slots (with every slot held by the tarpit, it would wait for its 300 s timeout).
+    f.still_serves().await;
+    let received = fine.next().await;
+    assert_eq!(received.body["trigger_name"], "fine", "{}", received.body);
+    f.still_serves().await;
+    f.stop().await;
+}

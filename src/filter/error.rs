@@ -71,4 +71,39 @@ pub enum FilterError {
         "`{at}` is nested more than {max} levels deep; flatten the `_and`/`_or`/`_not` nesting"
     )]
     TooDeep { at: String, max: usize },
+
+    #[error(
+        "`where` has more than {max} conditions (columns, operators and `_and`/`_or`/`_not` keys); the limit is set by --filter-max-nodes"
+    )]
+    TooManyNodes { max: usize },
+
+    #[error(
+        "`{at}` lists {count} values; at most {max} (--filter-max-in): match a range or split the subscription"
+    )]
+    InListTooLong {
+        at: String,
+        count: usize,
+        max: usize,
+    },
+
+    #[error(
+        "the pattern at `{at}` is {bytes} bytes long; at most {max} (--filter-max-pattern-bytes)"
+    )]
+    PatternTooLong {
+        at: String,
+        bytes: usize,
+        max: usize,
+    },
+}
+
+impl FilterError {
+    /// Whether a size limit refused the filter (not a mistake in it).
+    pub fn is_limit(&self) -> bool {
+        matches!(
+            self,
+            FilterError::TooManyNodes { .. }
+                | FilterError::InListTooLong { .. }
+                | FilterError::PatternTooLong { .. }
+        )
+    }
 }

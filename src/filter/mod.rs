@@ -70,6 +70,89 @@ static ALWAYS: LazyLock<Filter> = LazyLock::new(|| Filter {
     }),
 });
 
+/// How big a `where` argument a client may send: every filter is evaluated on every change
+/// of its source, under the source's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FilterLimits {
+    /// Keys in all its objects (columns, operators, `_and`, `_or`, `_not`) and items of its
+    /// `_and`/`_or` lists.
+    pub max_nodes: usize,
+    /// Values in one `_in` or `_nin` list.
+    pub max_in: usize,
+    /// Bytes of one `_like`/`_regex` (and their variants) pattern.
+    pub max_pattern_bytes: usize,
+}
+
+impl Default for FilterLimits {
+    fn default() -> Self {
+        FilterLimits {
+            max_nodes: 256,
+            max_in: 1_000,
+            max_pattern_bytes: 1_024,
+        }
+    }
+}
+
+/// Refuses a `where` value beyond `limits`, before it is compiled (patterns are compiled,
+/// `_in` values parsed, only once it fits).
+pub fn check_size(where_: &async_graphql::Value, limits: &FilterLimits) -> Result<(), FilterError> {
+    use async_graphql::Value as Gql;
+    let mut nodes = 0usize;
+    let mut pending: Vec<(&Gql, String)> = vec![(where_, "where".to_owned())];
+    while let Some((value, at)) = pending.pop() {
+        match value {
+            Gql::Object(fields) => {
+                for (key, value) in fields {
+                    nodes += 1;
+                    if nodes > limits.max_nodes {
+                        return Err(FilterError::TooManyNodes {
+                            max: limits.max_nodes,
+                        });
+                    }
+                    let key = key.as_str();
+                    let here = format!("{at}.{key}");
+                    match (key, value) {
+                        ("_in" | "_nin", Gql::List(items)) if items.len() > limits.max_in => {
+                            return Err(FilterError::InListTooLong {
+                                at: here,
+                                count: items.len(),
+                                max: limits.max_in,
+                            });
+                        }
+                        (
+                            "_like" | "_nlike" | "_ilike" | "_nilike" | "_regex" | "_nregex"
+                            | "_iregex" | "_niregex",
+                            Gql::String(pattern),
+                        ) if pattern.len() > limits.max_pattern_bytes => {
+                            return Err(FilterError::PatternTooLong {
+                                at: here,
+                                bytes: pattern.len(),
+                                max: limits.max_pattern_bytes,
+                            });
+                        }
+                        ("_in" | "_nin", _) => {}
+                        _ => pending.push((value, here)),
+                    }
+                }
+            }
+            Gql::List(items) => {
+                // Each item of `_and`/`_or` is a condition too (`_and: [{}, {}, …]`).
+                nodes += items.len();
+                if nodes > limits.max_nodes {
+                    return Err(FilterError::TooManyNodes {
+                        max: limits.max_nodes,
+                    });
+                }
+                for (i, item) in items.iter().enumerate() {
+                    pending.push((item, format!("{at}[{i}]")));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Compiles the `where` argument of a query or subscription on `source`.
 ///
 /// `where_` is the argument's value with variables resolved; `null` means no filter. Enum

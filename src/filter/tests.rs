@@ -1448,3 +1448,42 @@ fn required_equalities_are_found_at_the_top_level_only() {
         }
     }
 }
+
+#[test]
+fn sizes_are_checked_before_compiling() {
+    let limits = FilterLimits {
+        max_nodes: 10,
+        max_in: 3,
+        max_pattern_bytes: 8,
+    };
+    let check = |json: serde_json::Value| check_size(&gql(json), &limits);
+    assert_eq!(
+        check(json!({"id": {"_in": [1, 2, 3]}, "name": {"_like": "abc%"}})),
+        Ok(())
+    );
+    assert_eq!(
+        check(json!({"_and": [{"id": {"_nin": [1, 2, 3, 4]}}]})),
+        Err(FilterError::InListTooLong {
+            at: "where._and[0].id._nin".into(),
+            count: 4,
+            max: 3
+        })
+    );
+    assert_eq!(
+        check(json!({"_not": {"name": {"_iregex": "a{1000}b{1000}"}}})),
+        Err(FilterError::PatternTooLong {
+            at: "where._not.name._iregex".into(),
+            bytes: 14,
+            max: 8
+        })
+    );
+    // Keys and list items count: six `{}` in an `_or`, and its key, and four columns.
+    let many = json!({"_or": [{}, {}, {}, {}, {}, {}], "id": {"_eq": 1}, "name": {"_eq": "x"}});
+    assert_eq!(check(many), Err(FilterError::TooManyNodes { max: 10 }));
+    // The default limits take what real filters hold.
+    let real = gql(
+        json!({"_or": [{"side": {"_eq": "buy"}}, {"price": {"_gte": 10}}], "id": {"_in": [1, 2, 3]}}),
+    );
+    assert_eq!(check_size(&real, &FilterLimits::default()), Ok(()));
+    assert!(FilterError::TooManyNodes { max: 1 }.is_limit());
+}

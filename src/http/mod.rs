@@ -47,6 +47,8 @@ pub struct WsSettings {
     /// How long a client may send nothing (no message, no pong to the server's pings)
     /// before the connection is closed.
     pub idle_timeout: Duration,
+    /// Most distinct filters (per source) one connection's subscriptions may use.
+    pub max_filters: usize,
 }
 
 impl Default for WsSettings {
@@ -58,6 +60,7 @@ impl Default for WsSettings {
             max_operations: 200,
             write_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
+            max_filters: 100,
         }
     }
 }

@@ -59,6 +59,7 @@ fn run_error(err: &RunError) -> Response {
         RunError::NotFound(_) => StatusCode::NOT_FOUND,
         RunError::Ended { .. } | RunError::SeqMismatch { .. } => StatusCode::CONFLICT,
         RunError::Invalid(_) => StatusCode::BAD_REQUEST,
+        RunError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         RunError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         RunError::NoStore | RunError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
     };

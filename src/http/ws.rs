@@ -382,6 +382,7 @@ impl Connection {
         self.init_received = true;
         let mut data = Data::default();
         data.insert(ConnectionParams(payload.unwrap_or(serde_json::Value::Null)));
+        data.insert(crate::limits::FilterBudget::new(self.state.ws.max_filters));
         self.session = Arc::new(data);
     }
 
@@ -438,6 +439,7 @@ impl Connection {
             out: self.out.clone(),
             done: self.done_tx.clone(),
             cancel: CancellationToken::new(),
+            metrics: self.state.metrics.clone(),
         };
         let cancel = op.cancel.clone();
         let task = tokio::spawn(async move {
@@ -557,6 +559,7 @@ struct OperationContext {
     out: mpsc::Sender<Out>,
     done: mpsc::UnboundedSender<(String, u64)>,
     cancel: CancellationToken,
+    metrics: Arc<crate::telemetry::Metrics>,
 }
 
 impl OperationContext {
@@ -612,6 +615,7 @@ async fn run_operation(
     };
     let root = plan.hub.source().name.clone();
     let metrics = plan.hub.metrics().clone();
+    let ticket = plan.ticket;
     let reader = match Reader::open_encoded(
         plan.hub,
         plan.filter,
@@ -623,7 +627,10 @@ async fn run_operation(
     {
         Ok(reader) => reader,
         Err(err) => {
-            let errors = serde_json::json!([{ "message": err.to_string(), "path": [root], "extensions": { "code": "SOURCE_UNAVAILABLE" } }]);
+            if matches!(err, CursorError::TooManyViews { .. }) {
+                op.metrics.limits.count(Limit::Views);
+            }
+            let errors = serde_json::json!([{ "message": err.to_string(), "path": [root], "extensions": { "code": err.code() } }]);
             let _ = op
                 .out
                 .send(Out::Frame(text("error", Some(id), Some(errors))))
@@ -631,7 +638,7 @@ async fn run_operation(
             return Ended::Errored;
         }
     };
-    let frames = subscription_frames(op, reader, root, metrics);
+    let frames = subscription_frames(op, reader, root, metrics, ticket);
     if op.out.send(Out::Frames(frames)).await.is_err() {
         return Ended::Errored;
     }
@@ -657,6 +664,8 @@ struct Subscription {
     root: String,
     metrics: Arc<SourceMetrics>,
     done: mpsc::UnboundedSender<(String, u64)>,
+    /// The connection's use of this subscription's filter, given back with the subscription.
+    _ticket: Option<crate::limits::FilterTicket>,
 }
 
 impl Subscription {
@@ -701,6 +710,7 @@ fn subscription_frames(
     reader: Reader<JsonEncoder>,
     root: String,
     metrics: Arc<SourceMetrics>,
+    ticket: Option<crate::limits::FilterTicket>,
 ) -> FrameStream {
     let subscription = Subscription {
         step: Step::Read(reader),
@@ -715,6 +725,7 @@ fn subscription_frames(
         root,
         metrics,
         done: op.done.clone(),
+        _ticket: ticket,
     };
     let frames = futures::stream::unfold(subscription, Subscription::next_frame);
     Box::pin(frames.take_until(op.cancel.clone().cancelled_owned()))

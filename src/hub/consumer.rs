@@ -46,6 +46,22 @@ pub enum CursorError {
         "subscription fell more than the server's history behind source {name}; subscribe again (pass `after` with your last cursor to get a reset and a fresh snapshot)"
     )]
     Behind { name: String },
+    #[error(
+        "source {name} has {max} differently filtered (or shaped) subscriptions already (--max-views-per-source); reuse a filter other subscribers use, or try later"
+    )]
+    TooManyViews { name: String, max: usize },
+}
+
+impl CursorError {
+    /// The GraphQL error code a subscriber gets.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CursorError::Malformed => "BAD_USER_INPUT",
+            CursorError::Unavailable { .. } => "SOURCE_UNAVAILABLE",
+            CursorError::Behind { .. } => "SUBSCRIPTION_ENDED",
+            CursorError::TooManyViews { .. } => "TOO_MANY_VIEWS",
+        }
+    }
 }
 
 /// What a subscriber receives.
@@ -141,7 +157,13 @@ impl<E: Encoder> Reader<E> {
         // holds its snapshot at this head (then nothing is copied per subscriber).
         let (view, start, head, position) = {
             let mut state = hub.lock();
-            let view = Hub::view(&mut state, filter, encoder);
+            let view =
+                Hub::view(&mut state, filter, encoder, hub.limits.max_views).ok_or_else(|| {
+                    CursorError::TooManyViews {
+                        name: hub.source.name.clone(),
+                        max: hub.limits.max_views,
+                    }
+                })?;
             let oldest = state.log.front().map_or(state.head + 1, |b| b.seq);
             let start = match after {
                 Some(c) if c.epoch == hub.epoch && c.seq <= state.head && c.seq + 1 >= oldest => {

@@ -84,6 +84,8 @@ pub struct HubLimits {
     pub max_batches: usize,
     /// Row changes kept in the log, across batches.
     pub max_changes: usize,
+    /// Distinct views (filter × selection) evaluated on every batch.
+    pub max_views: usize,
 }
 
 impl Default for HubLimits {
@@ -91,6 +93,7 @@ impl Default for HubLimits {
         HubLimits {
             max_batches: 32_768,
             max_changes: 262_144,
+            max_views: 1_000,
         }
     }
 }
@@ -232,13 +235,15 @@ impl Hub {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The view of readers with this filter and encoding, created on first use. Called with
-    /// the hub's lock held, so a new view starts exactly at the current head.
+    /// The view of readers with this filter and encoding, created on first use (unless
+    /// `max_views` live views exist: then `None`). Called with the hub's lock held, so a new
+    /// view starts exactly at the current head.
     fn view<E: Encoder>(
         state: &mut State,
         filter: crate::filter::Filter,
         encoder: Arc<E>,
-    ) -> Arc<View<E>> {
+        max_views: usize,
+    ) -> Option<Arc<View<E>>> {
         let key = (filter.canonical().to_owned(), encoder.key().to_owned());
         if let Some(view) = state
             .view_index
@@ -246,16 +251,33 @@ impl Hub {
             .and_then(std::sync::Weak::upgrade)
             .and_then(|any| any.downcast::<View<E>>().ok())
         {
-            return view;
+            return Some(view);
         }
         state.view_index.retain(|_, weak| weak.strong_count() > 0);
         state.views.retain(|weak| weak.strong_count() > 0);
+        if state.views.len() >= max_views {
+            return None;
+        }
         let view = Arc::new(View::new(filter, encoder, state.head));
         let any: Arc<dyn std::any::Any + Send + Sync> = view.clone();
         state.view_index.insert(key, Arc::downgrade(&any));
         let sink: Arc<dyn ViewSink> = view.clone();
         state.views.push(Arc::downgrade(&sink));
-        view
+        Some(view)
+    }
+
+    /// The current rows `filter` matches (at one batch boundary), or `None` before the first
+    /// snapshot. Only the matching rows are copied.
+    pub fn rows_matching(&self, filter: &crate::filter::Filter) -> Option<Vec<Arc<Row>>> {
+        let state = self.lock();
+        state.status.is_synced().then(|| {
+            state
+                .cache
+                .values()
+                .filter(|row| filter.matches(row))
+                .cloned()
+                .collect()
+        })
     }
 
     /// Current rows (a consistent copy of the cache), or `None` before the first snapshot.

@@ -175,6 +175,7 @@ async fn resume_after_a_cursor_or_reset_when_it_is_too_old() {
     let hub = hub(HubLimits {
         max_batches: 4,
         max_changes: 100,
+        ..HubLimits::default()
     });
     let mut reader = Reader::open(hub.clone(), Filter::always(), None, true)
         .await
@@ -223,6 +224,7 @@ async fn a_reader_behind_the_whole_log_is_told_to_resubscribe() {
     let hub = hub(HubLimits {
         max_batches: 4,
         max_changes: 100,
+        ..HubLimits::default()
     });
     let mut reader = past_snapshot(&hub).await;
     for n in 0..300 {
@@ -281,4 +283,41 @@ async fn changes_inside_one_batch_are_merged_per_key() {
         "key 1 ended as it began"
     );
     no_more(&mut reader);
+}
+
+#[tokio::test]
+async fn views_beyond_the_cap_are_refused_and_their_places_come_back() {
+    let hub = hub(HubLimits {
+        max_views: 2,
+        ..HubLimits::default()
+    });
+    hub.apply(FeedEvent::Snapshot {
+        position: Position(1),
+        rows: Vec::new(),
+    });
+    let a = Reader::open(hub.clone(), Filter::always(), None, false)
+        .await
+        .expect("first view");
+    let b = Reader::open(
+        hub.clone(),
+        filter(serde_json::json!({"id": {"_eq": 1}})),
+        None,
+        false,
+    )
+    .await
+    .expect("second view");
+    // A reader of an existing view takes no new place.
+    let a_again = Reader::open(hub.clone(), Filter::always(), None, false)
+        .await
+        .expect("same view");
+    let third = filter(serde_json::json!({"id": {"_eq": 2}}));
+    match Reader::open(hub.clone(), third.clone(), None, false).await {
+        Err(CursorError::TooManyViews { max: 2, .. }) => {}
+        other => panic!("expected TooManyViews, got {:?}", other.map(|_| ())),
+    }
+    drop(b);
+    Reader::open(hub.clone(), third, None, false)
+        .await
+        .expect("a view's place came back with its last reader");
+    drop((a, a_again));
 }

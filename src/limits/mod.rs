@@ -27,8 +27,21 @@ pub enum Limit {
     RootFields,
     /// An operation whose estimated cost (values it can return) exceeds `max_cost`.
     Cost,
+    /// A `where` argument beyond the filter limits (conditions, `_in` values, pattern size).
+    Filter,
+    /// A subscription that would add a view to a source with `--max-views-per-source` views.
+    Views,
+    /// A subscription that would give one connection more than `--ws-max-filters` filters.
+    ConnectionFilters,
     /// A one-shot query's `limit` above `query_max_limit`, or `offset` above `query_max_offset`.
     QueryRows,
+    /// A run input or event beyond `--run-max-payload-bytes`, or an append beyond
+    /// `--run-max-events-per-append`.
+    RunPayload,
+    /// A trigger beyond `--max-triggers-per-source`.
+    Triggers,
+    /// A redelivery of more than `--trigger-max-redeliver` deliveries.
+    Redeliver,
     /// A connection beyond `--http-max-connections`.
     Connections,
     /// A connection beyond `--http-max-connections-per-address` from one client address.
@@ -50,14 +63,20 @@ pub enum Limit {
 }
 
 impl Limit {
-    pub const ALL: [Limit; 16] = [
+    pub const ALL: [Limit; 22] = [
         Limit::DocumentBytes,
         Limit::Nesting,
         Limit::Batch,
         Limit::Aliases,
         Limit::RootFields,
         Limit::Cost,
+        Limit::Filter,
+        Limit::Views,
+        Limit::ConnectionFilters,
         Limit::QueryRows,
+        Limit::RunPayload,
+        Limit::Triggers,
+        Limit::Redeliver,
         Limit::Connections,
         Limit::ConnectionsPerAddress,
         Limit::BodyBytes,
@@ -78,7 +97,13 @@ impl Limit {
             Limit::Aliases => "aliases",
             Limit::RootFields => "root_fields",
             Limit::Cost => "cost",
+            Limit::Filter => "filter",
+            Limit::Views => "views",
+            Limit::ConnectionFilters => "connection_filters",
             Limit::QueryRows => "query_rows",
+            Limit::RunPayload => "run_payload",
+            Limit::Triggers => "triggers",
+            Limit::Redeliver => "redeliver",
             Limit::Connections => "connections",
             Limit::ConnectionsPerAddress => "connections_per_address",
             Limit::BodyBytes => "body_bytes",
@@ -113,6 +138,75 @@ impl Rejections {
     }
 }
 
+/// The distinct filters one connection's subscriptions use (per source), against a cap: each
+/// distinct filter is a view its source evaluates on every change, so one client may not take
+/// the whole `--max-views-per-source` budget. Cheap to share: a subscription holds a
+/// [`FilterTicket`] for as long as it runs.
+#[derive(Debug)]
+pub struct FilterBudget {
+    max: usize,
+    // A std Mutex: a map update per subscription start and end, never held across an await.
+    used: std::sync::Mutex<std::collections::HashMap<(String, String), usize>>,
+}
+
+/// A subscription's use of a filter, given back when it is dropped.
+#[derive(Debug)]
+pub struct FilterTicket {
+    budget: std::sync::Arc<FilterBudget>,
+    key: (String, String),
+}
+
+impl FilterBudget {
+    pub fn new(max: usize) -> std::sync::Arc<FilterBudget> {
+        std::sync::Arc::new(FilterBudget {
+            max,
+            used: std::sync::Mutex::default(),
+        })
+    }
+
+    /// A ticket for `filter` (canonical text) on `source`: always for one already in use on
+    /// this connection, for a new one only below the cap (`None`: over it).
+    pub fn acquire(
+        self: &std::sync::Arc<Self>,
+        source: &str,
+        filter: &str,
+    ) -> Option<FilterTicket> {
+        let key = (source.to_owned(), filter.to_owned());
+        let mut used = self
+            .used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !used.contains_key(&key) && used.len() >= self.max {
+            return None;
+        }
+        *used.entry(key.clone()).or_default() += 1;
+        Some(FilterTicket {
+            budget: self.clone(),
+            key,
+        })
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+}
+
+impl Drop for FilterTicket {
+    fn drop(&mut self) {
+        let mut used = self
+            .budget
+            .used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = used.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                used.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// The highest `max_nesting` accepted: async-graphql's parser recurses per level and
 /// overflows a 2 MiB thread stack (tokio's) between 256 and 512 levels in a debug build.
 pub const MAX_NESTING: usize = 128;
@@ -140,6 +234,8 @@ pub struct GraphqlLimits {
     pub query_max_limit: usize,
     /// Highest `offset` a one-shot query may give.
     pub query_max_offset: usize,
+    /// How big a `where` argument may be.
+    pub filter: crate::filter::FilterLimits,
 }
 
 impl Default for GraphqlLimits {
@@ -155,6 +251,33 @@ impl Default for GraphqlLimits {
             query_default_limit: 1_000,
             query_max_limit: 10_000,
             query_max_offset: 100_000,
+            filter: crate::filter::FilterLimits::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_reuses_its_filters_freely_and_adds_new_ones_up_to_the_cap() {
+        let budget = FilterBudget::new(2);
+        let a = budget.acquire("trades", "{a}").expect("first");
+        let a_again = budget.acquire("trades", "{a}").expect("same filter");
+        let b = budget.acquire("trades", "{b}").expect("second");
+        assert!(budget.acquire("trades", "{c}").is_none(), "over the cap");
+        // The same filter on another source is another view.
+        assert!(budget.acquire("orders", "{a}").is_none());
+        drop(a);
+        assert!(
+            budget.acquire("trades", "{c}").is_none(),
+            "{{a}} is still used"
+        );
+        drop(a_again);
+        let c = budget
+            .acquire("trades", "{c}")
+            .expect("a place was given back");
+        drop((b, c));
     }
 }

@@ -90,6 +90,9 @@ pub enum RunError {
     },
     #[error("{0}")]
     Invalid(String),
+    /// Beyond a size limit (`--run-max-payload-bytes`, `--run-max-events-per-append`).
+    #[error("{0}")]
+    TooLarge(String),
     #[error("{0}")]
     Unauthorized(String),
     #[error("runs need a store: set VIEWCAST_STORE_URL (or DATABASE_URL) to a PostgreSQL database")]
@@ -106,6 +109,7 @@ impl RunError {
             RunError::Ended { .. } => "RUN_ENDED",
             RunError::SeqMismatch { .. } => "SEQ_MISMATCH",
             RunError::Invalid(_) => "BAD_USER_INPUT",
+            RunError::TooLarge(_) => "PAYLOAD_TOO_LARGE",
             RunError::Unauthorized(_) => "UNAUTHENTICATED",
             RunError::NoStore | RunError::Store(_) => "STORE_UNAVAILABLE",
         }
@@ -240,16 +244,21 @@ fn run(row: &tokio_postgres::Row) -> Run {
 }
 
 pub(crate) fn event(row: &tokio_postgres::Row) -> Event {
+    event_from(row, 0)
+}
+
+/// An event from `EVENT_COLUMNS` starting at column `at`.
+fn event_from(row: &tokio_postgres::Row, at: usize) -> Event {
     Event {
-        run_id: row.get(0),
-        seq: row.get(1),
-        event_type: row.get(2),
-        stage: row.get(3),
-        message: row.get(4),
-        percentage: row.get(5),
-        counters: row.get(6),
-        data: row.get(7),
-        created_at: row.get(8),
+        run_id: row.get(at),
+        seq: row.get(at + 1),
+        event_type: row.get(at + 2),
+        stage: row.get(at + 3),
+        message: row.get(at + 4),
+        percentage: row.get(at + 5),
+        counters: row.get(at + 6),
+        data: row.get(at + 7),
+        created_at: row.get(at + 8),
     }
 }
 
@@ -265,9 +274,25 @@ fn checked_id(id: &str) -> Result<&str, RunError> {
     }
 }
 
+/// The bytes a JSON value takes as text.
+fn json_bytes(value: &Value) -> usize {
+    serde_json::to_vec(value).map_or(usize::MAX, |v| v.len())
+}
+
 /// Checks an event before it reaches the database (whose checks would give a less clear
-/// message).
-fn validate(event: &NewEvent) -> Result<(), RunError> {
+/// message): its form, and that its text (stage, message, counters and data together) fits
+/// in `max_bytes`.
+fn validate(event: &NewEvent, max_bytes: usize) -> Result<(), RunError> {
+    let bytes = event.stage.as_ref().map_or(0, String::len)
+        + event.message.as_ref().map_or(0, String::len)
+        + event.counters.as_ref().map_or(0, json_bytes)
+        + event.data.as_ref().map_or(0, json_bytes);
+    if bytes > max_bytes {
+        return Err(RunError::TooLarge(format!(
+            "a {} event of {bytes} bytes (stage, message, counters and data); at most {max_bytes} (--run-max-payload-bytes): store large results elsewhere and link them",
+            event.event_type
+        )));
+    }
     let t = &event.event_type;
     let well_formed = !t.is_empty()
         && t.len() <= 64
@@ -301,6 +326,10 @@ pub struct RunSettings {
     pub heartbeat: Duration,
     /// Runs that ended longer ago than this are deleted with their events; `None`: kept.
     pub retention: Option<Duration>,
+    /// Largest run input, and largest event (stage, message, counters and data), as JSON text.
+    pub max_payload_bytes: usize,
+    /// Most events in one append.
+    pub max_events_per_append: usize,
 }
 
 impl Default for RunSettings {
@@ -308,6 +337,8 @@ impl Default for RunSettings {
         RunSettings {
             heartbeat: Duration::from_secs(15),
             retention: None,
+            max_payload_bytes: 64 * 1024,
+            max_events_per_append: 1_000,
         }
     }
 }
@@ -323,6 +354,8 @@ pub struct Runs {
     /// The key worker tokens derive from (read from the store once).
     token_key: Arc<tokio::sync::OnceCell<Vec<u8>>>,
     metrics: Arc<RunMetrics>,
+    /// Where requests a size limit refused are counted (the server's).
+    rejections: Arc<crate::limits::Rejections>,
 }
 
 impl Runs {
@@ -341,7 +374,23 @@ impl Runs {
             kinds: None,
             token_key: Arc::default(),
             metrics: Arc::default(),
+            rejections: Arc::default(),
         }
+    }
+
+    /// Counts refused requests into `rejections` (the server's).
+    #[must_use]
+    pub fn with_rejections(mut self, rejections: Arc<crate::limits::Rejections>) -> Runs {
+        self.rejections = rejections;
+        self
+    }
+
+    /// `err`, counted when a size limit refused the request.
+    fn refused(&self, err: RunError) -> RunError {
+        if matches!(err, RunError::TooLarge(_)) {
+            self.rejections.count(crate::limits::Limit::RunPayload);
+        }
+        err
     }
 
     /// Counts into `metrics` (the server's).
@@ -560,6 +609,18 @@ impl Runs {
         if kind.trim().is_empty() {
             return Err(RunError::Invalid("a run needs a kind".into()));
         }
+        if kind.len() > 128 || idempotency_key.is_some_and(|k| k.len() > 256) {
+            return Err(RunError::Invalid(
+                "a run's kind has at most 128 bytes, its idempotency key at most 256".into(),
+            ));
+        }
+        let bytes = json_bytes(input);
+        if bytes > self.settings.max_payload_bytes {
+            return Err(self.refused(RunError::TooLarge(format!(
+                "the run's input is {bytes} bytes of JSON; at most {} (--run-max-payload-bytes): pass a reference to large inputs",
+                self.settings.max_payload_bytes
+            ))));
+        }
         if self.kind(kind).is_none() {
             let declared: Vec<&str> = self
                 .kinds
@@ -626,8 +687,15 @@ impl Runs {
         expected_seq: Option<i64>,
     ) -> Result<Vec<Event>, RunError> {
         let id = checked_id(id)?;
+        if events.len() > self.settings.max_events_per_append {
+            return Err(self.refused(RunError::TooLarge(format!(
+                "{} events in one append; at most {} (--run-max-events-per-append)",
+                events.len(),
+                self.settings.max_events_per_append
+            ))));
+        }
         for e in events {
-            validate(e)?;
+            validate(e, self.settings.max_payload_bytes).map_err(|e| self.refused(e))?;
         }
         if let Some(i) = events
             .iter()
@@ -757,6 +825,7 @@ impl Runs {
     ) -> Result<Vec<Event>, RunError> {
         let id = checked_id(id)?;
         let client = self.client().await?;
+        self.metrics.event_reads.inc();
         let rows = client
             .query(
                 &format!(
@@ -775,6 +844,42 @@ impl Runs {
             self.get(id).await?;
         }
         Ok(rows.iter().map(event).collect())
+    }
+
+    /// The events of several runs at once (one query), each key `(run id, from seq, limit)`
+    /// as for [`Runs::events`]: what a page of runs with their events needs. Runs that do not
+    /// exist (or have no event from there) are left out.
+    pub async fn events_of_many(
+        &self,
+        keys: &[(String, i64, i64)],
+    ) -> Result<std::collections::HashMap<(String, i64, i64), Vec<Event>>, RunError> {
+        let keys: Vec<&(String, i64, i64)> =
+            keys.iter().filter(|k| checked_id(&k.0).is_ok()).collect();
+        let ids: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+        let froms: Vec<i64> = keys.iter().map(|k| k.1).collect();
+        let limits: Vec<i64> = keys.iter().map(|k| k.2.max(0)).collect();
+        let client = self.client().await?;
+        self.metrics.event_reads.inc();
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT k.i, e.* FROM unnest($1::text[], $2::bigint[], $3::bigint[])                          WITH ORDINALITY AS k(id, from_seq, lim, i)                      CROSS JOIN LATERAL (                          SELECT {EVENT_COLUMNS} FROM viewcast_run_events                          WHERE run_id = k.id::uuid AND seq >= k.from_seq                          ORDER BY seq LIMIT k.lim) e"
+                ),
+                &[&ids, &froms, &limits],
+            )
+            .await?;
+        let mut out: std::collections::HashMap<(String, i64, i64), Vec<Event>> =
+            std::collections::HashMap::new();
+        for row in rows {
+            let index: i64 = row.get(0);
+            let Some(key) = usize::try_from(index - 1).ok().and_then(|i| keys.get(i)) else {
+                continue;
+            };
+            out.entry((*key).clone())
+                .or_default()
+                .push(event_from(&row, 1));
+        }
+        Ok(out)
     }
 
     /// Runs, newest first, matching `filter`: at most `first` after the cursor `after`.

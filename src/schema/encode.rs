@@ -45,6 +45,8 @@ pub struct SubscriptionPlan {
     pub after: Option<Cursor>,
     pub snapshot_end: bool,
     pub encoder: Arc<JsonEncoder>,
+    /// The connection's use of the filter, held while the subscription runs.
+    pub ticket: Option<crate::limits::FilterTicket>,
 }
 
 #[derive(Debug)]

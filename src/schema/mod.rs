@@ -14,6 +14,7 @@ mod triggers;
 
 use std::sync::Arc;
 
+use async_graphql::dataloader::DataLoader;
 use async_graphql::dynamic::{
     Enum, Field, FieldFuture, FieldValue, InputObject, InputValue, Object, ResolverContext, Scalar,
     Schema, SchemaError, Subscription, SubscriptionField, SubscriptionFieldFuture, TypeRef,
@@ -24,7 +25,7 @@ use futures::StreamExt;
 use crate::config::{ColumnType, Config, SourceDef, names};
 use crate::filter::{self, Filter};
 use crate::hub::{Cursor, Event, Hubs, Reader};
-use crate::limits::{CostModel, GraphqlLimits, Limit, Rejections};
+use crate::limits::{CostModel, FilterBudget, GraphqlLimits, Limit, Rejections};
 pub use encode::{JsonEncoder, PlanSlot, SubscriptionPlan};
 pub use output::{RowView, to_graphql};
 
@@ -92,6 +93,10 @@ pub fn build(
         builder = builder.data(triggers);
     }
     if let Some(runs) = services.runs {
+        builder = builder.data(DataLoader::new(
+            runs::EventsLoader(runs.clone()),
+            tokio::spawn,
+        ));
         builder = builder.data(runs);
     }
     builder.finish()
@@ -364,15 +369,24 @@ fn hubs<'a>(ctx: &async_graphql::Context<'a>) -> async_graphql::Result<&'a Arc<H
     })
 }
 
+/// The `where` argument, compiled once it is within the filter limits.
 fn compile_where(
+    ctx: &async_graphql::Context<'_>,
     source: &SourceDef,
     arg: Option<async_graphql::dynamic::ValueAccessor<'_>>,
 ) -> async_graphql::Result<Filter> {
-    match arg {
-        Some(value) if !value.is_null() => filter::compile(source, value.as_value())
-            .map_err(|e| user_error(e.to_string(), "BAD_USER_INPUT")),
-        _ => Ok(Filter::always()),
-    }
+    let Some(value) = arg.filter(|v| !v.is_null()) else {
+        return Ok(Filter::always());
+    };
+    let limits = &ctx.data_unchecked::<GraphqlLimits>().filter;
+    filter::check_size(value.as_value(), limits)
+        .and_then(|()| filter::compile(source, value.as_value()))
+        .map_err(|e| {
+            if e.is_limit() {
+                ctx.data_unchecked::<Arc<Rejections>>().count(Limit::Filter);
+            }
+            user_error(e.to_string(), "BAD_USER_INPUT")
+        })
 }
 
 fn query_field(source: &Arc<SourceDef>, limits: &GraphqlLimits) -> Field {
@@ -381,13 +395,13 @@ fn query_field(source: &Arc<SourceDef>, limits: &GraphqlLimits) -> Field {
     Field::new(&name, TypeRef::named_nn_list_nn(&name), move |ctx| {
         let source = field_source.clone();
         FieldFuture::new(async move {
-            let filter = compile_where(&source, ctx.args.get("where"))?;
+            let filter = compile_where(ctx.ctx, &source, ctx.args.get("where"))?;
             let order = output::parse_order_by(&source, ctx.args.get("order_by"))?;
             let (limit, offset) = query_window(ctx.ctx, &ctx)?;
             let hub = hubs(ctx.ctx)?
                 .get(&source.name)
                 .ok_or_else(|| user_error("unknown source", "INTERNAL_SERVER_ERROR"))?;
-            let Some(mut rows) = hub.rows() else {
+            let Some(rows) = hub.rows_matching(&filter) else {
                 let reason = match hub.status() {
                     crate::hub::HubStatus::Down { reason, .. } => reason,
                     _ => "its feed is still starting".into(),
@@ -397,10 +411,8 @@ fn query_field(source: &Arc<SourceDef>, limits: &GraphqlLimits) -> Field {
                     "SOURCE_UNAVAILABLE",
                 ));
             };
-            rows.retain(|row| filter.matches(row));
-            output::sort_rows(&source, &order, &mut rows);
-            let rows = rows.into_iter().skip(offset).take(limit);
-            Ok(Some(FieldValue::list(rows.map(|row| {
+            let rows = output::window(&source, &order, rows, offset, limit);
+            Ok(Some(FieldValue::list(rows.into_iter().map(|row| {
                 FieldValue::owned_any(RowView::new(row, None))
             }))))
         })
@@ -464,7 +476,7 @@ fn subscription_field(source: &Arc<SourceDef>) -> SubscriptionField {
     SubscriptionField::new(&name, TypeRef::named_nn(names::source_update_type(&name)), move |ctx| {
         let source = field_source.clone();
         SubscriptionFieldFuture::new(async move {
-            let filter = compile_where(&source, ctx.args.get("where"))?;
+            let filter = compile_where(ctx.ctx, &source, ctx.args.get("where"))?;
             let after = match ctx.args.get("after") {
                 Some(v) if !v.is_null() => Some(
                     v.string()?
@@ -478,20 +490,36 @@ fn subscription_field(source: &Arc<SourceDef>) -> SubscriptionField {
                 _ => false,
             };
             let hub = hubs(ctx.ctx)?.get(&source.name).ok_or_else(|| user_error("unknown source", "INTERNAL_SERVER_ERROR"))?;
+            // A WebSocket connection's budget of distinct filters (session data).
+            let ticket = match ctx.ctx.data_opt::<Arc<FilterBudget>>() {
+                Some(budget) => Some(budget.acquire(&source.name, filter.canonical()).ok_or_else(|| {
+                    ctx.ctx.data_unchecked::<Arc<Rejections>>().count(Limit::ConnectionFilters);
+                    user_error(
+                        format!("this connection's subscriptions use {} different filters already (--ws-max-filters); reuse one or open another connection", budget.max()),
+                        "TOO_MANY_FILTERS",
+                    )
+                })?),
+                None => None,
+            };
             if let Some(slot) = ctx.ctx.data_opt::<PlanSlot>()
                 && let Some(encoder) = JsonEncoder::compile(&source, &ctx.ctx.field())
             {
                     // Validated and coerced: the caller runs the plan on the fast path.
-                    slot.put(SubscriptionPlan { hub, filter, after, snapshot_end, encoder: Arc::new(encoder) });
+                    slot.put(SubscriptionPlan { hub, filter, after, snapshot_end, encoder: Arc::new(encoder), ticket });
                     return Ok(futures::stream::empty().boxed());
             }
             let reader = Reader::open(hub, filter, after, snapshot_end)
                 .await
-                .map_err(|e| user_error(e.to_string(), "SOURCE_UNAVAILABLE"))?;
-            Ok(futures::stream::unfold(Some(reader), |reader| async move {
-                let mut reader = reader?;
+                .map_err(|e| {
+                    if matches!(e, crate::hub::CursorError::TooManyViews { .. }) {
+                        ctx.ctx.data_unchecked::<Arc<Rejections>>().count(Limit::Views);
+                    }
+                    user_error(e.to_string(), e.code())
+                })?;
+            Ok(futures::stream::unfold(Some((reader, ticket)), |state| async move {
+                let (mut reader, ticket) = state?;
                 match reader.next().await {
-                    Ok(event) => Some((Ok(FieldValue::owned_any(event)), Some(reader))),
+                    Ok(event) => Some((Ok(FieldValue::owned_any(event)), Some((reader, ticket)))),
                     Err(err) => Some((Err(user_error(err.to_string(), "SUBSCRIPTION_ENDED")), None)),
                 }
             })

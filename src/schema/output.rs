@@ -126,10 +126,19 @@ pub(super) fn parse_order_by(
 }
 
 /// Sorts by the `order_by` terms, then by primary key so results are deterministic.
-pub(super) fn sort_rows(source: &SourceDef, terms: &[OrderTerm], rows: &mut [Arc<Row>]) {
+/// The rows `offset` to `offset + limit` of `rows` in the order `terms` give (then by primary
+/// key, so the order is total): only those rows are sorted (a selection finds them in linear
+/// time), not the whole set.
+pub(super) fn window(
+    source: &SourceDef,
+    terms: &[OrderTerm],
+    mut rows: Vec<Arc<Row>>,
+    offset: usize,
+    limit: usize,
+) -> Vec<Arc<Row>> {
     let key_terms = source.primary_key.iter().map(|&i| (i, false, false));
     let terms: Vec<OrderTerm> = terms.iter().copied().chain(key_terms).collect();
-    rows.sort_by(|a, b| {
+    let compare = |a: &Arc<Row>, b: &Arc<Row>| {
         for &(column, descending, nulls_first) in &terms {
             let ordering = match (a.get(column), b.get(column)) {
                 (Value::Null, Value::Null) => Ordering::Equal,
@@ -157,7 +166,18 @@ pub(super) fn sort_rows(source: &SourceDef, terms: &[OrderTerm], rows: &mut [Arc
             }
         }
         Ordering::Equal
-    });
+    };
+    let end = offset.saturating_add(limit);
+    if end == 0 || offset >= rows.len() {
+        return Vec::new();
+    }
+    if rows.len() > end {
+        rows.select_nth_unstable_by(end - 1, compare);
+        rows.truncate(end);
+    }
+    rows.sort_by(compare);
+    rows.drain(..offset);
+    rows
 }
 
 /// Total order on non-null values of one column type (NaN sorts last, as in PostgreSQL).
@@ -175,5 +195,44 @@ fn compare_values(ty: &ColumnType, a: &Value, b: &Value) -> Ordering {
         (Value::Enum(_), Value::Text(_)) => Ordering::Less,
         (Value::Text(_), Value::Enum(_)) => Ordering::Greater,
         _ => Ordering::Equal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn source() -> Arc<SourceDef> {
+        let yaml = "backend: postgres\nsources:\n  t:\n    primary_key: id\n    columns:\n      id: Integer\n      v: Integer\n";
+        crate::config::load_str(std::path::Path::new("t.yaml"), yaml)
+            .expect("config")
+            .sources[0]
+            .clone()
+    }
+
+    proptest! {
+        /// The window is the same slice of the same order as sorting every row would give.
+        #[test]
+        fn a_window_is_the_slice_of_the_full_order(
+            values in proptest::collection::vec(proptest::option::of(0..5i64), 0..60),
+            offset in 0..70usize,
+            limit in 0..70usize,
+            descending: bool,
+            nulls_first: bool,
+        ) {
+            let source = source();
+            let rows: Vec<Arc<Row>> = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| Arc::new(Row::new(vec![Value::Int(i as i64), v.map_or(Value::Null, Value::Int)])))
+                .collect();
+            let terms = [(1, descending, nulls_first)];
+            let full = window(&source, &terms, rows.clone(), 0, usize::MAX);
+            let expected: Vec<_> = full.iter().skip(offset).take(limit).cloned().collect();
+            let got = window(&source, &terms, rows, offset, limit);
+            prop_assert_eq!(got, expected);
+        }
     }
 }

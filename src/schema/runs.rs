@@ -13,6 +13,8 @@ use async_graphql::dynamic::{
 };
 use futures::StreamExt;
 
+use async_graphql::dataloader::DataLoader;
+
 use super::{limit_of, of, user_error};
 use crate::run::stream::{Follow, Item};
 use crate::run::{Event, NewEvent, Run, RunError, RunFilter, RunPage, Runs, STATUSES};
@@ -118,10 +120,14 @@ fn run_type() -> Object {
                     let run = ctx.parent_value.try_downcast_ref::<Run>()?;
                     let from = from_seq_of(&ctx)?;
                     let limit = limit_of(&ctx, 100)?;
-                    let events = runs(&ctx)?
-                        .events(&run.id, from, limit)
+                    // Batched: a page of runs with their events is one store query, not one
+                    // per run.
+                    let loader = ctx.data::<DataLoader<EventsLoader>>()?;
+                    let events = loader
+                        .load_one((run.id.clone(), from, limit))
                         .await
-                        .map_err(|e| api_error(&e))?;
+                        .map_err(|e| api_error(&e))?
+                        .unwrap_or_default();
                     Ok(Some(events_value(events)))
                 })
             })
@@ -336,6 +342,24 @@ fn new_events(ctx: &ResolverContext<'_>) -> async_graphql::Result<Vec<NewEvent>>
         });
     }
     Ok(events)
+}
+
+/// Loads the events of the runs a response holds together (`Run.events` of a page of runs).
+pub(crate) struct EventsLoader(pub crate::run::Runs);
+
+impl async_graphql::dataloader::Loader<(String, i64, i64)> for EventsLoader {
+    type Value = Vec<crate::run::Event>;
+    type Error = std::sync::Arc<RunError>;
+
+    async fn load(
+        &self,
+        keys: &[(String, i64, i64)],
+    ) -> Result<std::collections::HashMap<(String, i64, i64), Self::Value>, Self::Error> {
+        self.0
+            .events_of_many(keys)
+            .await
+            .map_err(std::sync::Arc::new)
+    }
 }
 
 /// `run`, `runs`, `runEvents`.

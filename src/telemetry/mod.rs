@@ -114,6 +114,8 @@ pub struct SourceMetrics {
 pub struct RunMetrics {
     pub appended: Counter,
     pub published: Counter,
+    /// Store queries that read run events for the API (one per page of runs, not per run).
+    pub event_reads: Counter,
     pub consumers: Gauge,
     pub publishing: Gauge,
 }
@@ -192,6 +194,12 @@ impl Metrics {
             "counter",
             "Run events this server's outbox publisher published (one server publishes at a time).",
             self.runs.published.get().into(),
+        );
+        single(
+            "viewcast_run_event_reads_total",
+            "counter",
+            "Store queries that read run events for the API (a page of runs reads its events in one).",
+            self.runs.event_reads.get().into(),
         );
         single(
             "viewcast_run_consumers",

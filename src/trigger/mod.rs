@@ -42,6 +42,12 @@ pub struct TriggerSettings {
     /// How long delivered (and cancelled) deliveries are kept; `None`: forever. Dead ones
     /// are kept until redelivered.
     pub delivery_retention: Option<std::time::Duration>,
+    /// Requests in flight to one webhook host at once (a share of the shared slots).
+    pub max_per_host: usize,
+    /// Triggers one source may have.
+    pub max_per_source: usize,
+    /// Deliveries one redelivery may queue (the width of its id range).
+    pub max_redeliver: usize,
 }
 
 impl Default for TriggerSettings {
@@ -52,6 +58,9 @@ impl Default for TriggerSettings {
             max_concurrent_deliveries: 256,
             instance: "default".into(),
             delivery_retention: Some(std::time::Duration::from_secs(7 * 86_400)),
+            max_per_host: 64,
+            max_per_source: 100,
+            max_redeliver: 1_000,
         }
     }
 }
@@ -65,6 +74,9 @@ pub enum TriggerError {
     NotFound { source_name: String, name: String },
     #[error("{0}")]
     Invalid(String),
+    /// A request beyond a limit (`--max-triggers-per-source`, `--trigger-max-redeliver`).
+    #[error("{0}")]
+    Limit(String),
     #[error(transparent)]
     Target(#[from] TargetError),
     #[error(
@@ -82,6 +94,7 @@ impl TriggerError {
             TriggerError::Exists { .. } => "ALREADY_EXISTS",
             TriggerError::NotFound { .. } => "NOT_FOUND",
             TriggerError::Invalid(_) | TriggerError::Target(_) => "BAD_USER_INPUT",
+            TriggerError::Limit(_) => "LIMIT_EXCEEDED",
             TriggerError::NoStore | TriggerError::Store(_) => "STORE_UNAVAILABLE",
         }
     }
@@ -132,6 +145,10 @@ pub struct Triggers {
     dispatchers: Mutex<HashMap<String, Arc<sender::Owned>>>,
     /// Webhook requests in flight, across sources.
     concurrency: Arc<tokio::sync::Semaphore>,
+    /// Webhook requests in flight per host, across sources.
+    hosts: Arc<sender::HostSlots>,
+    /// Where requests a limit refused are counted (the server's).
+    rejections: Arc<crate::limits::Rejections>,
     /// The webhook client, built with the first dispatcher.
     http: std::sync::OnceLock<reqwest::Client>,
     shutdown: tokio_util::sync::CancellationToken,
@@ -146,6 +163,7 @@ impl Triggers {
         settings: TriggerSettings,
         connector: Arc<Connector>,
         hubs: Option<Arc<Hubs>>,
+        rejections: Arc<crate::limits::Rejections>,
         shutdown: tokio_util::sync::CancellationToken,
         tasks: tokio_util::task::TaskTracker,
     ) -> Arc<Triggers> {
@@ -155,6 +173,7 @@ impl Triggers {
             StoreState::None
         };
         let concurrency = settings.max_concurrent_deliveries.max(1);
+        let settings_per_host = settings.max_per_host.clamp(1, concurrency);
         let triggers = Arc::new(Triggers {
             config,
             settings,
@@ -166,6 +185,8 @@ impl Triggers {
             running: Mutex::new(std::collections::HashSet::new()),
             dispatchers: Mutex::new(HashMap::new()),
             concurrency: Arc::new(tokio::sync::Semaphore::new(concurrency)),
+            hosts: Arc::new(sender::HostSlots::new(settings_per_host)),
+            rejections,
             http: std::sync::OnceLock::new(),
             shutdown: shutdown.clone(),
             tasks,
@@ -280,6 +301,7 @@ impl Triggers {
             secrets: self.settings.secrets.clone(),
             allow_private: self.settings.allow_private_targets,
             concurrency: self.concurrency.clone(),
+            hosts: self.hosts.clone(),
         });
         let span = tracing::info_span!("triggers", source = %source);
         self.tasks.spawn(tracing::Instrument::instrument(
@@ -634,6 +656,13 @@ impl Triggers {
             return Err(TriggerError::Invalid("a trigger needs a name".into()));
         }
         check_target(&spec.webhook, self.settings.allow_private_targets).await?;
+        if self.list(source_name).len() >= self.settings.max_per_source {
+            self.rejections.count(crate::limits::Limit::Triggers);
+            return Err(TriggerError::Limit(format!(
+                "source {source_name} has {} triggers, the most it may have (--max-triggers-per-source); delete one first",
+                self.settings.max_per_source
+            )));
+        }
         if self.get(source_name, &spec.name).is_some() {
             return Err(TriggerError::Exists {
                 source_name: source_name.into(),
@@ -798,6 +827,13 @@ impl Triggers {
         if to < from {
             return Err(TriggerError::Invalid(format!(
                 "redeliver: `to` ({to}) is before `from` ({from})"
+            )));
+        }
+        let max = self.settings.max_redeliver;
+        if to.saturating_sub(from) >= i64::try_from(max).unwrap_or(i64::MAX) {
+            self.rejections.count(crate::limits::Limit::Redeliver);
+            return Err(TriggerError::Limit(format!(
+                "redeliver: ids {from} to {to} span more than {max} deliveries (--trigger-max-redeliver); redeliver them in parts"
             )));
         }
         let store = self.store().await?;

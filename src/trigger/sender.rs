@@ -42,6 +42,68 @@ pub(super) struct Shared {
     pub allow_private: bool,
     /// Requests in flight, across sources.
     pub concurrency: Arc<Semaphore>,
+    /// Requests in flight per target host, across sources.
+    pub hosts: Arc<HostSlots>,
+}
+
+/// Requests in flight per webhook host (`host:port`), each host at most `per_host` of the
+/// shared slots: a slow or tarpitting receiver (many triggers can point at one) holds no
+/// more, and the others keep being served.
+#[derive(Debug)]
+pub(super) struct HostSlots {
+    per_host: usize,
+    // A std Mutex: a map update per attempt, never held across an await.
+    in_flight: Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl HostSlots {
+    pub fn new(per_host: usize) -> HostSlots {
+        HostSlots {
+            per_host: per_host.max(1),
+            in_flight: Mutex::default(),
+        }
+    }
+
+    /// Takes a slot for `host` unless it has `per_host` requests in flight.
+    fn take(&self, host: &str) -> bool {
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = in_flight.entry(host.to_owned()).or_default();
+        if *n >= self.per_host {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn give(&self, host: &str) {
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = in_flight.get_mut(host) {
+            *n -= 1;
+            if *n == 0 {
+                in_flight.remove(host);
+            }
+        }
+    }
+}
+
+/// The host (and port) a trigger's webhook targets, as the per-host slots count it.
+fn host_of(trigger: &Trigger) -> String {
+    reqwest::Url::parse(&trigger.spec.webhook).map_or_else(
+        |_| trigger.spec.webhook.clone(),
+        |url| {
+            format!(
+                "{}:{}",
+                url.host_str().unwrap_or_default(),
+                url.port_or_known_default().unwrap_or_default()
+            )
+        },
+    )
 }
 
 /// What a source's evaluator, the API and its dispatcher share: the triggers to send for
@@ -279,7 +341,16 @@ pub(super) async fn dispatch(
             next_retry = None;
             owned.dirty().all = true;
         }
-        let candidates = owned.candidates(&in_flight, &mut carry);
+        // Each candidate takes its host's slot now; a host at its share waits for the next
+        // round (its candidates are carried), the others go ahead.
+        let mut candidates = owned.candidates(&in_flight, &mut carry);
+        candidates.retain(|t| {
+            let room = shared.hosts.take(&host_of(t));
+            if !room {
+                carry.insert(key(t));
+            }
+            room
+        });
         let slots = shared.concurrency.available_permits().max(1);
         if !candidates.is_empty() {
             match claim(&shared.store, &source, &candidates, slots).await {
@@ -288,6 +359,14 @@ pub(super) async fn dispatch(
                         // Saturated: the others are looked at again next round.
                         carry.extend(candidates.iter().map(key));
                     }
+                    let claimed_keys: HashSet<usize> =
+                        claimed.iter().map(|c| key(&c.trigger)).collect();
+                    for t in candidates
+                        .iter()
+                        .filter(|t| !claimed_keys.contains(&key(t)))
+                    {
+                        shared.hosts.give(&host_of(t));
+                    }
                     for claimed in claimed {
                         carry.remove(&key(&claimed.trigger));
                         in_flight.insert(key(&claimed.trigger));
@@ -295,6 +374,9 @@ pub(super) async fn dispatch(
                     }
                 }
                 Err(err) => {
+                    for t in &candidates {
+                        shared.hosts.give(&host_of(t));
+                    }
                     carry.extend(candidates.iter().map(key));
                     tracing::warn!(source = %source, error = %err, "cannot claim deliveries");
                 }
@@ -346,6 +428,14 @@ impl Recorded {
 
 /// One attempt, within the concurrency bound; its outcome goes to `done`.
 async fn attempt(claimed: Claimed, shared: Arc<Shared>, done: mpsc::UnboundedSender<Done>) {
+    // The host's slot (taken at the claim) goes back when the attempt ends, however it ends.
+    struct HostSlot(Arc<Shared>, String);
+    impl Drop for HostSlot {
+        fn drop(&mut self) {
+            self.0.hosts.give(&self.1);
+        }
+    }
+    let _host = HostSlot(shared.clone(), host_of(&claimed.trigger));
     let Ok(_permit) = shared.concurrency.clone().acquire_owned().await else {
         return;
     };
