@@ -71,6 +71,10 @@ pub struct ServeArgs {
     /// Let webhooks reach loopback and private addresses (refused by default).
     #[arg(long, env = "VIEWCAST_WEBHOOK_ALLOW_PRIVATE")]
     pub webhook_allow_private: bool,
+    /// Let the workers of http run kinds be at loopback and private addresses (refused by
+    /// default, as webhooks are).
+    #[arg(long, env = "VIEWCAST_WORKER_ALLOW_PRIVATE")]
+    pub worker_allow_private: bool,
     /// Secrets that sign webhooks (Standard Webhooks: `whsec_<base64>`, or any text); give
     /// several, comma-separated, while rotating: each delivery carries one signature per secret.
     #[arg(
@@ -407,6 +411,7 @@ impl ServeArgs {
             store_url: self.store_url.clone(),
             triggers: crate::trigger::TriggerSettings {
                 allow_private_targets: self.webhook_allow_private,
+                lookup: std::sync::Arc::new(crate::egress::SystemLookup),
                 secrets,
                 max_concurrent_deliveries: self.webhook_concurrency.max(1),
                 instance: self.instance.clone(),
@@ -430,6 +435,7 @@ impl ServeArgs {
             },
             instance: self.instance.clone(),
             apply_setup: self.apply_setup,
+            allow_private_workers: self.worker_allow_private,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout),
             graphql: self.limits.graphql(),
             http: crate::http::HttpSettings {

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod egress;
 pub mod feed;
 pub mod filter;
 pub mod http;

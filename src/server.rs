@@ -37,6 +37,8 @@ pub struct ServeOptions {
     /// Names this server's replication slots (several servers on one database need distinct ones).
     pub instance: String,
     pub apply_setup: bool,
+    /// Workers of `http` run kinds may be at loopback and private addresses.
+    pub allow_private_workers: bool,
     pub ws: WsSettings,
     pub http: HttpSettings,
     pub hub_limits: HubLimits,
@@ -58,11 +60,30 @@ impl Default for ServeOptions {
             public_url: None,
             instance: "default".into(),
             apply_setup: false,
+            allow_private_workers: false,
             ws: WsSettings::default(),
             http: HttpSettings::default(),
             hub_limits: HubLimits::default(),
             graphql: crate::limits::GraphqlLimits::default(),
             shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ServeOptions {
+    /// Where webhooks may go.
+    pub fn webhook_egress(&self) -> crate::egress::Egress {
+        crate::egress::Egress {
+            allow_private: self.triggers.allow_private_targets,
+            lookup: self.triggers.lookup.clone(),
+        }
+    }
+
+    /// Where the workers of `http` run kinds may be.
+    pub fn worker_egress(&self) -> crate::egress::Egress {
+        crate::egress::Egress {
+            allow_private: self.allow_private_workers,
+            lookup: self.triggers.lookup.clone(),
         }
     }
 }
@@ -78,6 +99,8 @@ pub enum ServerError {
         name: String,
         reason: String,
     },
+    #[error("run kind {kind}: its worker {reason}")]
+    DeclaredWorker { kind: String, reason: String },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -133,10 +156,13 @@ impl Drop for FeedRuntime {
 /// The webhooks of triggers declared in schema.yaml may not reach internal addresses (unless
 /// allowed): refused at start-up. A name that does not resolve yet is only a warning (every
 /// request checks again).
-async fn check_declared_targets(config: &Config, allow_private: bool) -> Result<(), ServerError> {
+async fn check_declared_targets(
+    config: &Config,
+    egress: &crate::egress::Egress,
+) -> Result<(), ServerError> {
     for declared in &config.triggers {
         let webhook = declared.input["webhook"].as_str().unwrap_or_default();
-        match crate::trigger::check_target(webhook, allow_private).await {
+        match crate::trigger::check_target(webhook, egress).await {
             Ok(_) => {}
             Err(err @ crate::trigger::TargetError::Resolve { .. }) => {
                 tracing::warn!(source = %declared.source, trigger = %declared.name, error = %err, "a declared trigger's webhook does not resolve yet");
@@ -153,10 +179,40 @@ async fn check_declared_targets(config: &Config, allow_private: bool) -> Result<
     Ok(())
 }
 
+/// The workers of `http` run kinds (declared in schema.yaml) may not be at internal addresses
+/// (unless allowed): refused at start-up, as declared webhooks are.
+async fn check_declared_workers(
+    config: &Config,
+    egress: &crate::egress::Egress,
+) -> Result<(), ServerError> {
+    for kind in config.run_kinds.iter().flatten() {
+        let crate::config::Executor::Http { url, .. } = &kind.executor else {
+            continue;
+        };
+        let Ok(target) = crate::trigger::parse_target(url) else {
+            continue;
+        };
+        match egress.resolve(&target.host).await {
+            Ok(_) => {}
+            Err(err @ crate::egress::EgressError::Resolve { .. }) => {
+                tracing::warn!(kind = %kind.name, error = %err, "a run kind's worker does not resolve yet");
+            }
+            Err(err) => {
+                return Err(ServerError::DeclaredWorker {
+                    kind: kind.name.clone(),
+                    reason: format!("{err} (--worker-allow-private)"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Server {
     /// Starts feeds (eager sources), binds and serves. Returns once the socket is listening.
     pub async fn start(config: Config, options: ServeOptions) -> Result<Server, ServerError> {
-        check_declared_targets(&config, options.triggers.allow_private_targets).await?;
+        check_declared_targets(&config, &options.webhook_egress()).await?;
+        check_declared_workers(&config, &options.worker_egress()).await?;
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let metrics = Arc::new(Metrics::default());
@@ -209,6 +265,7 @@ impl Server {
             runs.clone(),
             options.instance.clone(),
             &public_url(&options, local),
+            options.worker_egress(),
         ));
         tasks.spawn(orchestrator.run(shutdown.clone(), tasks.clone()));
         let state = AppState {

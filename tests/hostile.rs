@@ -934,3 +934,78 @@ async fn a_tarpitting_receiver_holds_only_its_share_of_the_webhook_slots() {
     f.still_serves().await;
     f.stop().await;
 }
+
+/// A resolver that answers a public address first, then loopback: DNS rebinding.
+#[derive(Debug)]
+struct Rebinding(std::sync::atomic::AtomicUsize);
+
+impl viewcast::egress::Lookup for Rebinding {
+    fn lookup<'a>(
+        &'a self,
+        _host: &'a str,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<Vec<std::net::IpAddr>>> + Send + 'a>,
+    > {
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let answer = if n == 0 { [8, 8, 8, 8] } else { [127, 0, 0, 1] };
+        Box::pin(async move { Ok(vec![std::net::IpAddr::from(answer)]) })
+    }
+}
+
+#[tokio::test]
+async fn a_name_that_rebinds_to_loopback_never_reaches_it() {
+    let mut receiver = common::receiver::Receiver::start().await;
+    let lookups = std::sync::Arc::new(Rebinding(std::sync::atomic::AtomicUsize::new(0)));
+    let lookup = lookups.clone();
+    let mut f = Fixture::start_with(move |options| {
+        options.triggers.lookup = lookup;
+    })
+    .await;
+    let addr = f.addr();
+    let port = receiver.addr.port();
+    // The creation check sees the public address and accepts the webhook.
+    let response = create_trigger(
+        addr,
+        json!({
+            "name": "rebind", "webhook": format!("http://rebind.test:{port}/hook"),
+            "fire": { "id": { "_gte": 0 } }, "retry": { "attempts": 1 },
+        }),
+    )
+    .await;
+    assert!(response["errors"].is_null(), "{response}");
+    f.still_serves().await;
+    // The delivery is refused where it would connect (the name now answers loopback): dead,
+    // with the reason, and the receiver on loopback never hears of it.
+    let dead = common::eventually(
+        || async {
+            common::graphql(
+                addr,
+                "{ items_dead_letters(trigger: \"rebind\") { last_error } }",
+                json!({}),
+            )
+            .await
+        },
+        |r| {
+            r["data"]["items_dead_letters"]
+                .as_array()
+                .is_some_and(|d| !d.is_empty())
+        },
+    )
+    .await;
+    let error = dead["data"]["items_dead_letters"][0]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("internal address"), "{error}");
+    assert!(!error.contains("/hook"), "no path in the error: {error}");
+    assert!(lookups.0.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    assert!(
+        receiver
+            .next_within(std::time::Duration::ZERO)
+            .await
+            .is_none(),
+        "nothing reached loopback"
+    );
+    f.still_serves().await;
+    f.stop().await;
+}

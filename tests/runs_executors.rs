@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 async fn server_with(db: &TestDb, runs_yaml: &str) -> viewcast::server::Server {
     let yaml = format!("{SCHEMA}runs:\n{runs_yaml}");
     let config = viewcast::config::load_str(std::path::Path::new("t.yaml"), &yaml).expect("config");
-    common::start_server_with_config(db, config).await
+    // The test's workers listen on loopback.
+    common::start_server_with_options(db, config, |o| o.allow_private_workers = true).await
 }
 
 async fn setup(runs_yaml: &str) -> (TestDb, viewcast::server::Server) {
@@ -257,5 +258,26 @@ async fn an_http_run_fails_when_its_worker_goes_quiet_or_cannot_be_reached() {
     );
     assert_eq!(to_refuse, 1, "a refused run is not sent again");
     server.shutdown().await;
+    db.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_at_an_internal_address_stops_the_start_unless_allowed() {
+    let db = items_db(false).await;
+    let yaml =
+        format!("{SCHEMA}runs:\n  crawl:\n    executor: http\n    url: http://127.0.0.1:9/runs\n");
+    let config = viewcast::config::load_str(std::path::Path::new("t.yaml"), &yaml).expect("config");
+    let options = viewcast::server::ServeOptions {
+        host: "127.0.0.1".into(),
+        port: 0,
+        database_url: Some(db.url.clone()),
+        ..viewcast::server::ServeOptions::default()
+    };
+    let err = match viewcast::server::Server::start(config, options).await {
+        Ok(_) => panic!("a worker on loopback must be refused"),
+        Err(err) => err.to_string(),
+    };
+    assert!(err.contains("internal address"), "{err}");
+    assert!(err.contains("--worker-allow-private"), "{err}");
     db.stop().await;
 }

@@ -200,7 +200,11 @@ async fn replica(db: &TestDb, worker: &Receiver, instance: &str) -> viewcast::se
     let config = viewcast::config::load_str(std::path::Path::new("t.yaml"), &schema(worker))
         .expect("config");
     let instance = instance.to_owned();
-    common::start_server_with_options(db, config, move |o| o.instance = instance).await
+    common::start_server_with_options(db, config, move |o| {
+        o.instance = instance;
+        o.allow_private_workers = true;
+    })
+    .await
 }
 
 #[tokio::test]

@@ -39,7 +39,9 @@ async fn the_example_worker_indexes_a_directory_and_fails_clearly_on_a_bad_path(
     let yaml =
         format!("{SCHEMA}runs:\n  index:\n    executor: http\n    url: http://{worker}/runs\n");
     let config = viewcast::config::load_str(std::path::Path::new("t.yaml"), &yaml).expect("config");
-    let server = common::start_server_with_config(&db, config).await;
+    // The worker listens on loopback.
+    let server =
+        common::start_server_with_options(&db, config, |o| o.allow_private_workers = true).await;
     let addr = server.addr();
 
     let repo = std::env::temp_dir().join(format!("viewcast-index-{}", rand::random::<u32>()));

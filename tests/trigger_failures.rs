@@ -260,7 +260,7 @@ async fn failing_receivers_retry_in_order_and_dead_letter_exactly_the_exhausted(
         refused["deliveries"][0]["last_error"]
             .as_str()
             .unwrap()
-            .starts_with("request failed"),
+            .starts_with("cannot connect"),
         "{refused}"
     );
     assert_eq!(seen.until(&mut receiver, "/down", 6).await.len(), 6);

@@ -45,14 +45,17 @@ async fn serve(cluster: &PgCluster, args: &DemoArgs) -> anyhow::Result<()> {
         std::path::Path::new("examples/demo/schema.yaml"),
         SCHEMA_YAML,
     )?;
-    let options = ServeOptions {
+    let mut options = ServeOptions {
         host: args.host.clone(),
         port: args.port,
         database_url: Some(url.clone()),
         instance: "demo".into(),
         apply_setup: true,
+        // A local sandbox: triggers and workers may reach receivers on this machine.
+        allow_private_workers: true,
         ..ServeOptions::default()
     };
+    options.triggers.allow_private_targets = true;
     let server = Server::start(config, options).await?;
     let stop = CancellationToken::new();
     let generator = tokio::spawn(generate(client, args.ticks_per_second.max(1), stop.clone()));
@@ -97,6 +100,13 @@ Runs — a long job whose progress you can watch and replay (the built-in demo e
       seq type stage message percentage counters createdAt }} }}
 
   curl -N http://{addr}/runs/<id>/events        (the same as Server-Sent Events)
+
+Triggers — webhooks as rows enter and leave a condition. This sandbox lets them (and run
+workers) reach receivers on this machine, such as http://localhost:9000/hook; `viewcast serve`
+refuses private addresses unless --webhook-allow-private / --worker-allow-private.
+
+  mutation {{ create_trades_trigger(input: {{name: "big", webhook: "http://localhost:9000/hook",
+      fire: {{quantity: {{_gte: 900}}}}}}) {{ name }} }}
 
 Ctrl-C stops everything.
 "#

@@ -162,6 +162,7 @@ pub struct Orchestrator {
     /// The URL workers reach this server at (for the `eventsUrl` they are sent).
     public_url: String,
     http: reqwest::Client,
+    egress: crate::egress::Egress,
     /// Runs driven here (std Mutex: in-memory only).
     driving: Mutex<HashSet<String>>,
 }
@@ -183,19 +184,19 @@ impl From<RunError> for Stop {
 }
 
 impl Orchestrator {
-    pub fn new(runs: Runs, instance: String, public_url: &str) -> Orchestrator {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(10))
-            .user_agent(concat!("viewcast/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
+    /// `egress` says where workers may be (their URLs are guarded as webhooks are).
+    pub fn new(
+        runs: Runs,
+        instance: String,
+        public_url: &str,
+        egress: crate::egress::Egress,
+    ) -> Orchestrator {
         Orchestrator {
             runs,
             instance,
             public_url: public_url.trim_end_matches('/').to_owned(),
-            http,
+            http: egress.client(Some(Duration::from_secs(10))),
+            egress,
             driving: Mutex::new(HashSet::new()),
         }
     }
@@ -519,6 +520,17 @@ impl Orchestrator {
             "graphqlUrl": format!("{}/graphql", self.public_url),
         })
         .to_string();
+        // Messages (and the run's FAILED event) name the worker by scheme and host only.
+        let shown = crate::egress::redact_url(url);
+        // A name is checked as the client connects; a host written as an address, here.
+        if let Ok(target) = crate::trigger::parse_target(url)
+            && target.host.parse::<std::net::IpAddr>().is_ok()
+            && let Err(err) = self.egress.resolve(&target.host).await
+        {
+            return Err(format!(
+                "the worker {shown}: {err} (--worker-allow-private)"
+            ));
+        }
         let mut last_error = String::new();
         for attempt in 0..DISPATCH_ATTEMPTS {
             if attempt > 0 {
@@ -546,19 +558,28 @@ impl Orchestrator {
                     let status = response.status();
                     let body = response.text().await.unwrap_or_default();
                     let body: String = body.chars().take(300).collect();
-                    return Err(
-                        format!("the worker at {url} refused the run: {status} {body}")
-                            .trim_end()
-                            .to_owned(),
-                    );
+                    return Err(format!("the worker refused the run: {status} {body}")
+                        .trim_end()
+                        .to_owned());
                 }
                 Ok(response) => last_error = format!("the worker answered {}", response.status()),
-                Err(err) => last_error = format!("the worker is unreachable: {err}"),
+                Err(err) if crate::egress::refusal(&err).is_some() => {
+                    return Err(format!(
+                        "the worker {shown}: {} (--worker-allow-private)",
+                        crate::egress::describe_error(&err, Duration::from_secs(10))
+                    ));
+                }
+                Err(err) => {
+                    last_error = format!(
+                        "the worker is unreachable: {}",
+                        crate::egress::describe_error(&err, Duration::from_secs(10))
+                    );
+                }
             }
-            tracing::warn!(run = %run.id, url, attempt, error = %last_error, "dispatching a run failed");
+            tracing::warn!(run = %run.id, worker = %shown, attempt, error = %last_error, "dispatching a run failed");
         }
         Err(format!(
-            "{last_error} (after {DISPATCH_ATTEMPTS} attempts to POST {url})"
+            "{last_error} (after {DISPATCH_ATTEMPTS} attempts to reach {shown})"
         ))
     }
 

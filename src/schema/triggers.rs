@@ -31,9 +31,12 @@ pub fn global_types() -> Vec<Type> {
         .field(string_field("source", true, |t| {
             Some(t.source.name.clone())
         }))
-        .field(string_field("webhook", true, |t| {
-            Some(t.spec.webhook.clone())
-        }))
+        .field(
+            string_field("webhook", true, |t| {
+                Some(crate::egress::redact_url(&t.spec.webhook))
+            })
+            .description("Where it sends: scheme, host and port. Its path, query and user info (often a credential) are never shown."),
+        )
         .field(
             string_field("fire", true, |t| Some(t.spec.fire.canonical().to_owned()))
                 .description("The condition a row enters on, as JSON."),

@@ -32,6 +32,8 @@ use crate::store::{Connector, Store, StoreError, StoreState, rfc3339};
 pub struct TriggerSettings {
     /// Webhooks may target loopback and private addresses (refused by default: SSRF).
     pub allow_private_targets: bool,
+    /// How webhook host names are resolved (the system's resolver; tests give their own).
+    pub lookup: Arc<dyn crate::egress::Lookup>,
     /// Signing secrets: every delivery carries one signature per secret (several while one
     /// rotates). None: deliveries are not signed.
     pub secrets: Vec<Secret>,
@@ -54,6 +56,7 @@ impl Default for TriggerSettings {
     fn default() -> Self {
         TriggerSettings {
             allow_private_targets: false,
+            lookup: Arc::new(crate::egress::SystemLookup),
             secrets: Vec::new(),
             max_concurrent_deliveries: 256,
             instance: "default".into(),
@@ -288,18 +291,12 @@ impl Triggers {
             return;
         }
         let Some(hub) = hubs.get(source) else { return };
-        let http = match self.http() {
-            Ok(http) => http,
-            Err(err) => {
-                tracing::error!(error = %err, "cannot build the webhook client; triggers will not deliver");
-                return;
-            }
-        };
+        let http = self.http();
         let shared = Arc::new(sender::Shared {
             store: store.clone(),
             http,
             secrets: self.settings.secrets.clone(),
-            allow_private: self.settings.allow_private_targets,
+            egress: self.egress(),
             concurrency: self.concurrency.clone(),
             hosts: self.hosts.clone(),
         });
@@ -310,18 +307,18 @@ impl Triggers {
         ));
     }
 
-    /// The webhook client every source's dispatcher shares (one pool of connections).
-    fn http(&self) -> Result<reqwest::Client, reqwest::Error> {
-        if let Some(http) = self.http.get() {
-            return Ok(http.clone());
+    /// Where webhooks may go, and how their names resolve.
+    fn egress(&self) -> crate::egress::Egress {
+        crate::egress::Egress {
+            allow_private: self.settings.allow_private_targets,
+            lookup: self.settings.lookup.clone(),
         }
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            // A redirect could lead anywhere, internal addresses included.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("viewcast/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(self.http.get_or_init(|| http).clone())
+    }
+
+    /// The webhook client every source's dispatcher shares (one pool of connections); it
+    /// connects only to the addresses `egress` allows, and follows no redirect.
+    fn http(&self) -> reqwest::Client {
+        self.http.get_or_init(|| self.egress().client(None)).clone()
     }
 
     /// The source hub's batch boundary and position now (a trigger's creation point).
@@ -655,7 +652,7 @@ impl Triggers {
         if spec.name.trim().is_empty() {
             return Err(TriggerError::Invalid("a trigger needs a name".into()));
         }
-        check_target(&spec.webhook, self.settings.allow_private_targets).await?;
+        check_target(&spec.webhook, &self.egress()).await?;
         if self.list(source_name).len() >= self.settings.max_per_source {
             self.rejections.count(crate::limits::Limit::Triggers);
             return Err(TriggerError::Limit(format!(

@@ -39,7 +39,9 @@ pub(super) struct Shared {
     pub store: Store,
     pub http: reqwest::Client,
     pub secrets: Vec<Secret>,
-    pub allow_private: bool,
+    /// Where requests may go (the client checks each name it resolves; hosts written as
+    /// addresses are checked here before each request).
+    pub egress: crate::egress::Egress,
     /// Requests in flight, across sources.
     pub concurrency: Arc<Semaphore>,
     /// Requests in flight per target host, across sources.
@@ -220,8 +222,16 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 async fn send(claimed: &Claimed, shared: &Shared) -> Outcome {
     let trigger = &claimed.trigger;
     let (event_id, stored, attempt) = (&claimed.event_id, &claimed.payload, claimed.attempt);
-    if let Err(err) = check_target(&trigger.spec.webhook, shared.allow_private).await {
-        return Outcome::Refused(err.to_string());
+    // A name is checked as the client connects (the address checked is the address used); a
+    // host written as an address is checked here.
+    match super::target::parse(&trigger.spec.webhook) {
+        Ok(target) if target.host.parse::<std::net::IpAddr>().is_ok() => {
+            if let Err(err) = check_target(&trigger.spec.webhook, &shared.egress).await {
+                return Outcome::Refused(err.to_string());
+            }
+        }
+        Ok(_) => {}
+        Err(err) => return Outcome::Refused(err.to_string()),
     }
     let body = payload::for_attempt(stored, attempt.saturating_sub(1));
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
@@ -259,16 +269,15 @@ async fn send(claimed: &Claimed, shared: &Shared) -> Outcome {
                 },
             }
         }
+        // The name resolved to internal addresses only: refused like an internal address.
+        Err(err) if crate::egress::refusal(&err).is_some() => Outcome::Refused(format!(
+            "webhook {}: {}",
+            crate::egress::redact_url(&trigger.spec.webhook),
+            crate::egress::describe_error(&err, trigger.spec.retry.timeout)
+        )),
         Err(err) => Outcome::Failed {
             status: None,
-            error: if err.is_timeout() {
-                format!(
-                    "no answer within {} ms",
-                    trigger.spec.retry.timeout.as_millis()
-                )
-            } else {
-                format!("request failed: {err}")
-            },
+            error: crate::egress::describe_error(&err, trigger.spec.retry.timeout),
             retry_after: None,
         },
     }

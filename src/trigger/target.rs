@@ -4,6 +4,8 @@
 
 use std::net::IpAddr;
 
+use crate::egress::{Egress, EgressError, redact_url};
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TargetError {
     #[error("webhook {url:?} is not a valid URL: {reason}")]
@@ -13,7 +15,7 @@ pub enum TargetError {
     #[error("webhook host {host} does not resolve: {reason}")]
     Resolve { host: String, reason: String },
     #[error(
-        "webhook {url:?} reaches {address}, an internal address; webhooks may only reach public addresses unless the server allows private ones (--webhook-allow-private)"
+        "webhook {url} reaches {address}, an internal address; webhooks may only reach public addresses unless the server allows private ones (--webhook-allow-private)"
     )]
     Private { url: String, address: IpAddr },
 }
@@ -56,62 +58,18 @@ pub fn parse(url: &str) -> Result<Target, TargetError> {
     Ok(Target { https, host, port })
 }
 
-/// Whether an address is outside the public internet.
-pub fn is_internal(address: IpAddr) -> bool {
-    match address {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
-                || (a == 198 && (b == 18 || b == 19)) // benchmarking
-                || a >= 240 // reserved
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_internal(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00 // unique local
-                || (first & 0xffc0) == 0xfe80 // link local
-                || first == 0x2001 && v6.segments()[1] == 0x0db8 // documentation
-        }
-    }
-}
-
-/// Checks a webhook URL and the addresses its host resolves to.
-pub async fn check_target(url: &str, allow_private: bool) -> Result<Target, TargetError> {
+/// Checks a webhook URL, and that its host resolves to public addresses (unless `egress`
+/// allows private ones). Requests are guarded again when they connect (see `egress`).
+pub async fn check_target(url: &str, egress: &Egress) -> Result<Target, TargetError> {
     let target = parse(url)?;
-    if allow_private {
-        return Ok(target);
-    }
-    let addresses: Vec<IpAddr> = match target.host.parse::<IpAddr>() {
-        Ok(ip) => vec![ip],
-        Err(_) => tokio::net::lookup_host((target.host.as_str(), target.port))
-            .await
-            .map_err(|e| TargetError::Resolve {
-                host: target.host.clone(),
-                reason: e.to_string(),
-            })?
-            .map(|a| a.ip())
-            .collect(),
-    };
-    if let Some(&address) = addresses.iter().find(|a| is_internal(**a)) {
-        return Err(TargetError::Private {
-            url: url.to_owned(),
+    match egress.resolve(&target.host).await {
+        Ok(_) => Ok(target),
+        Err(EgressError::Internal { address, .. }) => Err(TargetError::Private {
+            url: redact_url(url),
             address,
-        });
+        }),
+        Err(EgressError::Resolve { host, reason }) => Err(TargetError::Resolve { host, reason }),
     }
-    Ok(target)
 }
 
 #[cfg(test)]
@@ -141,41 +99,20 @@ mod tests {
         assert_eq!(parse("http://[::1]:9/").unwrap().host, "::1");
     }
 
-    #[test]
-    fn internal_ranges_are_recognised() {
-        for internal in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "::1",
-            "fd00::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-        ] {
-            assert!(is_internal(internal.parse().unwrap()), "{internal}");
-        }
-        for public in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {
-            assert!(!is_internal(public.parse().unwrap()), "{public}");
-        }
-    }
-
     #[tokio::test]
     async fn private_addresses_are_refused_unless_allowed() {
-        let refused = check_target("http://127.0.0.1:9000/hook", false).await;
+        let (closed, open) = (Egress::new(false), Egress::new(true));
+        let refused = check_target("http://127.0.0.1:9000/hook", &closed).await;
         assert!(
             matches!(refused, Err(TargetError::Private { .. })),
             "{refused:?}"
         );
         assert!(
-            check_target("http://127.0.0.1:9000/hook", true)
+            check_target("http://127.0.0.1:9000/hook", &open)
                 .await
                 .is_ok()
         );
-        let localhost = check_target("http://localhost:9000/hook", false).await;
+        let localhost = check_target("http://localhost:9000/hook", &closed).await;
         assert!(
             matches!(localhost, Err(TargetError::Private { .. })),
             "{localhost:?}"

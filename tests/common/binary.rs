@@ -73,7 +73,8 @@ impl Binary {
                 "0",
             ])
             .args(["--instance", instance, "--apply-setup"])
-            .args(["--webhook-allow-private", "--log-json", "--log", "info"])
+            .args(["--webhook-allow-private", "--worker-allow-private"])
+            .args(["--log-json", "--log", "info"])
             .env("DATABASE_URL", &db.url)
             .env_remove("MATERIALIZE_URL")
             .env_remove("RISINGWAVE_URL")
