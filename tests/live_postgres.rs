@@ -272,3 +272,41 @@ async fn partitioned_tables_replicate_through_their_root() {
     server.shutdown().await;
     db.stop().await;
 }
+
+/// Instances whose names read alike (`eu-1`, `eu_1`) get slots of their own: both servers
+/// stream, and neither drops the other's slot as a stale one of its own.
+#[tokio::test]
+async fn instances_that_read_alike_keep_slots_of_their_own() {
+    let (db, sql) = items_db(None).await;
+    let config =
+        || viewcast::config::load_str(std::path::Path::new("t.yaml"), SCHEMA).expect("config");
+    let a = common::start_server_with_options(&db, config(), |o| o.instance = "eu-1".into()).await;
+    let b = common::start_server_with_options(&db, config(), |o| o.instance = "eu_1".into()).await;
+    let mut watchers = Vec::new();
+    for server in [&a, &b] {
+        let mut ws = Ws::connect(server.addr(), "graphql-transport-ws").await;
+        ws.subscribe("1", &subscription("snapshot_end: true")).await;
+        let end = ws.next_payload("1").await;
+        assert_eq!(end["data"]["items"]["operation"], "SNAPSHOT_END", "{end}");
+        watchers.push(ws);
+    }
+    sql.batch_execute("INSERT INTO items VALUES (1, 'x', 1, true, 'gold')")
+        .await
+        .unwrap();
+    for ws in &mut watchers {
+        let insert = ws.next_payload("1").await;
+        assert_eq!(insert["data"]["items"]["operation"], "INSERT", "{insert}");
+    }
+    let slots: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE active AND slot_name LIKE 'viewcast_eu_1_items_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 2);
+    a.shutdown().await;
+    b.shutdown().await;
+    db.stop().await;
+}

@@ -29,7 +29,12 @@ fn postmaster_pid(data_dir: &Path) -> Result<u32> {
 }
 
 fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    // A zombie (dead, not yet reaped by its parent: for an orphan, whoever adopted it) is
+    // not alive.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
 }
 
 /// Pids whose parent is `parent` (the postmaster's backends and auxiliary processes).
@@ -240,5 +245,55 @@ async fn a_bad_setting_fails_the_start_and_quotes_the_log() -> Result<()> {
     };
     // The failed start cleaned up after itself, log included.
     assert!(!log.exists(), "{} was left behind", log.display());
+    Ok(())
+}
+
+/// `viewcast demo` killed with SIGKILL leaves its cluster running; the next cluster started on
+/// the machine stops it and removes its directory (a cluster does not outlive its owner).
+#[tokio::test]
+async fn the_cluster_of_a_killed_demo_is_stopped_by_the_next_start() -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_viewcast"))
+        .args(["demo", "--port", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let owner = demo.id();
+    // The banner says it runs.
+    let stdout = demo.stdout.take().context("stdout")?;
+    let running = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(std::result::Result::ok)
+            .any(|line| line.contains("viewcast demo is running"))
+    });
+    ensure!(
+        tokio::time::timeout(std::time::Duration::from_secs(60), running).await??,
+        "the demo did not start"
+    );
+    let scratch: PathBuf = std::fs::read_dir(std::env::temp_dir())?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().is_some_and(|n| {
+                n.to_string_lossy()
+                    .starts_with(&format!("viewcast-pg-{owner}-"))
+            })
+        })
+        .context("the demo's cluster directory")?;
+    let postmaster = postmaster_pid(&scratch.join("data"))?;
+    demo.kill()?;
+    demo.wait()?;
+    ensure!(alive(postmaster), "the orphan runs until someone stops it");
+
+    let next = PgCluster::start(ClusterOptions::default()).await?;
+    ensure!(!alive(postmaster), "the orphaned server was stopped");
+    ensure!(!scratch.exists(), "its directory was removed");
+    next.stop().await?;
     Ok(())
 }

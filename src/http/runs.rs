@@ -61,6 +61,7 @@ fn run_error(err: &RunError) -> Response {
         RunError::Invalid(_) => StatusCode::BAD_REQUEST,
         RunError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         RunError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        RunError::Lagged(_) => StatusCode::GONE,
         RunError::NoStore | RunError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     error(status, &err.to_string(), err.code()).into_response()

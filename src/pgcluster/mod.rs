@@ -15,6 +15,7 @@
 
 mod binaries;
 mod error;
+mod orphans;
 mod owner;
 
 use std::fs::{DirBuilder, OpenOptions};
@@ -185,6 +186,9 @@ impl PgCluster {
     /// Finds the binaries, prepares the directories, runs `initdb` if needed, starts the server
     /// and waits until it answers a query.
     pub async fn start(options: ClusterOptions) -> Result<PgCluster, ClusterError> {
+        // A cluster must not outlive its owner: stop those whose owner died without stopping
+        // them.
+        orphans::reap().await;
         let bin_dir = binaries::find().await?;
         let run_as = owner::decide()?;
         let port = options.port.map_or_else(free_port, Ok)?;

@@ -145,7 +145,7 @@ impl Bus {
     }
 
     /// Announcements as they arrive (status changes for `runs` subscriptions). A receiver
-    /// that lags loses the oldest (its subscription misses those changes).
+    /// that lags loses the oldest: see [`status_changes`], which tells its subscriber.
     pub fn statuses(&self) -> broadcast::Receiver<Announcement> {
         self.statuses.subscribe()
     }
@@ -378,5 +378,76 @@ mod tests {
                 ended: true
             }
         );
+    }
+}
+
+/// The runs whose status changed, from `announcements` (each status once per run; an ended
+/// run is forgotten). A receiver that fell behind the broadcast lost changes: it gets
+/// `Err(missed)` once, and the stream ends — its subscriber must read the current state and
+/// subscribe again, never miss a change silently.
+pub fn status_changes(
+    announcements: broadcast::Receiver<Announcement>,
+) -> impl futures::Stream<Item = Result<String, u64>> + Send {
+    use futures::StreamExt;
+    let mut last: HashMap<String, String> = HashMap::new();
+    tokio_stream::wrappers::BroadcastStream::new(announcements)
+        .filter_map(move |a| {
+            let item = match a {
+                Ok(a) => {
+                    let changed = last.get(&a.run_id) != Some(&a.status);
+                    if a.ended {
+                        last.remove(&a.run_id);
+                    } else if changed {
+                        last.insert(a.run_id.clone(), a.status.clone());
+                    }
+                    changed.then_some(Ok(a.run_id))
+                }
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(missed)) => {
+                    Some(Err(missed))
+                }
+            };
+            futures::future::ready(item)
+        })
+        // Nothing after the lag: what follows would be a partial story.
+        .scan(false, |ended, item| {
+            if *ended {
+                return futures::future::ready(None);
+            }
+            *ended = item.is_err();
+            futures::future::ready(Some(item))
+        })
+}
+
+#[cfg(test)]
+mod status_tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    fn announcement(run: &str, status: &str) -> Announcement {
+        Announcement {
+            run_id: run.into(),
+            upto: 1,
+            status: status.into(),
+            ended: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn each_status_once_and_a_lag_is_told_then_ends_the_stream() {
+        let (tx, rx) = broadcast::channel(4);
+        let mut changes = Box::pin(status_changes(rx));
+        for a in [("a", "running"), ("a", "running"), ("b", "pending")] {
+            tx.send(announcement(a.0, a.1)).expect("send");
+        }
+        assert_eq!(changes.next().await, Some(Ok("a".to_owned())));
+        assert_eq!(changes.next().await, Some(Ok("b".to_owned())));
+        // Six more than the channel holds, unread: the subscriber hears it missed some.
+        for i in 0..10 {
+            tx.send(announcement(&format!("r{i}"), "running"))
+                .expect("send");
+        }
+        assert_eq!(changes.next().await, Some(Err(6)));
+        assert_eq!(changes.next().await, None, "nothing after the lag");
     }
 }

@@ -95,6 +95,10 @@ pub enum RunError {
     TooLarge(String),
     #[error("{0}")]
     Unauthorized(String),
+    #[error(
+        "this subscription fell {0} status changes behind and missed them: query runs for the current state, then subscribe again"
+    )]
+    Lagged(u64),
     #[error("runs need a store: set VIEWCAST_STORE_URL (or DATABASE_URL) to a PostgreSQL database")]
     NoStore,
     #[error(transparent)]
@@ -111,6 +115,7 @@ impl RunError {
             RunError::Invalid(_) => "BAD_USER_INPUT",
             RunError::TooLarge(_) => "PAYLOAD_TOO_LARGE",
             RunError::Unauthorized(_) => "UNAUTHENTICATED",
+            RunError::Lagged(_) => "SUBSCRIPTION_ENDED",
             RunError::NoStore | RunError::Store(_) => "STORE_UNAVAILABLE",
         }
     }

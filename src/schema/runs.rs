@@ -4,8 +4,6 @@
 //! ending after the terminal event) and `runs(filter)` (status changes). Names are camelCase,
 //! as the issue that asked for them spells them (the trigger API keeps tycostream's).
 
-use std::collections::HashMap;
-
 use async_graphql::Value as GqlValue;
 use async_graphql::dynamic::{
     Enum, Field, FieldFuture, FieldValue, InputObject, InputValue, Object, ResolverContext,
@@ -543,25 +541,20 @@ pub fn subscription_fields() -> [SubscriptionField; 2] {
         SubscriptionFieldFuture::new(async move {
             let filter = filter_of(&ctx)?;
             let runs = runs(&ctx)?.clone();
-            let announcements = tokio_stream::wrappers::BroadcastStream::new(runs.bus().statuses());
-            // The status each run was last sent with (forgotten once it has ended).
-            let mut last: HashMap<String, String> = HashMap::new();
-            Ok(announcements
-                .filter_map(move |a| {
-                    let Ok(a) = a else {
-                        return futures::future::ready(None);
-                    };
-                    let changed = last.get(&a.run_id) != Some(&a.status);
-                    if a.ended {
-                        last.remove(&a.run_id);
-                    } else if changed {
-                        last.insert(a.run_id.clone(), a.status.clone());
-                    }
-                    futures::future::ready(changed.then_some(a.run_id))
-                })
-                .then(move |id| {
+            let metrics = runs.metrics().clone();
+            Ok(crate::run::bus::status_changes(runs.bus().statuses())
+                .then(move |change| {
                     let runs = runs.clone();
-                    async move { runs.get(&id).await }
+                    let metrics = metrics.clone();
+                    async move {
+                        match change {
+                            Ok(id) => runs.get(&id).await,
+                            Err(missed) => {
+                                metrics.status_lag.inc();
+                                Err(RunError::Lagged(missed))
+                            }
+                        }
+                    }
                 })
                 .filter_map(move |run| {
                     let item = match run {

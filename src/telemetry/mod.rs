@@ -116,6 +116,8 @@ pub struct RunMetrics {
     pub published: Counter,
     /// Store queries that read run events for the API (one per page of runs, not per run).
     pub event_reads: Counter,
+    /// `runs` subscriptions ended because they fell behind the status broadcast.
+    pub status_lag: Counter,
     pub consumers: Gauge,
     pub publishing: Gauge,
 }
@@ -200,6 +202,12 @@ impl Metrics {
             "counter",
             "Store queries that read run events for the API (a page of runs reads its events in one).",
             self.runs.event_reads.get().into(),
+        );
+        single(
+            "viewcast_run_status_lagged_total",
+            "counter",
+            "runs subscriptions ended (SUBSCRIPTION_ENDED) because they fell behind the status changes.",
+            self.runs.status_lag.get().into(),
         );
         single(
             "viewcast_run_consumers",

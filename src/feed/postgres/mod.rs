@@ -45,9 +45,20 @@ impl PgFeedSettings {
         identifier(&format!("{}_{}", self.prefix, source))
     }
 
-    /// This instance's replication slot for a source.
+    /// This instance's replication slot for a source: readable, and injective — a hash of the
+    /// exact instance and source names ends it, so `eu-1` and `eu_1` (one readable form) get
+    /// slots of their own, and a server never takes another's slot for a stale one of its own.
     pub fn slot(&self, source: &str) -> String {
-        identifier(&format!("{}_{}_{}", self.prefix, self.instance, source))
+        use sha2::Digest as _;
+        let digest =
+            sha2::Sha256::digest(format!("{}\0{}\0{}", self.prefix, self.instance, source));
+        let hash = format!(
+            "{:02x}{:02x}{:02x}{:02x}",
+            digest[0], digest[1], digest[2], digest[3]
+        );
+        let mut readable = identifier(&format!("{}_{}_{}", self.prefix, self.instance, source));
+        readable.truncate(63 - 1 - hash.len());
+        format!("{readable}_{hash}")
     }
 }
 
@@ -105,4 +116,44 @@ pub async fn run(hub: Arc<Hub>, settings: Arc<PgFeedSettings>, cancel: Cancellat
         }
     }
     session::drop_slot_on_shutdown(&settings, &source).await;
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use super::*;
+
+    fn settings(instance: &str) -> PgFeedSettings {
+        PgFeedSettings {
+            url: String::new(),
+            prefix: "viewcast".into(),
+            instance: instance.into(),
+            apply_setup: false,
+        }
+    }
+
+    #[test]
+    fn slot_names_are_valid_and_tell_instances_and_sources_apart() {
+        let long = "s".repeat(100);
+        let names = [
+            settings("eu-1").slot("trades"),
+            settings("eu_1").slot("trades"),
+            settings("EU_1").slot("trades"),
+            settings("eu").slot("1_trades"),
+            settings("default").slot(&format!("{long}a")),
+            settings("default").slot(&format!("{long}b")),
+        ];
+        for name in &names {
+            assert!(name.len() <= 63, "{name}");
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "{name}"
+            );
+            assert!(name.starts_with("viewcast_"), "{name}");
+        }
+        let distinct: std::collections::HashSet<_> = names.iter().collect();
+        assert_eq!(distinct.len(), names.len(), "{names:?}");
+        // Stable: the same instance and source always name the same slot.
+        assert_eq!(settings("eu-1").slot("trades"), names[0]);
+    }
 }

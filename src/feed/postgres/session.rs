@@ -316,15 +316,25 @@ enum SlotState {
 async fn slot_state(client: &tokio_postgres::Client, slot: &str) -> Result<SlotState, FeedError> {
     let row = client
         .query_opt(
-            "SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT coalesce(wal_status, ''), active FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
         .await
         .map_err(|e| FeedError::from_db("cannot read pg_replication_slots", &e))?;
-    Ok(match row.map(|r| r.get::<_, String>(0)) {
-        None => SlotState::Missing,
-        Some(status) if status == "lost" => SlotState::Lost,
-        Some(_) => SlotState::Usable,
+    let Some(row) = row else {
+        return Ok(SlotState::Missing);
+    };
+    // Our slot (its name is this instance's and source's alone), streamed by someone else:
+    // never taken over, never dropped.
+    if row.get::<_, bool>(1) {
+        return Err(FeedError::Setup(format!(
+            "replication slot {slot} is in use by another connection: two servers run with the same --instance on this database; give each its own"
+        )));
+    }
+    Ok(if row.get::<_, String>(0) == "lost" {
+        SlotState::Lost
+    } else {
+        SlotState::Usable
     })
 }
 
