@@ -234,6 +234,14 @@ impl Ws {
             .expect("send");
     }
 
+    /// Sends `text`; false once the server has closed the connection.
+    pub async fn try_send_raw(&mut self, text: &str) -> bool {
+        self.socket
+            .send(Message::Text(text.to_owned().into()))
+            .await
+            .is_ok()
+    }
+
     pub async fn send_raw(&mut self, text: &str) {
         self.socket
             .send(Message::Text(text.to_owned().into()))
