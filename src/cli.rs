@@ -216,6 +216,16 @@ pub struct LimitArgs {
     /// Triggers one source may have (LIMIT_EXCEEDED).
     #[arg(long, env = "VIEWCAST_MAX_TRIGGERS_PER_SOURCE", default_value_t = 100)]
     pub max_triggers_per_source: usize,
+    /// The most attempts a trigger's retry policy may ask for (1 to 100).
+    #[arg(long, env = "VIEWCAST_TRIGGER_MAX_ATTEMPTS", default_value_t = 100)]
+    pub trigger_max_attempts: u32,
+    /// The longest timeout per webhook attempt a trigger may ask for, in ms (up to 300000).
+    #[arg(
+        long,
+        env = "VIEWCAST_TRIGGER_MAX_TIMEOUT_MS",
+        default_value_t = 300_000
+    )]
+    pub trigger_max_timeout_ms: u64,
     /// Deliveries one redeliver_S_trigger may queue (the width of its id range).
     #[arg(long, env = "VIEWCAST_TRIGGER_MAX_REDELIVER", default_value_t = 1_000)]
     pub trigger_max_redeliver: usize,
@@ -424,6 +434,10 @@ impl ServeArgs {
                     .max(1),
                 max_per_source: self.limits.max_triggers_per_source,
                 max_redeliver: self.limits.trigger_max_redeliver.max(1),
+                max_attempts: self.limits.trigger_max_attempts.clamp(1, 100),
+                max_timeout: Duration::from_millis(
+                    self.limits.trigger_max_timeout_ms.clamp(1, 300_000),
+                ),
             },
             public_url: self.public_url.clone(),
             runs: crate::run::RunSettings {

@@ -365,6 +365,7 @@ async fn bodies_headers_and_slow_requests_are_bounded() {
         .expect("write");
     let answer = read_to_close(&mut slow).await;
     assert!(!answer.contains("200 OK"), "{answer}");
+    common::eventually(|| f.rejections("header_timeout"), |n| *n == 1).await;
     f.still_serves().await;
 
     // A body that never arrives: 408 once the request timeout passes.
@@ -861,9 +862,17 @@ async fn triggers_per_source_and_redelivery_ranges_are_bounded() {
         options.triggers.allow_private_targets = true;
         options.triggers.max_per_source = 2;
         options.triggers.max_redeliver = 10;
+        options.triggers.max_attempts = 5;
     })
     .await;
     let addr = f.addr();
+    let response = create_trigger(
+        addr,
+        json!({ "name": "a", "webhook": receiver.url("/x"), "fire": { "id": { "_gte": 0 } }, "retry": { "attempts": 6 } }),
+    )
+    .await;
+    assert_eq!(code(&response), "LIMIT_EXCEEDED", "{response}");
+    assert_eq!(f.rejections("trigger_retry").await, 1);
     for name in ["a", "b"] {
         let response = create_trigger(
             addr,

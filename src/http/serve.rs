@@ -113,7 +113,7 @@ pub(crate) async fn serve(
                     peer,
                     app.clone(),
                     settings.clone(),
-                    shutdown.clone(),
+                    (metrics.clone(), shutdown.clone()),
                     slot,
                 ));
             }
@@ -131,7 +131,7 @@ async fn connection(
     peer: SocketAddr,
     app: Router,
     settings: HttpSettings,
-    shutdown: CancellationToken,
+    (metrics, shutdown): (Arc<Metrics>, CancellationToken),
     slot: Slot,
 ) {
     let slot = ConnectionSlot(Arc::new(slot));
@@ -154,6 +154,13 @@ async fn connection(
     tokio::select! {
         result = connection.as_mut() => {
             if let Err(err) = result {
+                // hyper ends a connection whose request headers did not arrive in time.
+                if err
+                    .downcast_ref::<hyper::Error>()
+                    .is_some_and(hyper::Error::is_timeout)
+                {
+                    metrics.limits.count(Limit::HeaderTimeout);
+                }
                 tracing::debug!(client = %peer, error = %err, "connection ended with an error");
             }
         }

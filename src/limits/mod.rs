@@ -42,6 +42,10 @@ pub enum Limit {
     Triggers,
     /// A redelivery of more than `--trigger-max-redeliver` deliveries.
     Redeliver,
+    /// A trigger asking for more attempts or a longer timeout than the server allows.
+    TriggerRetry,
+    /// A client that did not send a request's headers within `--http-header-timeout`.
+    HeaderTimeout,
     /// A connection beyond `--http-max-connections`.
     Connections,
     /// A connection beyond `--http-max-connections-per-address` from one client address.
@@ -63,7 +67,7 @@ pub enum Limit {
 }
 
 impl Limit {
-    pub const ALL: [Limit; 22] = [
+    pub const ALL: [Limit; 24] = [
         Limit::DocumentBytes,
         Limit::Nesting,
         Limit::Batch,
@@ -77,6 +81,8 @@ impl Limit {
         Limit::RunPayload,
         Limit::Triggers,
         Limit::Redeliver,
+        Limit::TriggerRetry,
+        Limit::HeaderTimeout,
         Limit::Connections,
         Limit::ConnectionsPerAddress,
         Limit::BodyBytes,
@@ -104,6 +110,8 @@ impl Limit {
             Limit::RunPayload => "run_payload",
             Limit::Triggers => "triggers",
             Limit::Redeliver => "redeliver",
+            Limit::TriggerRetry => "trigger_retry",
+            Limit::HeaderTimeout => "header_timeout",
             Limit::Connections => "connections",
             Limit::ConnectionsPerAddress => "connections_per_address",
             Limit::BodyBytes => "body_bytes",

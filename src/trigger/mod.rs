@@ -50,6 +50,10 @@ pub struct TriggerSettings {
     pub max_per_source: usize,
     /// Deliveries one redelivery may queue (the width of its id range).
     pub max_redeliver: usize,
+    /// The most attempts a trigger's retry policy may ask for (at most 100 in any case).
+    pub max_attempts: u32,
+    /// The longest timeout per attempt a trigger may ask for (at most 300 s in any case).
+    pub max_timeout: std::time::Duration,
 }
 
 impl Default for TriggerSettings {
@@ -64,6 +68,8 @@ impl Default for TriggerSettings {
             max_per_host: 64,
             max_per_source: 100,
             max_redeliver: 1_000,
+            max_attempts: 100,
+            max_timeout: std::time::Duration::from_secs(300),
         }
     }
 }
@@ -653,6 +659,28 @@ impl Triggers {
             return Err(TriggerError::Invalid("a trigger needs a name".into()));
         }
         check_target(&spec.webhook, &self.egress()).await?;
+        // A policy left at its defaults takes this server's caps where they are lower; one
+        // that asks for more than they allow is refused.
+        let mut spec = spec;
+        let defaults = model::RetryPolicy::default();
+        if spec.retry.attempts == defaults.attempts {
+            spec.retry.attempts = spec.retry.attempts.min(self.settings.max_attempts);
+        }
+        if spec.retry.timeout == defaults.timeout {
+            spec.retry.timeout = spec.retry.timeout.min(self.settings.max_timeout);
+        }
+        if spec.retry.attempts > self.settings.max_attempts
+            || spec.retry.timeout > self.settings.max_timeout
+        {
+            self.rejections.count(crate::limits::Limit::TriggerRetry);
+            return Err(TriggerError::Limit(format!(
+                "retry asks for {} attempts of up to {} ms; this server allows at most {} attempts (--trigger-max-attempts) of up to {} ms (--trigger-max-timeout-ms)",
+                spec.retry.attempts,
+                spec.retry.timeout.as_millis(),
+                self.settings.max_attempts,
+                self.settings.max_timeout.as_millis()
+            )));
+        }
         if self.list(source_name).len() >= self.settings.max_per_source {
             self.rejections.count(crate::limits::Limit::Triggers);
             return Err(TriggerError::Limit(format!(
