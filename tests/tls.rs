@@ -327,3 +327,80 @@ async fn materialize_and_risingwave_feeds_run_over_tls() {
     down_because(&server, "host name mismatch").await;
     server.shutdown().await;
 }
+
+/// `viewcast serve` on `url` with `env`, until `/ready` answers 200 (or the deadline).
+async fn binary_ready(url: &str, env: &[(&str, String)]) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let files = Files::new();
+    let config = files.write("schema.yaml", SCHEMA);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_viewcast"));
+    command
+        .args(["serve", "--config", config.to_str().expect("path")])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--apply-setup",
+        ])
+        .env("DATABASE_URL", url)
+        .env_remove("VIEWCAST_STORE_URL")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().expect("viewcast serve");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let (status, body) = eventually(
+        || async { http_get(addr, "/ready").await.unwrap_or((0, String::new())) },
+        |(status, _)| *status == 200,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The environment's settings (`PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY`) apply to
+/// a URL without its own, and `sslrootcert=system` reads the system's CA bundle
+/// (`SSL_CERT_FILE` names it; here it holds the test's CA) and verifies the full name.
+#[tokio::test]
+async fn the_environment_and_the_system_bundle_give_the_tls_settings() {
+    let db = TlsDb::start().await;
+    db.sql()
+        .await
+        .batch_execute("CREATE TABLE items (id integer PRIMARY KEY, name text)")
+        .await
+        .expect("table");
+    let plain_url = format!(
+        "postgres://postgres@127.0.0.1:{}/postgres",
+        db.cluster.port()
+    );
+    let path = |p: &std::path::Path| p.display().to_string();
+    binary_ready(
+        &plain_url,
+        &[
+            ("PGSSLMODE", "verify-full".into()),
+            ("PGSSLROOTCERT", path(&db.root)),
+            ("PGSSLCERT", path(&db.client_cert)),
+            ("PGSSLKEY", path(&db.client_key)),
+        ],
+    )
+    .await;
+    binary_ready(
+        &format!(
+            "{plain_url}?sslrootcert=system&sslcert={}&sslkey={}",
+            path(&db.client_cert),
+            path(&db.client_key)
+        ),
+        &[("SSL_CERT_FILE", path(&db.root))],
+    )
+    .await;
+    db.cluster.stop().await.expect("stop");
+}
