@@ -490,6 +490,38 @@ async fn websocket_messages_operations_and_idle_clients_are_bounded() {
     assert_eq!(ws.recv().await.unwrap_err().0, 1009);
     assert_eq!(f.rejections("ws_message_bytes").await, 1);
     f.still_serves().await;
+    // A frame that announces 10 MB and sends a few bytes: refused on its header (1009), not
+    // after the server has waited for (and buffered) the rest.
+    let mut raw = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        raw.write_all(
+            b"GET /graphql HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+              Sec-WebSocket-Protocol: graphql-transport-ws\r\n\r\n",
+        )
+        .await
+        .expect("upgrade");
+        let mut response = [0u8; 12];
+        raw.read_exact(&mut response).await.expect("101");
+        assert_eq!(&response, b"HTTP/1.1 101");
+        // FIN + text, masked, 64-bit length 10,000,000, the mask, then 16 bytes of it.
+        let mut frame = vec![0x81, 0xff];
+        frame.extend_from_slice(&10_000_000u64.to_be_bytes());
+        frame.extend_from_slice(&[1, 2, 3, 4]);
+        frame.extend_from_slice(&[b'x'; 16]);
+        raw.write_all(&frame).await.expect("frame");
+    }
+    let bytes = read_bytes_to_close(&mut raw).await;
+    // The close frame: 0x88, its length, then 1009 (0x03f1).
+    assert!(
+        bytes
+            .windows(4)
+            .any(|w| w[0] == 0x88 && w[2..] == [0x03, 0xf1]),
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+    assert_eq!(f.rejections("ws_message_bytes").await, 2);
 
     // Operations per connection.
     let mut ws = Ws::connect(addr, "graphql-transport-ws").await;
