@@ -188,3 +188,19 @@ pub(crate) fn net_diff(rows: Vec<(Row, i64)>) -> Net {
         _ => Net::Violation,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::is_transient;
+
+    #[test]
+    fn sqlstate_classes_decide_a_retry_and_short_codes_do_not_panic() {
+        assert!(is_transient("08006"));
+        assert!(is_transient("57P01"));
+        assert!(!is_transient("42P01"));
+        // A server (or a stand-in) may send anything: a code too short has no class.
+        assert!(!is_transient(""));
+        assert!(!is_transient("0"));
+        assert!(!is_transient("é"));
+    }
+}
