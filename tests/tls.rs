@@ -70,6 +70,17 @@ impl TlsDb {
         )
     }
 
+    /// A TLS cluster holding the `items` table of `SCHEMA`.
+    async fn with_items() -> TlsDb {
+        let db = TlsDb::start().await;
+        db.sql()
+            .await
+            .batch_execute("CREATE TABLE items (id integer PRIMARY KEY, name text)")
+            .await
+            .expect("table");
+        db
+    }
+
     fn good_url(&self) -> String {
         self.url("127.0.0.1", "verify-full", &self.root)
     }
@@ -133,11 +144,8 @@ async fn subscribed(server: &Server) -> Ws {
 
 #[tokio::test]
 async fn live_changes_store_and_introspect_under_verify_full_with_a_client_certificate() {
-    let db = TlsDb::start().await;
+    let db = TlsDb::with_items().await;
     let sql = db.sql().await;
-    sql.batch_execute("CREATE TABLE items (id integer PRIMARY KEY, name text)")
-        .await
-        .expect("table");
     // The store (triggers and runs) is on the same database: ready means it connected too.
     let server = serve(&db.good_url(), |_| {}).await;
     common::wait_ready(server.addr()).await;
@@ -189,12 +197,7 @@ async fn live_changes_store_and_introspect_under_verify_full_with_a_client_certi
 
 #[tokio::test]
 async fn tls_failures_say_what_failed_on_ready() {
-    let db = TlsDb::start().await;
-    db.sql()
-        .await
-        .batch_execute("CREATE TABLE items (id integer PRIMARY KEY, name text)")
-        .await
-        .expect("table");
+    let db = TlsDb::with_items().await;
     let other = Ca::new("another CA");
     let other_root = db.files.write("other.crt", &other.pem);
     let cases = [
@@ -372,12 +375,7 @@ async fn binary_ready(url: &str, env: &[(&str, String)]) {
 /// (`SSL_CERT_FILE` names it; here it holds the test's CA) and verifies the full name.
 #[tokio::test]
 async fn the_environment_and_the_system_bundle_give_the_tls_settings() {
-    let db = TlsDb::start().await;
-    db.sql()
-        .await
-        .batch_execute("CREATE TABLE items (id integer PRIMARY KEY, name text)")
-        .await
-        .expect("table");
+    let db = TlsDb::with_items().await;
     let plain_url = format!(
         "postgres://postgres@127.0.0.1:{}/postgres",
         db.cluster.port()
