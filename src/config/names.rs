@@ -32,6 +32,7 @@ pub const GLOBAL_TYPE_NAMES: &[&str] = &[
     "RunEdge",
     "RunConnection",
     "PageInfo",
+    "Viewer",
     "StringComparison",
     "IntComparison",
     "FloatComparison",
@@ -51,7 +52,7 @@ pub const GLOBAL_TYPE_NAMES: &[&str] = &[
 /// generate them.
 pub fn global_root_fields(root: RootType) -> &'static [&'static str] {
     match root {
-        RootType::Query => &["run", "runs", "runEvents"],
+        RootType::Query => &["viewer", "run", "runs", "runEvents"],
         RootType::Mutation => &["startRun", "appendRunEvents", "cancelRun"],
         RootType::Subscription => &["runEvents", "runs"],
     }

@@ -29,6 +29,81 @@ use crate::limits::{CostModel, FilterBudget, GraphqlLimits, Limit, Rejections};
 pub use encode::{JsonEncoder, PlanSlot, SubscriptionPlan};
 pub use output::{RowView, to_graphql};
 
+/// The schema each caller sees: the whole of it for the admin (and everyone when auth is
+/// off), a role's own for a role with permissions, and for any other role one that holds
+/// nothing but `viewer` (deny by default).
+#[derive(Clone)]
+pub struct Schemas {
+    full: Schema,
+    roles: std::collections::HashMap<String, Schema>,
+    denied: Schema,
+}
+
+impl Schemas {
+    /// Only the full schema (every caller is the admin, or has no permissions yet).
+    pub fn new(full: Schema) -> Result<Schemas, SchemaError> {
+        Ok(Schemas {
+            full,
+            roles: std::collections::HashMap::new(),
+            denied: denied_schema()?,
+        })
+    }
+
+    /// The schema `session` sees.
+    pub fn for_session(&self, session: &crate::auth::Session) -> &Schema {
+        if session.is_admin() {
+            return &self.full;
+        }
+        self.roles.get(&session.role).unwrap_or(&self.denied)
+    }
+
+    /// The admin's schema (the whole API).
+    pub fn full(&self) -> &Schema {
+        &self.full
+    }
+}
+
+/// The schema of a role without permissions: `viewer` (who the caller is), nothing else.
+fn denied_schema() -> Result<Schema, SchemaError> {
+    Schema::build("Query", None, None)
+        .register(viewer_type())
+        .register(Object::new("Query").field(viewer_field()))
+        .finish()
+}
+
+/// `Viewer`: the caller's role and user id.
+fn viewer_type() -> Object {
+    Object::new("Viewer")
+        .description("Who is asking: the session's role and user id.")
+        .field(of::<crate::auth::Session>(
+            "role",
+            TypeRef::named_nn(TypeRef::STRING),
+            |s| GqlValue::String(s.role.clone()),
+        ))
+        .field(of::<crate::auth::Session>(
+            "userId",
+            TypeRef::named(TypeRef::STRING),
+            |s| {
+                s.variable("x-hasura-user-id")
+                    .map_or(GqlValue::Null, |id| GqlValue::String(id.to_owned()))
+            },
+        ))
+}
+
+/// `Query.viewer`.
+fn viewer_field() -> Field {
+    Field::new("viewer", TypeRef::named_nn("Viewer"), |ctx| {
+        FieldFuture::new(async move {
+            let session = ctx
+                .data_opt::<crate::auth::Session>()
+                .cloned()
+                .unwrap_or_else(crate::auth::Session::admin);
+            Ok(Some(FieldValue::owned_any(session)))
+        })
+    })
+    .description("The caller: its role and user id.")
+}
+
 /// What the resolvers reach at run time (absent when the schema is built only to check it).
 #[derive(Default, Clone)]
 pub struct Services {
@@ -45,10 +120,11 @@ pub fn build(
     services: Services,
     limits: &GraphqlLimits,
 ) -> Result<Schema, SchemaError> {
-    let mut query = Object::new("Query");
+    let mut query = Object::new("Query").field(viewer_field());
     let mut mutation = Object::new("Mutation");
     let mut subscription = Subscription::new("Subscription");
     let mut builder_types = global_types(config);
+    builder_types.push(viewer_type().into());
     builder_types.extend(triggers::global_types());
     builder_types.extend(runs::global_types());
     for field in runs::query_fields() {
