@@ -135,7 +135,102 @@ pub struct ServeArgs {
     #[arg(long, env = "VIEWCAST_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
     #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+/// Who may use the server. Nothing configured: everyone has full access (a warning says so).
+/// Tokens follow Hasura's conventions, so an identity provider set up for Hasura works as is.
+#[allow(clippy::doc_markdown)]
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Authentication")]
+pub struct AuthArgs {
+    /// Verify JWTs with this shared secret (HS256, HS384, HS512; at least 32 bytes).
+    #[arg(
+        long,
+        env = "VIEWCAST_JWT_SECRET",
+        hide_env_values = true,
+        group = "jwt_key"
+    )]
+    pub jwt_secret: Option<String>,
+    /// Verify JWTs with the public key in this PEM file (RS*, PS*, ES256/384, EdDSA).
+    #[arg(long, env = "VIEWCAST_JWT_PUBLIC_KEY", group = "jwt_key")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Verify JWTs with the keys of this JWKS URL (cached as it says; fetched again for an
+    /// unknown kid, so keys rotate without a restart).
+    #[arg(long, env = "VIEWCAST_JWKS_URL", group = "jwt_key")]
+    pub jwks_url: Option<String>,
+    /// The issuer (iss) tokens must have.
+    #[arg(long, env = "VIEWCAST_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Audiences (aud) a token must have one of, comma-separated.
+    #[arg(long, env = "VIEWCAST_JWT_AUDIENCE", value_delimiter = ',')]
+    pub jwt_audience: Vec<String>,
+    /// Seconds of clock skew allowed on exp and nbf.
+    #[arg(long, env = "VIEWCAST_JWT_LEEWAY", default_value_t = 30)]
+    pub jwt_leeway: u64,
+    /// The claim holding Hasura's claims object.
+    #[arg(
+        long,
+        env = "VIEWCAST_JWT_CLAIMS_NAMESPACE",
+        default_value = "https://hasura.io/jwt/claims"
+    )]
+    pub jwt_claims_namespace: String,
+    /// A JSON path to the claims object instead (e.g. $.app.hasura).
+    #[arg(long, env = "VIEWCAST_JWT_CLAIMS_NAMESPACE_PATH")]
+    pub jwt_claims_namespace_path: Option<String>,
+    /// A claims map instead (JSON, as Hasura's): each x-hasura-* claim a literal or
+    /// {"path": "$.…", "default": …}.
+    #[arg(long, env = "VIEWCAST_JWT_CLAIMS_MAP")]
+    pub jwt_claims_map: Option<String>,
+    /// The admin secret (x-hasura-admin-secret): full access.
+    #[arg(long, env = "VIEWCAST_ADMIN_SECRET", hide_env_values = true)]
+    pub admin_secret: Option<String>,
+    /// The role of requests without credentials (none: they are refused).
+    #[arg(long, env = "VIEWCAST_UNAUTHENTICATED_ROLE")]
+    pub unauthenticated_role: Option<String>,
+    /// A bearer token /metrics asks for (none: /metrics is open).
+    #[arg(long, env = "VIEWCAST_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+}
+
+impl AuthArgs {
+    pub fn settings(&self) -> anyhow::Result<crate::auth::AuthSettings> {
+        use crate::auth::{ClaimsSource, JwtSettings, KeySource};
+        let key = match (&self.jwt_secret, &self.jwt_public_key, &self.jwks_url) {
+            (Some(secret), _, _) => Some(KeySource::Secret(secret.clone())),
+            (_, Some(path), _) => Some(KeySource::Pem(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("--jwt-public-key {}", path.display()))?,
+            )),
+            (_, _, Some(url)) => Some(KeySource::Jwks(url.clone())),
+            _ => None,
+        };
+        let claims = match (&self.jwt_claims_map, &self.jwt_claims_namespace_path) {
+            (Some(map), _) => match serde_json::from_str(map) {
+                Ok(serde_json::Value::Object(map)) => ClaimsSource::Map(map),
+                _ => anyhow::bail!("--jwt-claims-map must be a JSON object"),
+            },
+            (None, Some(path)) => ClaimsSource::NamespacePath(path.clone()),
+            (None, None) => ClaimsSource::Namespace(self.jwt_claims_namespace.clone()),
+        };
+        Ok(crate::auth::AuthSettings {
+            jwt: key.map(|key| JwtSettings {
+                key,
+                checks: crate::auth::Checks {
+                    issuer: self.jwt_issuer.clone(),
+                    audience: self.jwt_audience.clone(),
+                    leeway: Duration::from_secs(self.jwt_leeway),
+                },
+                claims,
+            }),
+            admin_secret: self.admin_secret.clone(),
+            unauthenticated_role: self.unauthenticated_role.clone(),
+            metrics_token: self.metrics_token.clone(),
+            api_keys: Vec::new(),
+        })
+    }
 }
 
 /// What one client may ask: every limit refuses with a coded error and counts in
@@ -452,6 +547,7 @@ impl ServeArgs {
             allow_private_workers: self.worker_allow_private,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout),
             graphql: self.limits.graphql(),
+            auth: self.auth.settings()?,
             http: crate::http::HttpSettings {
                 max_body_bytes: self.limits.http_max_body_bytes.max(1),
                 header_timeout: Duration::from_secs(self.limits.http_header_timeout.max(1)),

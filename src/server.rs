@@ -41,6 +41,8 @@ pub struct ServeOptions {
     pub allow_private_workers: bool,
     pub ws: WsSettings,
     pub http: HttpSettings,
+    /// How requests are authenticated (nothing configured: everyone is the admin).
+    pub auth: crate::auth::AuthSettings,
     pub hub_limits: HubLimits,
     pub graphql: crate::limits::GraphqlLimits,
     pub shutdown_timeout: Duration,
@@ -63,6 +65,7 @@ impl Default for ServeOptions {
             allow_private_workers: false,
             ws: WsSettings::default(),
             http: HttpSettings::default(),
+            auth: crate::auth::AuthSettings::default(),
             hub_limits: HubLimits::default(),
             graphql: crate::limits::GraphqlLimits::default(),
             shutdown_timeout: Duration::from_secs(10),
@@ -93,6 +96,8 @@ impl ServeOptions {
 pub enum ServerError {
     #[error("cannot build the GraphQL schema: {0}")]
     Schema(String),
+    #[error("authentication: {0}")]
+    Auth(String),
     #[error("trigger {name} of source {source_name}: {reason}")]
     DeclaredTrigger {
         source_name: String,
@@ -249,8 +254,10 @@ impl Server {
             runs: Some(runs.clone()),
             rejections: Some(metrics.limits.clone()),
         };
-        let schema = crate::schema::build(&config, services, &options.graphql)
+        let schemas = crate::schema::build(&config, services, &options.graphql)
+            .and_then(crate::schema::Schemas::new)
             .map_err(|e| ServerError::Schema(e.to_string()))?;
+        let auth = start_auth(&options).await?;
         let addr = format!("{}:{}", options.host, options.port);
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
@@ -269,7 +276,8 @@ impl Server {
         ));
         tasks.spawn(orchestrator.run(shutdown.clone(), tasks.clone()));
         let state = AppState {
-            schema,
+            schemas: Arc::new(schemas),
+            auth,
             hubs: hubs.clone(),
             triggers,
             runs,
@@ -345,6 +353,20 @@ fn public_url(options: &ServeOptions, local: SocketAddr) -> String {
         };
         format!("http://{}", SocketAddr::new(host, local.port()))
     })
+}
+
+/// The authenticator (its JWKS fetched); with none configured, a warning that everyone has
+/// full access.
+async fn start_auth(options: &ServeOptions) -> Result<crate::auth::Auth, ServerError> {
+    let auth = crate::auth::Auth::new(options.auth.clone()).map_err(ServerError::Auth)?;
+    if auth.is_on() {
+        auth.prefetch().await;
+    } else {
+        tracing::warn!(
+            "no authentication is configured: anyone who can reach this server has full access (see --jwt-secret, --jwks-url, --admin-secret)"
+        );
+    }
+    Ok(auth)
 }
 
 /// Spawns a hub's feed according to its backend.

@@ -139,7 +139,9 @@ impl AppState {
 /// Everything a request handler needs.
 #[derive(Clone)]
 pub struct AppState {
-    pub schema: Schema,
+    /// The schema each caller sees (by role).
+    pub schemas: Arc<crate::schema::Schemas>,
+    pub auth: crate::auth::Auth,
     pub hubs: Arc<Hubs>,
     pub triggers: Arc<crate::trigger::Triggers>,
     pub runs: crate::run::Runs,
@@ -179,6 +181,77 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Who is calling, and the schema it sees; or the answer that refuses it (401 with
+/// `WWW-Authenticate`, or 403).
+pub(crate) async fn caller(
+    state: &AppState,
+    credentials: &crate::auth::Credentials,
+) -> Result<(crate::auth::Session, Schema), Response> {
+    match state.auth.authenticate(credentials).await {
+        Ok(session) => {
+            let schema = state.schemas.for_session(&session).clone();
+            Ok((session, schema))
+        }
+        Err(err) => Err(auth_refusal(&err)),
+    }
+}
+
+/// The HTTP answer to a failed authentication.
+pub(crate) fn auth_refusal(err: &crate::auth::AuthError) -> Response {
+    let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+    let mut response = refusal_response(&Refusal::new(status, err.to_string(), err.code()));
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+    }
+    response
+}
+
+/// The credentials of an HTTP request: its headers, or (for a browser's `EventSource`, which
+/// cannot set headers) an `access_token` query parameter, as RFC 6750 allows.
+pub(crate) fn credentials_of(
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+) -> crate::auth::Credentials {
+    let mut credentials = crate::auth::Credentials::from_headers(headers);
+    if credentials.bearer.is_none()
+        && let Some(query) = uri.query()
+    {
+        credentials.bearer = query.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=')?;
+            (key == "access_token")
+                .then(|| percent_decode(value))
+                .flatten()
+        });
+    }
+    credentials
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                out.push(u8::from_str_radix(text.get(i + 1..i + 3)?, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// A request body, or the refusal to answer with when it is over `--http-max-body-bytes`.
 pub(crate) fn body_within_limit(
     state: &AppState,
@@ -203,13 +276,15 @@ pub(crate) fn body_within_limit(
 
 async fn graphql_get(State(state): State<AppState>, request: axum::extract::Request) -> Response {
     let (mut parts, _body) = request.into_parts();
+    let credentials = credentials_of(&parts.headers, &parts.uri);
     if parts.headers.contains_key(header::UPGRADE) {
         // The WebSocket keeps its connection counted (see `serve`).
         let slot = parts.extensions.get::<serve::ConnectionSlot>().cloned();
         return match axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &state)
             .await
         {
-            Ok(upgrade) => ws::upgrade(upgrade, state, slot),
+            // The upgrade's own credentials stand in for those connection_init may omit.
+            Ok(upgrade) => ws::upgrade(upgrade, state, slot, credentials),
             Err(rejection) => rejection.into_response(),
         };
     }
@@ -228,6 +303,10 @@ async fn graphql_get(State(state): State<AppState>, request: axum::extract::Requ
             if let Err(refusal) = admit(&state, &mut request) {
                 return refusal_response(&refusal);
             }
+            let caller = match caller(&state, &credentials).await {
+                Ok(caller) => caller,
+                Err(refusal) => return refusal,
+            };
             if wants_event_stream(&parts.headers, &mut request) {
                 if is_mutation(&mut request) {
                     return graphql_error_response(
@@ -235,9 +314,9 @@ async fn graphql_get(State(state): State<AppState>, request: axum::extract::Requ
                         "mutations must use POST",
                     );
                 }
-                return graphql_sse(&state, request);
+                return graphql_sse(&state, &caller, request);
             }
-            execute(&state, request, true).await
+            execute(&state, &caller, request, true).await
         }
         _ if wants_html => Html(graphiql()).into_response(),
         _ => graphql_error_response(
@@ -272,12 +351,17 @@ impl GetParams {
 
 async fn graphql_post(
     State(state): State<AppState>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     let body = match body_within_limit(&state, body) {
         Ok(body) => body,
         Err(refusal) => return refusal_response(&refusal),
+    };
+    let caller = match caller(&state, &credentials_of(&headers, &uri)).await {
+        Ok(caller) => caller,
+        Err(refusal) => return refusal,
     };
     // A JSON or GraphQL content type, always: a browser sends a cross-site request without a
     // preflight only with a form or text type (or none), so this refuses cross-site forgery.
@@ -292,7 +376,7 @@ async fn graphql_post(
         if let Err(refusal) = admit(&state, &mut request) {
             return refusal_response(&refusal);
         }
-        return execute(&state, request, false).await;
+        return execute(&state, &caller, request, false).await;
     }
     if !content_type.starts_with("application/json")
         && !content_type.starts_with("application/graphql-response+json")
@@ -318,9 +402,9 @@ async fn graphql_post(
                 return refusal_response(&refusal);
             }
             if wants_event_stream(&headers, &mut request) {
-                graphql_sse(&state, request)
+                graphql_sse(&state, &caller, request)
             } else {
-                execute(&state, request, false).await
+                execute(&state, &caller, request, false).await
             }
         }
         async_graphql::BatchRequest::Batch(requests) => {
@@ -340,7 +424,7 @@ async fn graphql_post(
             for mut request in requests {
                 state.metrics.http_requests.inc();
                 responses.push(match admit(&state, &mut request) {
-                    Ok(()) => run(&state, request).await,
+                    Ok(()) => run(&caller, request).await,
                     Err(refusal) => async_graphql::Response::from_errors(vec![*refusal.error]),
                 });
             }
@@ -349,12 +433,20 @@ async fn graphql_post(
     }
 }
 
-async fn execute(state: &AppState, mut request: async_graphql::Request, via_get: bool) -> Response {
+/// Who calls, and the schema it sees.
+type Caller = (crate::auth::Session, Schema);
+
+async fn execute(
+    state: &AppState,
+    caller: &Caller,
+    mut request: async_graphql::Request,
+    via_get: bool,
+) -> Response {
     state.metrics.http_requests.inc();
     if via_get && is_mutation(&mut request) {
         return graphql_error_response(StatusCode::METHOD_NOT_ALLOWED, "mutations must use POST");
     }
-    let response = run(state, request).await;
+    let response = run(caller, request).await;
     json_response(StatusCode::OK, &response)
 }
 
@@ -379,7 +471,7 @@ fn wants_event_stream(headers: &HeaderMap, request: &mut async_graphql::Request)
 /// `event: complete`. Subscriptions, queries and mutations alike; a subscription streams until
 /// it ends, the client goes away or the server shuts down. Subscriptions run through the
 /// GraphQL executor here (the WebSocket transport has the shared-bytes fast path).
-fn graphql_sse(state: &AppState, request: async_graphql::Request) -> Response {
+fn graphql_sse(state: &AppState, caller: &Caller, request: async_graphql::Request) -> Response {
     use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
     use futures::StreamExt;
     state.metrics.http_requests.inc();
@@ -387,10 +479,10 @@ fn graphql_sse(state: &AppState, request: async_graphql::Request) -> Response {
         Ok(slot) => slot,
         Err(refusal) => return *refusal,
     };
+    let (session, schema) = caller;
     let query = request.query.clone();
-    let results = state
-        .schema
-        .execute_stream(request)
+    let results = schema
+        .execute_stream(request.data(session.clone()))
         .map(move |mut response| {
             // The stream holds its place until it is dropped.
             let _ = &slot;
@@ -400,6 +492,14 @@ fn graphql_sse(state: &AppState, request: async_graphql::Request) -> Response {
             });
             Ok::<_, std::convert::Infallible>(SseEvent::default().event("next").data(data))
         });
+    // A stream ends when its credential expires: a last result says why.
+    let results = until_expiry(results, session.remaining(), || {
+        let error = serde_json::json!({ "errors": [{
+            "message": "the credential has expired: subscribe again with a fresh one",
+            "extensions": { "code": "UNAUTHENTICATED" },
+        }]});
+        Ok(SseEvent::default().event("next").data(error.to_string()))
+    });
     let complete =
         futures::stream::once(async { Ok(SseEvent::default().event("complete").data("")) });
     let events = results
@@ -416,10 +516,50 @@ fn graphql_sse(state: &AppState, request: async_graphql::Request) -> Response {
     response
 }
 
-/// Executes `request`; every error of the response carries an `extensions.code`.
-async fn run(state: &AppState, request: async_graphql::Request) -> async_graphql::Response {
+/// `stream` until it ends, or until `remaining` has passed: then `expired()` is its last item.
+pub(crate) fn until_expiry<S, T>(
+    stream: S,
+    remaining: Option<Duration>,
+    expired: impl FnOnce() -> T + Send + 'static,
+) -> futures::stream::BoxStream<'static, T>
+where
+    S: futures::Stream<Item = T> + Send + 'static,
+    T: Send + 'static,
+{
+    use futures::StreamExt;
+    enum Item<T> {
+        Next(T),
+        End,
+        Expired,
+    }
+    let Some(remaining) = remaining else {
+        return stream.boxed();
+    };
+    let items = stream
+        .map(Item::Next)
+        .chain(futures::stream::once(async { Item::End }));
+    let deadline = futures::stream::once(tokio::time::sleep(remaining)).map(|()| Item::Expired);
+    let mut expired = Some(expired);
+    futures::stream::select(items, deadline)
+        .scan(false, move |done, item| {
+            let out = match (*done, item) {
+                (true, _) | (false, Item::End) => None,
+                (false, Item::Next(item)) => Some(item),
+                (false, Item::Expired) => {
+                    *done = true;
+                    expired.take().map(|f| f())
+                }
+            };
+            std::future::ready(out)
+        })
+        .boxed()
+}
+
+/// Executes `request` as `caller`; every error of the response carries an `extensions.code`.
+async fn run(caller: &Caller, request: async_graphql::Request) -> async_graphql::Response {
+    let (session, schema) = caller;
     let query = request.query.clone();
-    let mut response = state.schema.execute(request).await;
+    let mut response = schema.execute(request.data(session.clone())).await;
     coded(&mut response.errors, &query);
     response
 }
@@ -517,6 +657,7 @@ async fn ready(State(state): State<AppState>) -> Response {
         sources.insert(name, entry);
     }
     let mut body = serde_json::json!({ "ready": ready, "sources": sources });
+    body["auth"] = state.auth.describe().await;
     if let Some(reason) = state.triggers.not_ready() {
         ready = false;
         body["ready"] = false.into();
@@ -535,7 +676,15 @@ async fn ready(State(state): State<AppState>) -> Response {
     json_response(status, &body)
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !state
+        .auth
+        .metrics_allowed(&crate::auth::Credentials::from_headers(&headers))
+    {
+        return auth_refusal(&crate::auth::AuthError::Invalid(
+            "/metrics needs its token (--metrics-token)".into(),
+        ));
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

@@ -67,6 +67,29 @@ fn run_error(err: &RunError) -> Response {
     error(status, &err.to_string(), err.code()).into_response()
 }
 
+/// The caller's session, allowed to act on runs: with auth on, the admin (roles get run
+/// permissions in `permissions:`); the refusal otherwise.
+async fn runs_session(
+    state: &AppState,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+) -> Result<crate::auth::Session, Response> {
+    let credentials = super::credentials_of(headers, uri);
+    let session = match state.auth.authenticate(&credentials).await {
+        Ok(session) => session,
+        Err(err) => return Err(super::auth_refusal(&err)),
+    };
+    if !session.is_admin() {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            &format!("role {} may not use runs", session.role),
+            "FORBIDDEN",
+        )
+        .into_response());
+    }
+    Ok(session)
+}
+
 /// The JSON body of a POST (an empty body is `{}`). The content type must say JSON, even for
 /// an empty body: a browser sends a cross-site request without a preflight only with a form
 /// or text type (or none), so this refuses cross-site forgery (a form that cancels a run).
@@ -120,9 +143,13 @@ struct StartBody {
 
 pub async fn start(
     State(state): State<AppState>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Response {
+    if let Err(refusal) = runs_session(&state, &headers, &uri).await {
+        return refusal;
+    }
     let request: StartBody = match body(&state, &headers, bytes) {
         Ok(request) => request,
         Err(problem) => return problem.into_response(),
@@ -145,7 +172,15 @@ pub async fn start(
     }
 }
 
-pub async fn get_run(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+pub async fn get_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refusal) = runs_session(&state, &headers, &uri).await {
+        return refusal;
+    }
     match state.runs.get(&id).await {
         Ok(run) => Json(run.to_json()).into_response(),
         Err(err) => run_error(&err),
@@ -163,6 +198,7 @@ struct AppendBody {
 pub async fn append(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -175,6 +211,19 @@ pub async fn append(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
+    // A worker appends to its run with the run-scoped token it was given, whoever it is;
+    // anyone else needs a session that may.
+    let is_worker = match token {
+        Some(token) if state.auth.is_on() => state
+            .runs
+            .worker_token(&id)
+            .await
+            .is_ok_and(|expected| expected == token),
+        _ => false,
+    };
+    if !is_worker && let Err(refusal) = runs_session(&state, &headers, &uri).await {
+        return refusal;
+    }
     match state
         .runs
         .append_as_worker(&id, &request.events, request.expected_seq, token)
@@ -198,9 +247,13 @@ struct CancelBody {
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Response {
+    if let Err(refusal) = runs_session(&state, &headers, &uri).await {
+        return refusal;
+    }
     let request: CancelBody = match body(&state, &headers, bytes) {
         Ok(request) => request,
         Err(problem) => return problem.into_response(),
@@ -247,9 +300,14 @@ fn start_seq(headers: &HeaderMap, params: &EventsParams) -> Result<i64, Problem>
 pub async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     Query(params): Query<EventsParams>,
 ) -> Response {
+    let session = match runs_session(&state, &headers, &uri).await {
+        Ok(session) => session,
+        Err(refusal) => return refusal,
+    };
     let from_seq = match start_seq(&headers, &params) {
         Ok(seq) => seq,
         Err(problem) => return problem.into_response(),
@@ -280,25 +338,29 @@ pub async fn events(
         Err(err) => return run_error(&err),
     };
     let shutdown = state.shutdown.clone();
-    let frames = stream
-        .map(move |item| {
-            // The stream holds its place until it is dropped.
-            let _ = &slot;
-            let frame = match item {
-                Ok(Item::Event(e)) => SseEvent::default()
-                    .id(e.seq.to_string())
-                    .event(e.event_type.clone())
-                    .data(e.to_json().to_string()),
-                Ok(Item::Heartbeat { seq }) => {
-                    SseEvent::default().comment(format!("heartbeat {seq}"))
-                }
-                Err(err) => SseEvent::default()
-                    .event("error")
-                    .data(json!({"error": err.to_string(), "code": err.code()}).to_string()),
-            };
-            Ok::<_, Infallible>(frame)
-        })
-        .take_until(shutdown.cancelled_owned());
+    let frames = stream.map(move |item| {
+        // The stream holds its place until it is dropped.
+        let _ = &slot;
+        let frame = match item {
+            Ok(Item::Event(e)) => SseEvent::default()
+                .id(e.seq.to_string())
+                .event(e.event_type.clone())
+                .data(e.to_json().to_string()),
+            Ok(Item::Heartbeat { seq }) => SseEvent::default().comment(format!("heartbeat {seq}")),
+            Err(err) => SseEvent::default()
+                .event("error")
+                .data(json!({"error": err.to_string(), "code": err.code()}).to_string()),
+        };
+        Ok::<_, Infallible>(frame)
+    });
+    // The stream ends when the caller's credential expires, with an error event saying so.
+    let frames = super::until_expiry(frames, session.remaining(), || {
+        Ok(SseEvent::default().event("error").data(
+            json!({"error": "the credential has expired: reconnect with a fresh one", "code": "UNAUTHENTICATED"})
+                .to_string(),
+        ))
+    })
+    .take_until(shutdown.cancelled_owned());
     // A reconnecting browser waits 1 s; the first frame tells it.
     let first = futures::stream::once(async {
         Ok(SseEvent::default().retry(std::time::Duration::from_secs(1)))

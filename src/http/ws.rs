@@ -53,6 +53,7 @@ pub(super) fn upgrade(
     upgrade: WebSocketUpgrade,
     state: AppState,
     slot: Option<super::serve::ConnectionSlot>,
+    upgrade_credentials: crate::auth::Credentials,
 ) -> Response {
     // Frames are limited like messages: otherwise a frame is read (up to 16 MiB) before
     // the message's size is checked.
@@ -66,7 +67,7 @@ pub(super) fn upgrade(
         _ => Protocol::Modern,
     };
     upgrade.on_upgrade(move |socket| async move {
-        run(socket, protocol, state).await;
+        run(socket, protocol, state, upgrade_credentials).await;
         drop(slot);
     })
 }
@@ -149,6 +150,16 @@ struct Connection {
     generation: u64,
     init_received: bool,
     session: Arc<Data>,
+    /// The schema the connection's session sees (set at `connection_init`).
+    schema: Option<async_graphql::dynamic::Schema>,
+    /// Who the connection is (set at `connection_init`).
+    caller: Option<crate::auth::Session>,
+    /// The credentials of the upgrade request (headers), for clients whose
+    /// `connection_init` carries none.
+    upgrade_credentials: crate::auth::Credentials,
+    /// Set by `connection_init` when the session's credential expires, for the connection
+    /// loop to arm its deadline (the connection closes then, 4403).
+    arm_expiry: Option<Duration>,
 }
 
 /// What handling one client message asks the connection to do next.
@@ -157,7 +168,12 @@ enum Next {
     Close(u16, String),
 }
 
-async fn run(socket: WebSocket, protocol: Protocol, state: AppState) {
+async fn run(
+    socket: WebSocket,
+    protocol: Protocol,
+    state: AppState,
+    upgrade_credentials: crate::auth::Credentials,
+) {
     state.metrics.connections.add(1);
     state.metrics.connections_total.inc();
     let (sink, mut stream) = socket.split();
@@ -173,6 +189,10 @@ async fn run(socket: WebSocket, protocol: Protocol, state: AppState) {
         generation: 0,
         init_received: false,
         session: Arc::new(Data::default()),
+        schema: None,
+        caller: None,
+        upgrade_credentials,
+        arm_expiry: None,
     };
     let init_deadline = tokio::time::sleep(state.ws.init_timeout);
     tokio::pin!(init_deadline);
@@ -180,6 +200,10 @@ async fn run(socket: WebSocket, protocol: Protocol, state: AppState) {
     // moves this on; a client silent for the idle timeout is gone or stuck.
     let idle_deadline = tokio::time::sleep(state.ws.idle_timeout);
     tokio::pin!(idle_deadline);
+    // Armed at connection_init when the credential expires.
+    let expiry = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(expiry);
+    let mut expiry_armed = false;
     let mut keepalive = tokio::time::interval(state.ws.keepalive);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     keepalive.reset();
@@ -199,27 +223,30 @@ async fn run(socket: WebSocket, protocol: Protocol, state: AppState) {
                 state.metrics.protocol_errors.inc();
                 break Some((4408, "Connection initialisation timeout".to_owned()));
             }
+            () = &mut expiry, if expiry_armed => {
+                break Some((4403, "Forbidden: the credential has expired".to_owned()));
+            }
             () = &mut idle_deadline => {
                 state.metrics.limits.count(Limit::WsIdle);
                 let seconds = state.ws.idle_timeout.as_secs_f64();
                 break Some((4408, format!("Idle timeout: nothing received for {seconds} s")));
             }
             _ = keepalive.tick(), if conn.init_received => {
-                let message = match conn.protocol {
-                    Protocol::Modern => text::<()>("ping", None, None),
-                    Protocol::Legacy => text::<()>("ka", None, None),
-                };
-                // A WebSocket ping too: every client answers it, whatever its protocol.
-                if conn.out.send(Out::Frame(message)).await.is_err()
-                    || conn.out.send(Out::Frame(Message::Ping(axum::body::Bytes::new()))).await.is_err()
-                {
+                if !conn.keep_alive().await {
                     break None;
                 }
             }
             message = stream.next() => {
                 idle_deadline.as_mut().reset(tokio::time::Instant::now() + state.ws.idle_timeout);
                 let next = match message {
-                    Some(Ok(Message::Text(body))) => conn.handle(body.as_str()).await,
+                    Some(Ok(Message::Text(body))) => {
+                        let next = conn.handle(body.as_str()).await;
+                        if let Some(left) = conn.arm_expiry.take() {
+                            expiry.as_mut().reset(tokio::time::Instant::now() + left);
+                            expiry_armed = true;
+                        }
+                        next
+                    }
                     Some(Ok(Message::Binary(_))) => Next::Close(4400, "Binary messages are not supported".into()),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => Next::Continue,
                     // tungstenite's capacity error ("Message too long: …", "Frame too long"):
@@ -252,6 +279,21 @@ async fn run(socket: WebSocket, protocol: Protocol, state: AppState) {
 }
 
 impl Connection {
+    /// The protocol's keep-alive, and a WebSocket ping (every client answers it, whatever its
+    /// protocol, which keeps an idle connection open); false once the writer is gone.
+    async fn keep_alive(&self) -> bool {
+        let message = match self.protocol {
+            Protocol::Modern => text::<()>("ping", None, None),
+            Protocol::Legacy => text::<()>("ka", None, None),
+        };
+        self.out.send(Out::Frame(message)).await.is_ok()
+            && self
+                .out
+                .send(Out::Frame(Message::Ping(axum::body::Bytes::new())))
+                .await
+                .is_ok()
+    }
+
     async fn handle(&mut self, body: &str) -> Next {
         let message: ClientMessage = match serde_json::from_str(body) {
             Ok(message) => message,
@@ -286,7 +328,9 @@ impl Connection {
                 if self.init_received {
                     return Next::Close(4429, "Too many initialisation requests".into());
                 }
-                self.accept_init(message.payload);
+                if let Err(err) = self.accept_init(message.payload).await {
+                    return Next::Close(4403, format!("Forbidden: {err}"));
+                }
                 self.send(text::<()>("connection_ack", None, None)).await;
                 Next::Continue
             }
@@ -332,8 +376,17 @@ impl Connection {
     async fn handle_legacy(&mut self, message: ClientMessage) -> Next {
         match message.kind.as_str() {
             "connection_init" => {
-                if !self.init_received {
-                    self.accept_init(message.payload);
+                if !self.init_received
+                    && let Err(err) = self.accept_init(message.payload).await
+                {
+                    // The legacy protocol's refusal: connection_error, then the close.
+                    self.send(text(
+                        "connection_error",
+                        None,
+                        Some(serde_json::json!({ "message": err.to_string(), "extensions": { "code": err.code() } })),
+                    ))
+                    .await;
+                    return Next::Close(4403, format!("Forbidden: {err}"));
                 }
                 self.send(text::<()>("connection_ack", None, None)).await;
                 self.send(text::<()>("ka", None, None)).await;
@@ -378,12 +431,33 @@ impl Connection {
         }
     }
 
-    fn accept_init(&mut self, payload: Option<serde_json::Value>) {
+    /// Authenticates the connection with the credentials of `connection_init` (or, without
+    /// any there, of the upgrade request) and sets its session and schema.
+    async fn accept_init(
+        &mut self,
+        payload: Option<serde_json::Value>,
+    ) -> Result<(), crate::auth::AuthError> {
+        let payload = payload.unwrap_or(serde_json::Value::Null);
+        let mut credentials = crate::auth::Credentials::from_init_payload(&payload);
+        if credentials.is_empty() {
+            credentials = crate::auth::Credentials {
+                role: credentials
+                    .role
+                    .or_else(|| self.upgrade_credentials.role.clone()),
+                ..self.upgrade_credentials.clone()
+            };
+        }
+        let session = self.state.auth.authenticate(&credentials).await?;
         self.init_received = true;
+        self.schema = Some(self.state.schemas.for_session(&session).clone());
+        self.arm_expiry = session.remaining();
         let mut data = Data::default();
-        data.insert(ConnectionParams(payload.unwrap_or(serde_json::Value::Null)));
+        data.insert(ConnectionParams(payload));
         data.insert(crate::limits::FilterBudget::new(self.state.ws.max_filters));
+        data.insert(session.clone());
+        self.caller = Some(session);
         self.session = Arc::new(data);
+        Ok(())
     }
 
     async fn send(&self, message: Message) {
@@ -423,10 +497,26 @@ impl Connection {
             request = request.data(slot.clone());
         }
         let query = request.query.clone();
-        let responses = self
-            .state
-            .schema
-            .execute_stream_with_session_data(request, self.session.clone());
+        let Some(schema) = &self.schema else {
+            // Operations start only after connection_init set the schema.
+            return;
+        };
+        // Queries and mutations run as one result (a role's schema may have no subscription
+        // root to stream with); subscriptions stream.
+        let subscribes = super::admit::has_operation(
+            &mut request,
+            async_graphql::parser::types::OperationType::Subscription,
+        );
+        let responses = if subscribes {
+            schema.execute_stream_with_session_data(request, self.session.clone())
+        } else {
+            let schema = schema.clone();
+            let request = match &self.caller {
+                Some(session) => request.data(session.clone()),
+                None => request,
+            };
+            futures::stream::once(async move { schema.execute(request).await }).boxed()
+        };
         let op = OperationContext {
             id: id.clone(),
             query,
