@@ -257,7 +257,7 @@ impl Server {
         let schemas = crate::schema::build(&config, services, &options.graphql)
             .and_then(crate::schema::Schemas::new)
             .map_err(|e| ServerError::Schema(e.to_string()))?;
-        let auth = start_auth(&options).await?;
+        let auth = start_auth(&options, &config).await?;
         let addr = format!("{}:{}", options.host, options.port);
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
@@ -355,15 +355,24 @@ fn public_url(options: &ServeOptions, local: SocketAddr) -> String {
     })
 }
 
-/// The authenticator (its JWKS fetched); with none configured, a warning that everyone has
-/// full access.
-async fn start_auth(options: &ServeOptions) -> Result<crate::auth::Auth, ServerError> {
-    let auth = crate::auth::Auth::new(options.auth.clone()).map_err(ServerError::Auth)?;
+/// The authenticator (its JWKS fetched), with the API keys of `schema.yaml`; with none
+/// configured, a warning that everyone has full access.
+async fn start_auth(
+    options: &ServeOptions,
+    config: &Config,
+) -> Result<crate::auth::Auth, ServerError> {
+    let mut settings = options.auth.clone();
+    settings.api_keys.extend(config.api_keys.iter().cloned());
+    let auth = crate::auth::Auth::new(settings).map_err(ServerError::Auth)?;
     if auth.is_on() {
         auth.prefetch().await;
-    } else {
+    } else if config.permissions.is_empty() {
         tracing::warn!(
             "no authentication is configured: anyone who can reach this server has full access (see --jwt-secret, --jwks-url, --admin-secret)"
+        );
+    } else {
+        tracing::warn!(
+            "schema.yaml has permissions, but no authentication is configured: they have no effect, and anyone who can reach this server has full access (see --jwt-secret, --jwks-url, --admin-secret)"
         );
     }
     Ok(auth)

@@ -234,3 +234,72 @@ fn run_kinds_resolve_with_their_executors_and_defaults() {
         Some(Executor::External)
     );
 }
+
+#[test]
+fn permissions_and_api_keys_resolve() {
+    use viewcast::config::{Kinds, Scope, TriggerAction};
+    let config = load("permissions");
+    let trades = config.source("trades").unwrap();
+    let user = config.role("user").unwrap();
+    let select = user.source("trades").unwrap().select.as_ref().unwrap();
+    // Columns in the source's order, whatever the order in the list.
+    assert_eq!(select.columns, [0, 2, 3, 4]);
+    assert_eq!(select.limit, Some(50));
+    assert!(user.source("trades").unwrap().triggers.is_empty());
+    assert_eq!(user.runs.start, Kinds::Only(vec!["import".into()]));
+    assert_eq!(
+        (user.runs.read, user.runs.cancel, user.runs.append),
+        (Scope::Own, Scope::Own, Scope::None)
+    );
+    let desk = config.role("desk").unwrap();
+    let desk_trades = desk.source("trades").unwrap();
+    assert_eq!(
+        desk_trades.select.as_ref().unwrap().columns,
+        [0, 1, 2, 3, 4, 5]
+    );
+    assert!(desk_trades.may(TriggerAction::Read));
+    assert!(!desk_trades.may(TriggerAction::Create));
+    assert_eq!(desk.runs.start, Kinds::All);
+    assert!(config.role("nobody").is_none());
+
+    let [key] = config.api_keys.as_slice() else {
+        panic!("one API key: {:?}", config.api_keys)
+    };
+    assert_eq!(key.role, "desk");
+    assert_eq!(key.sha256[..2], [0x2c, 0xf2]);
+    assert_eq!(key.variables["x-hasura-user-id"], "exporter");
+
+    // Session variables are substituted and coerced to the column's type.
+    let vars = |name: &str| key.variables.get(name).cloned();
+    let filter = desk_trades
+        .select
+        .as_ref()
+        .unwrap()
+        .row_filter(trades, &vars)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        filter.into_json().unwrap(),
+        serde_json::json!({"_or": [{"symbol": {"_in": ["AAPL", "MSFT"]}}, {"side": {"_eq": "buy"}}]})
+    );
+    let user_filter = |id: &str| {
+        select.row_filter(trades, &|name| {
+            (name == "x-hasura-user-id").then(|| id.to_owned())
+        })
+    };
+    assert_eq!(
+        user_filter("42").unwrap().unwrap().into_json().unwrap(),
+        serde_json::json!({"account_id": {"_eq": 42}})
+    );
+    assert_eq!(
+        user_filter("abc").unwrap_err().to_string(),
+        "session variable x-hasura-user-id is \"abc\", not a value of column account_id (Integer)"
+    );
+    assert_eq!(
+        select
+            .row_filter(trades, &|_| None)
+            .unwrap_err()
+            .to_string(),
+        "the session has no x-hasura-user-id, which this role's row filter on trades needs"
+    );
+}

@@ -171,14 +171,7 @@ impl Session {
     }
 }
 
-/// An API key for a service or a worker: its SHA-256, the role and variables it acts with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiKey {
-    pub name: String,
-    pub sha256: [u8; 32],
-    pub role: String,
-    pub variables: BTreeMap<String, String>,
-}
+pub use crate::config::ApiKey;
 
 /// How requests are authenticated (each part optional).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

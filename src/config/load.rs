@@ -21,6 +21,7 @@ use super::env;
 use super::error::{Location, Problem, closest, list};
 use super::ident::{self, IdentError};
 use super::names::{self, RootType};
+use super::permissions::{ApiKey, PermissionResolver, RolePermissions};
 use super::spans::Spans;
 use super::{
     Backend, ColumnDef, ColumnType, Config, ConfigError, DeclaredTrigger, EnumDef, Envelope,
@@ -50,12 +51,14 @@ pub(crate) fn load_with_env(
 ) -> Result<Config, ConfigError> {
     let expanded = env::expand(text, lookup).map_err(|p| p.into_error(path.to_owned()))?;
     match parse(&expanded.text) {
-        Ok((enums, sources, triggers, run_kinds)) => Ok(Config {
+        Ok(resolved) => Ok(Config {
             path: path.to_owned(),
-            enums,
-            sources,
-            triggers,
-            run_kinds,
+            enums: resolved.enums,
+            sources: resolved.sources,
+            triggers: resolved.triggers,
+            run_kinds: resolved.run_kinds,
+            permissions: resolved.permissions,
+            api_keys: resolved.api_keys,
         }),
         Err(mut problem) => {
             problem.at = problem.at.map(|at| expanded.original(at));
@@ -64,12 +67,15 @@ pub(crate) fn load_with_env(
     }
 }
 
-type Resolved = (
-    Vec<Arc<EnumDef>>,
-    Vec<Arc<SourceDef>>,
-    Vec<DeclaredTrigger>,
-    Option<Vec<RunKind>>,
-);
+/// Everything of a [`Config`] but its path.
+struct Resolved {
+    enums: Vec<Arc<EnumDef>>,
+    sources: Vec<Arc<SourceDef>>,
+    triggers: Vec<DeclaredTrigger>,
+    run_kinds: Option<Vec<RunKind>>,
+    permissions: Vec<RolePermissions>,
+    api_keys: Vec<ApiKey>,
+}
 
 fn parse(text: &str) -> Result<Resolved, Problem> {
     match serde_yaml::from_str::<RawConfig>(text) {
@@ -93,7 +99,15 @@ fn parse(text: &str) -> Result<Resolved, Problem> {
 
 /// Top-level keys, for hints (serde's own list is in its error message).
 const TOP_LEVEL_KEYS: &[&str] = &[
-    "backend", "start", "cluster", "database", "enums", "sources", "runs",
+    "backend",
+    "start",
+    "cluster",
+    "database",
+    "enums",
+    "sources",
+    "runs",
+    "permissions",
+    "api_keys",
 ];
 /// The keys of a run kind, per executor.
 const RUN_KIND_KEYS: &[(&str, &[&str])] = &[
@@ -145,6 +159,8 @@ struct RawConfig {
     enums: Option<Entries<Vec<String>>>,
     sources: Option<Entries<RawSource>>,
     runs: Option<Entries<serde_yaml::Value>>,
+    permissions: Option<Entries<serde_yaml::Value>>,
+    api_keys: Option<Entries<serde_yaml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -472,7 +488,27 @@ impl Resolver<'_> {
             ),
             None => None,
         };
-        Ok((enums, resolved, triggers, run_kinds))
+        let permissions = PermissionResolver {
+            spans: self.spans,
+            sources: &resolved,
+            run_kinds: run_kinds.as_deref(),
+        };
+        let roles = match raw.permissions {
+            Some(entries) => permissions.roles(entries.0)?,
+            None => Vec::new(),
+        };
+        let api_keys = match raw.api_keys {
+            Some(entries) => permissions.api_keys(entries.0)?,
+            None => Vec::new(),
+        };
+        Ok(Resolved {
+            enums,
+            sources: resolved,
+            triggers,
+            run_kinds,
+            permissions: roles,
+            api_keys,
+        })
     }
 
     /// A run kind: `name: { executor: external | demo | http, … }`.

@@ -11,6 +11,7 @@ mod error;
 mod ident;
 mod load;
 pub mod names;
+mod permissions;
 mod spans;
 
 use std::path::PathBuf;
@@ -18,6 +19,10 @@ use std::sync::Arc;
 
 pub use error::{ConfigError, Location};
 pub use load::{load, load_str};
+pub use permissions::{
+    ApiKey, Kinds, RolePermissions, RunPermissions, Scope, SelectPermission, SourcePermissions,
+    TriggerAction, VariableError, is_variable,
+};
 
 /// A resolved `schema.yaml`.
 #[derive(Debug, Clone)]
@@ -33,6 +38,10 @@ pub struct Config {
     /// Run kinds declared under `runs:`, in file order; `None` (no `runs:` section): any
     /// kind is accepted, driven by external workers.
     pub run_kinds: Option<Vec<RunKind>>,
+    /// What each role may do once auth is on (`permissions:`), in file order.
+    pub permissions: Vec<RolePermissions>,
+    /// API keys for services and workers (`api_keys:`).
+    pub api_keys: Vec<ApiKey>,
 }
 
 /// A kind of run declared in `schema.yaml`, and what drives its runs.
@@ -83,6 +92,11 @@ pub struct DeclaredTrigger {
 impl Config {
     pub fn source(&self, name: &str) -> Option<&Arc<SourceDef>> {
         self.sources.iter().find(|s| s.name == name)
+    }
+
+    /// The permissions of `role`, if it has any.
+    pub fn role(&self, role: &str) -> Option<&RolePermissions> {
+        self.permissions.iter().find(|r| r.role == role)
     }
 
     /// The declared kind `name` (`None` if kinds are declared and this is not one of them);
