@@ -399,6 +399,9 @@ pub struct CheckArgs {
     /// Instance name used in replication slot names (as for `serve`).
     #[arg(long, env = "VIEWCAST_INSTANCE", default_value = "default")]
     pub instance: String,
+    /// Print the schema this role sees (its permissions in schema.yaml) instead of the admin's.
+    #[arg(long, conflicts_with = "setup_sql")]
+    pub role: Option<String>,
 }
 
 // Doc comments here are the --help text users read, not rustdoc: no Markdown backticks.
@@ -605,8 +608,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 print!("{}", setup_sql(&config, &settings));
             } else {
-                let schema = crate::schema::build(
+                let grants = match args.role.as_deref() {
+                    None | Some(crate::auth::ADMIN_ROLE) => crate::auth::Grants::Admin,
+                    Some(role) => {
+                        if config.role(role).is_none() {
+                            eprintln!(
+                                "role {role:?} has no entry in permissions: it sees nothing but viewer"
+                            );
+                        }
+                        crate::auth::Grants::role(role, config.role(role))
+                    }
+                };
+                let schema = crate::schema::build_for(
                     &config,
+                    &grants,
                     crate::schema::Services::default(),
                     &crate::limits::GraphqlLimits::default(),
                 )

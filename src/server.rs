@@ -254,8 +254,7 @@ impl Server {
             runs: Some(runs.clone()),
             rejections: Some(metrics.limits.clone()),
         };
-        let schemas = crate::schema::build(&config, services, &options.graphql)
-            .and_then(crate::schema::Schemas::new)
+        let schemas = crate::schema::Schemas::build(&config, services, &options.graphql)
             .map_err(|e| ServerError::Schema(e.to_string()))?;
         let auth = start_auth(&options, &config).await?;
         let addr = format!("{}:{}", options.host, options.port);

@@ -257,8 +257,11 @@ fn permissions_and_api_keys_resolve() {
         desk_trades.select.as_ref().unwrap().columns,
         [0, 1, 2, 3, 4, 5]
     );
-    assert!(desk_trades.may(TriggerAction::Read));
-    assert!(!desk_trades.may(TriggerAction::Create));
+    assert!(desk_trades.triggers.is_empty());
+    let ops = config.role("ops").unwrap().source("trades").unwrap();
+    assert!(ops.may(TriggerAction::Read));
+    assert!(!ops.may(TriggerAction::Create));
+    assert_eq!(ops.select.as_ref().unwrap().filter, None);
     assert_eq!(desk.runs.start, Kinds::All);
     assert!(config.role("nobody").is_none());
 

@@ -72,3 +72,87 @@ fn every_own_type_is_reserved() {
         );
     }
 }
+
+/// The schema a role of the `permissions` fixture sees.
+fn role_sdl(role: &str) -> String {
+    let path = "tests/fixtures/valid/permissions/schema.yaml";
+    let config = viewcast::config::load(Path::new(path)).expect("valid fixture");
+    let grants = match role {
+        "admin" => viewcast::auth::Grants::Admin,
+        role => viewcast::auth::Grants::role(role, config.role(role)),
+    };
+    viewcast::schema::build_for(
+        &config,
+        &grants,
+        viewcast::schema::Services::default(),
+        &viewcast::limits::GraphqlLimits::default(),
+    )
+    .expect("schema builds")
+    .sdl()
+}
+
+/// The body of `type`/`input` `name` in an SDL.
+fn block<'a>(sdl: &'a str, kind: &str, name: &str) -> Option<&'a str> {
+    let start = sdl.find(&format!("\n{kind} {name} {{"))?;
+    let end = sdl[start..].find("\n}")?;
+    Some(&sdl[start..start + end])
+}
+
+#[test]
+fn each_role_sees_only_what_it_may_use() {
+    let user = role_sdl("user");
+    let trades = block(&user, "type", "trades").expect("trades type");
+    let expression = block(&user, "input", "tradesExpression").expect("where type");
+    for hidden in ["account_id", "secret_note"] {
+        assert!(!trades.contains(hidden), "{hidden} in\n{trades}");
+        assert!(!expression.contains(hidden), "{hidden} in\n{expression}");
+        assert!(
+            !block(&user, "input", "trades_order_by")
+                .unwrap()
+                .contains(hidden)
+        );
+    }
+    for visible in ["id: Int!", "symbol: String", "side: side", "price: Float"] {
+        assert!(trades.contains(visible), "{visible} missing in\n{trades}");
+    }
+    let mutation = block(&user, "type", "Mutation").expect("user may start runs");
+    assert!(mutation.contains("startRun(") && mutation.contains("cancelRun("));
+    assert!(!mutation.contains("appendRunEvents"), "{mutation}");
+    assert!(
+        !user.contains("trigger"),
+        "no trigger API for user:\n{user}"
+    );
+    insta::assert_snapshot!(user);
+
+    let ops = role_sdl("ops");
+    let query = block(&ops, "type", "Query").unwrap();
+    assert!(
+        query.contains("trades_triggers") && query.contains("trades_dead_letters"),
+        "{query}"
+    );
+    let mutation = block(&ops, "type", "Mutation");
+    assert!(
+        mutation.is_none(),
+        "a read-only role has no mutations: {mutation:?}"
+    );
+    assert!(!ops.contains("run("), "ops has no runs grant");
+
+    // A role without an entry: viewer, and nothing that names a source, an enum or a run.
+    let nobody = role_sdl("nobody");
+    let query = block(&nobody, "type", "Query").unwrap();
+    // Outside the descriptions, one field.
+    let fields: String = query.split("\"\"\"").step_by(2).collect();
+    assert_eq!(fields.matches(':').count(), 1, "{query}");
+    for absent in [
+        "trades",
+        "enum side",
+        "type Mutation",
+        "type Subscription",
+        "Run",
+    ] {
+        assert!(!nobody.contains(absent), "{absent} in\n{nobody}");
+    }
+    // The admin's is the whole schema.
+    let admin = role_sdl("admin");
+    assert!(admin.contains("secret_note") && admin.contains("create_trades_trigger"));
+}

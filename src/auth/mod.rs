@@ -9,6 +9,7 @@
 //! or a secret.
 
 mod claims;
+mod grants;
 mod jwt;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub use claims::ClaimsSource;
+pub use grants::{Grants, RunAccess, Select};
 pub use jwt::{Checks, KeySource};
 
 /// The role of the admin secret: everything is allowed.
@@ -220,6 +222,11 @@ fn sha256(text: &str) -> [u8; 32] {
 /// Equal in time that does not depend on where they differ.
 fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether two secrets are equal, in a time that does not tell how much of a guess was right.
+pub fn same_secret(given: &str, expected: &str) -> bool {
+    same(&sha256(given), &sha256(expected))
 }
 
 impl Auth {

@@ -443,6 +443,20 @@ impl PermissionResolver<'_> {
             }
             None => Vec::new(),
         };
+        // A trigger's conditions and payloads see whole rows: administering them is for a
+        // role that reads the whole source anyway.
+        let whole = select
+            .as_ref()
+            .is_some_and(|s| s.filter.is_none() && s.columns.len() == source.columns.len());
+        if !triggers.is_empty() && !whole {
+            return Err(Problem::new(
+                self.spans.key(&["permissions", role, "sources", name, "triggers"]),
+                format!(
+                    "role {role:?} has trigger actions on source {name:?} but does not read all of its rows and columns"
+                ),
+            )
+            .hint("a trigger's conditions and payloads see whole rows: give the role `select: { columns: '*' }` without a filter, or leave the triggers to a role that has it"));
+        }
         Ok(SourcePermissions {
             source: name.to_owned(),
             select,

@@ -527,32 +527,30 @@ where
     T: Send + 'static,
 {
     use futures::StreamExt;
-    enum Item<T> {
-        Next(T),
-        End,
-        Expired,
-    }
     let Some(remaining) = remaining else {
         return stream.boxed();
     };
-    let items = stream
-        .map(Item::Next)
-        .chain(futures::stream::once(async { Item::End }));
-    let deadline = futures::stream::once(tokio::time::sleep(remaining)).map(|()| Item::Expired);
-    let mut expired = Some(expired);
-    futures::stream::select(items, deadline)
-        .scan(false, move |done, item| {
-            let out = match (*done, item) {
-                (true, _) | (false, Item::End) => None,
-                (false, Item::Next(item)) => Some(item),
-                (false, Item::Expired) => {
-                    *done = true;
-                    expired.take().map(|f| f())
+    // `expired` is taken when it fires: the next poll ends the stream, whether or not the
+    // inner stream has anything more.
+    let state = (
+        stream.boxed(),
+        Box::pin(tokio::time::sleep(remaining)),
+        Some(expired),
+    );
+    futures::stream::unfold(
+        state,
+        |(mut stream, mut deadline, mut expired)| async move {
+            expired.as_ref()?;
+            tokio::select! {
+                item = stream.next() => item.map(|item| (item, (stream, deadline, expired))),
+                () = &mut deadline => {
+                    let last = expired.take()?();
+                    Some((last, (stream, deadline, None)))
                 }
-            };
-            std::future::ready(out)
-        })
-        .boxed()
+            }
+        },
+    )
+    .boxed()
 }
 
 /// Executes `request` as `caller`; every error of the response carries an `extensions.code`.

@@ -26,8 +26,9 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use super::AppState;
+use crate::auth::RunAccess;
 use crate::run::stream::{Follow, Item};
-use crate::run::{NewEvent, RunError};
+use crate::run::{NewEvent, Run, RunError};
 
 /// An error answer: `{"error": message, "code": CODE}`.
 struct Problem {
@@ -61,33 +62,32 @@ fn run_error(err: &RunError) -> Response {
         RunError::Invalid(_) => StatusCode::BAD_REQUEST,
         RunError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         RunError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        RunError::Forbidden(_) => StatusCode::FORBIDDEN,
         RunError::Lagged(_) => StatusCode::GONE,
         RunError::NoStore | RunError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     error(status, &err.to_string(), err.code()).into_response()
 }
 
-/// The caller's session, allowed to act on runs: with auth on, the admin (roles get run
-/// permissions in `permissions:`); the refusal otherwise.
+/// The caller's session and what it may do with runs (its role's grants); the refusal when
+/// it has no valid credentials.
 async fn runs_session(
     state: &AppState,
     headers: &HeaderMap,
     uri: &axum::http::Uri,
-) -> Result<crate::auth::Session, Response> {
+) -> Result<(crate::auth::Session, RunAccess), Response> {
     let credentials = super::credentials_of(headers, uri);
     let session = match state.auth.authenticate(&credentials).await {
         Ok(session) => session,
         Err(err) => return Err(super::auth_refusal(&err)),
     };
-    if !session.is_admin() {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            &format!("role {} may not use runs", session.role),
-            "FORBIDDEN",
-        )
-        .into_response());
-    }
-    Ok(session)
+    let access = state.schemas.grants(&session).run_access(&session);
+    Ok((session, access))
+}
+
+/// The run `id`, if `access` may read it.
+async fn readable(state: &AppState, access: &RunAccess, id: &str) -> Result<Run, RunError> {
+    access.read(state.runs.get(id).await?)
 }
 
 /// The JSON body of a POST (an empty body is `{}`). The content type must say JSON, even for
@@ -147,19 +147,29 @@ pub async fn start(
     headers: HeaderMap,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(refusal) = runs_session(&state, &headers, &uri).await {
-        return refusal;
-    }
+    let access = match runs_session(&state, &headers, &uri).await {
+        Ok((_, access)) => access,
+        Err(refusal) => return refusal,
+    };
     let request: StartBody = match body(&state, &headers, bytes) {
         Ok(request) => request,
         Err(problem) => return problem.into_response(),
     };
+    if let Err(err) = access.start(&request.kind) {
+        return run_error(&err);
+    }
     let input = request.input.unwrap_or_else(|| json!({}));
-    match state
+    let started = state
         .runs
-        .start_or_get(&request.kind, &input, request.idempotency_key.as_deref())
+        .start_or_get(
+            &request.kind,
+            &input,
+            request.idempotency_key.as_deref(),
+            access.created_by(),
+        )
         .await
-    {
+        .and_then(|(run, created)| Ok((access.earlier_start(run, created)?, created)));
+    match started {
         Ok((run, created)) => {
             let status = if created {
                 StatusCode::CREATED
@@ -178,10 +188,11 @@ pub async fn get_run(
     uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refusal) = runs_session(&state, &headers, &uri).await {
-        return refusal;
-    }
-    match state.runs.get(&id).await {
+    let access = match runs_session(&state, &headers, &uri).await {
+        Ok((_, access)) => access,
+        Err(refusal) => return refusal,
+    };
+    match readable(&state, &access, &id).await {
         Ok(run) => Json(run.to_json()).into_response(),
         Err(err) => run_error(&err),
     }
@@ -218,11 +229,21 @@ pub async fn append(
             .runs
             .worker_token(&id)
             .await
-            .is_ok_and(|expected| expected == token),
+            .is_ok_and(|expected| crate::auth::same_secret(token, &expected)),
         _ => false,
     };
-    if !is_worker && let Err(refusal) = runs_session(&state, &headers, &uri).await {
-        return refusal;
+    if !is_worker {
+        let access = match runs_session(&state, &headers, &uri).await {
+            Ok((_, access)) => access,
+            Err(refusal) => return refusal,
+        };
+        let allowed = match state.runs.get(&id).await {
+            Ok(run) => access.append(&run),
+            Err(err) => Err(err),
+        };
+        if let Err(err) = allowed {
+            return run_error(&err);
+        }
     }
     match state
         .runs
@@ -251,13 +272,21 @@ pub async fn cancel(
     headers: HeaderMap,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(refusal) = runs_session(&state, &headers, &uri).await {
-        return refusal;
-    }
+    let access = match runs_session(&state, &headers, &uri).await {
+        Ok((_, access)) => access,
+        Err(refusal) => return refusal,
+    };
     let request: CancelBody = match body(&state, &headers, bytes) {
         Ok(request) => request,
         Err(problem) => return problem.into_response(),
     };
+    let allowed = match state.runs.get(&id).await {
+        Ok(run) => access.cancel(&run),
+        Err(err) => Err(err),
+    };
+    if let Err(err) = allowed {
+        return run_error(&err);
+    }
     match state.runs.cancel(&id, request.reason.as_deref()).await {
         Ok(run) => Json(run.to_json()).into_response(),
         Err(err) => run_error(&err),
@@ -304,8 +333,8 @@ pub async fn events(
     headers: HeaderMap,
     Query(params): Query<EventsParams>,
 ) -> Response {
-    let session = match runs_session(&state, &headers, &uri).await {
-        Ok(session) => session,
+    let (session, access) = match runs_session(&state, &headers, &uri).await {
+        Ok(caller) => caller,
         Err(refusal) => return refusal,
     };
     let from_seq = match start_seq(&headers, &params) {
@@ -328,6 +357,9 @@ pub async fn events(
         Ok(slot) => slot,
         Err(refusal) => return *refusal,
     };
+    if let Err(err) = readable(&state, &access, &id).await {
+        return run_error(&err);
+    }
     let follow = Follow {
         from_seq,
         coalesce,

@@ -96,20 +96,50 @@ pub trait Encoder: Send + Sync + 'static {
     /// Identifies the encoding: equal keys must encode every event identically.
     fn key(&self) -> &str;
     fn encode(&self, event: &Event) -> Self::Item;
+    /// The columns its readers may see (`None`: all of them): an UPDATE that changes none of
+    /// these is not an event for them. Part of what `key` identifies.
+    fn visible(&self) -> Option<&[usize]> {
+        None
+    }
 }
 
 /// The identity encoder: readers that hand events to the GraphQL executor.
-pub struct Events;
+pub struct Events {
+    visible: Option<Arc<[usize]>>,
+    key: String,
+}
+
+impl Events {
+    /// Events for readers who see every column.
+    pub fn all() -> Events {
+        Events {
+            visible: None,
+            key: "events".into(),
+        }
+    }
+
+    /// Events for readers who see only these columns (a role's permitted ones).
+    pub fn of_columns(visible: Arc<[usize]>) -> Events {
+        Events {
+            key: format!("events{visible:?}"),
+            visible: Some(visible),
+        }
+    }
+}
 
 impl Encoder for Events {
     type Item = Event;
 
-    fn key(&self) -> &'static str {
-        "events"
+    fn key(&self) -> &str {
+        &self.key
     }
 
     fn encode(&self, event: &Event) -> Event {
         event.clone()
+    }
+
+    fn visible(&self) -> Option<&[usize]> {
+        self.visible.as_deref()
     }
 }
 
@@ -138,7 +168,7 @@ impl Reader<Events> {
         after: Option<Cursor>,
         snapshot_end: bool,
     ) -> Result<Reader<Events>, CursorError> {
-        Reader::open_encoded(hub, filter, Arc::new(Events), after, snapshot_end).await
+        Reader::open_encoded(hub, filter, Arc::new(Events::all()), after, snapshot_end).await
     }
 }
 
@@ -322,7 +352,13 @@ impl<E: Encoder> Reader<E> {
             epoch: self.hub.epoch,
             seq: last.seq,
         };
-        let events = filter_changes(&self.view.filter, &merged, last.position, cursor);
+        let events = filter_changes(
+            &self.view.filter,
+            self.view.encoder.visible(),
+            &merged,
+            last.position,
+            cursor,
+        );
         let at = Some(last.applied_at);
         self.pending
             .extend(events.iter().map(|e| (self.view.encoder.encode(e), at)));
@@ -402,6 +438,7 @@ fn build_snapshot<E: Encoder>(
 /// with their last known values; the last event carries the cursor.
 pub(super) fn filter_changes(
     filter: &Filter,
+    visible: Option<&[usize]>,
     changes: &[RowChange],
     position: Position,
     cursor: Cursor,
@@ -424,6 +461,12 @@ pub(super) fn filter_changes(
                 .then(|| event(EventKind::Delete, old, None)),
             RowChange::Update { old, new, changed } => {
                 match (filter.matches(old), filter.matches(new)) {
+                    // An update of columns the reader cannot see is none of its business.
+                    (true, true)
+                        if visible.is_some_and(|v| !changed.iter().any(|c| v.contains(c))) =>
+                    {
+                        None
+                    }
                     (true, true) => Some(event(EventKind::Update, new, Some(changed.clone()))),
                     (false, true) => Some(event(EventKind::Insert, new, None)),
                     (true, false) => Some(event(EventKind::Delete, old, None)),

@@ -112,7 +112,13 @@ impl<E: Encoder> View<E> {
 
 impl<E: Encoder> ViewSink for View<E> {
     fn on_batch(&self, batch: &AppliedBatch, cursor: Cursor) {
-        let events = filter_changes(&self.filter, &batch.changes, batch.position, cursor);
+        let events = filter_changes(
+            &self.filter,
+            self.encoder.visible(),
+            &batch.changes,
+            batch.position,
+            cursor,
+        );
         let mut state = self.lock();
         state.evaluated_through = batch.seq;
         // The cached snapshot serves readers opening at its head only: past it, it is dead

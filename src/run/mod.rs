@@ -95,6 +95,9 @@ pub enum RunError {
     TooLarge(String),
     #[error("{0}")]
     Unauthorized(String),
+    /// The session's role may not do this (`permissions:` in schema.yaml).
+    #[error("{0}")]
+    Forbidden(String),
     #[error(
         "this subscription fell {0} status changes behind and missed them: query runs for the current state, then subscribe again"
     )]
@@ -115,6 +118,7 @@ impl RunError {
             RunError::Invalid(_) => "BAD_USER_INPUT",
             RunError::TooLarge(_) => "PAYLOAD_TOO_LARGE",
             RunError::Unauthorized(_) => "UNAUTHENTICATED",
+            RunError::Forbidden(_) => "FORBIDDEN",
             RunError::Lagged(_) => "SUBSCRIPTION_ENDED",
             RunError::NoStore | RunError::Store(_) => "STORE_UNAVAILABLE",
         }
@@ -144,6 +148,8 @@ pub struct Run {
     pub next_seq: i64,
     pub terminal_type: Option<String>,
     pub terminal_message: Option<String>,
+    /// Who started it (a session's subject); `None` for the admin.
+    pub created_by: Option<String>,
 }
 
 impl Run {
@@ -165,6 +171,7 @@ impl Run {
             "lastSeq": self.next_seq - 1,
             "terminalType": self.terminal_type,
             "terminalMessage": self.terminal_message,
+            "createdBy": self.created_by,
         })
     }
 }
@@ -224,7 +231,7 @@ const RUN_COLUMNS: &str = concat!(
     rfc3339!("started_at"),
     ", ",
     rfc3339!("finished_at"),
-    ", next_seq, terminal_type, terminal_message"
+    ", next_seq, terminal_type, terminal_message, created_by"
 );
 
 pub(crate) const EVENT_COLUMNS: &str = concat!(
@@ -245,6 +252,7 @@ fn run(row: &tokio_postgres::Row) -> Run {
         next_seq: row.get(8),
         terminal_type: row.get(9),
         terminal_message: row.get(10),
+        created_by: row.get(11),
     }
 }
 
@@ -601,15 +609,20 @@ impl Runs {
         input: &Value,
         idempotency_key: Option<&str>,
     ) -> Result<Run, RunError> {
-        Ok(self.start_or_get(kind, input, idempotency_key).await?.0)
+        Ok(self
+            .start_or_get(kind, input, idempotency_key, None)
+            .await?
+            .0)
     }
 
-    /// `start`, telling whether the run is new (false: an earlier start with the same key).
+    /// `start` on behalf of `created_by`, telling whether the run is new (false: an earlier
+    /// start with the same key, whoever made it).
     pub async fn start_or_get(
         &self,
         kind: &str,
         input: &Value,
         idempotency_key: Option<&str>,
+        created_by: Option<&str>,
     ) -> Result<(Run, bool), RunError> {
         if kind.trim().is_empty() {
             return Err(RunError::Invalid("a run needs a kind".into()));
@@ -646,13 +659,13 @@ impl Runs {
             .query_opt(
                 &format!(
                     "WITH created AS ( \
-                         INSERT INTO viewcast_runs (kind, input, idempotency_key) VALUES ($1, $2, $3) \
+                         INSERT INTO viewcast_runs (kind, input, idempotency_key, created_by) VALUES ($1, $2, $3, $4) \
                          ON CONFLICT (kind, idempotency_key) DO NOTHING RETURNING *) \
                      SELECT {RUN_COLUMNS}, \
                          pg_notify('{PUBLISHED_CHANNEL}', id::text || ' 0 pending 0') \
                      FROM created"
                 ),
-                &[&kind, input, &idempotency_key],
+                &[&kind, input, &idempotency_key, &created_by],
             )
             .await?;
         if let Some(row) = inserted {
@@ -923,9 +936,17 @@ impl Runs {
                      WHERE ($1::text IS NULL OR kind = $1) \
                        AND ($2::text[] IS NULL OR status = ANY($2)) \
                        AND ($3::text IS NULL OR (created_at, id) < ($3::timestamptz, $4::text::uuid)) \
+                       AND ($6::text IS NULL OR created_by = $6) \
                      ORDER BY created_at DESC, id DESC LIMIT $5"
                 ),
-                &[&filter.kind, &statuses, &after_time, &after_id, &(first + 1)],
+                &[
+                    &filter.kind,
+                    &statuses,
+                    &after_time,
+                    &after_id,
+                    &(first + 1),
+                    &filter.created_by,
+                ],
             )
             .await?;
         let has_next_page = rows.len() as i64 > first;
@@ -934,7 +955,7 @@ impl Runs {
             .take(usize::try_from(first).unwrap_or(0))
             .map(|r| {
                 let run = run(r);
-                let cursor = encode_cursor(&r.get::<_, String>(11), &run.id);
+                let cursor = encode_cursor(&r.get::<_, String>(12), &run.id);
                 (run, cursor)
             })
             .collect();
@@ -954,12 +975,18 @@ pub struct RunFilter {
     pub kind: Option<String>,
     /// Any of these (empty: any status).
     pub status: Vec<String>,
+    /// Only the runs this subject started.
+    pub created_by: Option<String>,
 }
 
 impl RunFilter {
     pub fn matches(&self, run: &Run) -> bool {
         self.kind.as_ref().is_none_or(|k| *k == run.kind)
             && (self.status.is_empty() || self.status.contains(&run.status))
+            && self
+                .created_by
+                .as_ref()
+                .is_none_or(|by| run.created_by.as_ref() == Some(by))
     }
 }
 

@@ -89,6 +89,8 @@ fn data_columns(
 pub struct JsonEncoder {
     key: String,
     source: Arc<SourceDef>,
+    /// The columns the subscriber's role sees (`None`: all).
+    visible: Option<Arc<[usize]>>,
     root: String,
     fields: Vec<(String, UpdateField)>,
 }
@@ -99,6 +101,7 @@ impl JsonEncoder {
     pub(super) fn compile(
         source: &Arc<SourceDef>,
         field: &SelectionField<'_>,
+        visible: Option<Arc<[usize]>>,
     ) -> Option<JsonEncoder> {
         let root = field.alias().unwrap_or(field.name()).to_owned();
         let mut fields: Vec<(String, UpdateField)> = Vec::new();
@@ -127,10 +130,11 @@ impl JsonEncoder {
                 (None, kind) => fields.push((alias, kind)),
             }
         }
-        let key = format!("{root}{fields:?}");
+        let key = format!("{root}{fields:?}{visible:?}");
         Some(JsonEncoder {
             key,
             source: source.clone(),
+            visible,
             root,
             fields,
         })
@@ -240,7 +244,8 @@ impl Encoder for JsonEncoder {
                 }
                 UpdateField::Fields => {
                     out.push('[');
-                    for (n, name) in event_field_names(&self.source, event).enumerate() {
+                    let names = event_field_names(&self.source, event, self.visible.as_deref());
+                    for (n, name) in names.enumerate() {
                         if n > 0 {
                             out.push(',');
                         }
@@ -261,6 +266,10 @@ impl Encoder for JsonEncoder {
         out.push('}');
         out.into()
     }
+
+    fn visible(&self) -> Option<&[usize]> {
+        self.visible.as_deref()
+    }
 }
 
 pub(super) fn operation_name(kind: EventKind) -> &'static str {
@@ -274,20 +283,22 @@ pub(super) fn operation_name(kind: EventKind) -> &'static str {
 }
 
 /// The column names an event's `fields` lists: all for INSERT and DELETE, the changed ones for
-/// UPDATE, none for markers.
+/// UPDATE, none for markers; only those in `visible` when given (a role's columns).
 pub(super) fn event_field_names<'a>(
     source: &'a SourceDef,
     event: &'a Event,
-) -> Box<dyn Iterator<Item = &'a str> + 'a> {
-    match (&event.kind, &event.columns) {
-        (EventKind::Update, Some(changed)) => {
-            Box::new(changed.iter().map(|&i| source.columns[i].name.as_str()))
-        }
+    visible: Option<&'a [usize]>,
+) -> impl Iterator<Item = &'a str> + 'a {
+    let indices: Box<dyn Iterator<Item = usize> + 'a> = match (&event.kind, &event.columns) {
+        (EventKind::Update, Some(changed)) => Box::new(changed.iter().copied()),
         (EventKind::Insert | EventKind::Update | EventKind::Delete, _) => {
-            Box::new(source.columns.iter().map(|c| c.name.as_str()))
+            Box::new(0..source.columns.len())
         }
         (EventKind::SnapshotEnd | EventKind::Reset, _) => Box::new(std::iter::empty()),
-    }
+    };
+    indices
+        .filter(move |i| visible.is_none_or(|v| v.contains(i)))
+        .map(|i| source.columns[i].name.as_str())
 }
 
 fn field_error(message: &str, path: &[&str], code: Option<String>) -> serde_json::Value {

@@ -22,30 +22,41 @@ use async_graphql::dynamic::{
 use async_graphql::{ErrorExtensions, Value as GqlValue};
 use futures::StreamExt;
 
-use crate::config::{ColumnType, Config, SourceDef, names};
+use crate::auth::{Grants, Select};
+use crate::config::{ColumnType, Config, Kinds, Scope, SourceDef, TriggerAction, names};
 use crate::filter::{self, Filter};
-use crate::hub::{Cursor, Event, Hubs, Reader};
+use crate::hub::{Cursor, Event, Events, Hubs, Reader};
 use crate::limits::{CostModel, FilterBudget, GraphqlLimits, Limit, Rejections};
 pub use encode::{JsonEncoder, PlanSlot, SubscriptionPlan};
 pub use output::{RowView, to_graphql};
 
 /// The schema each caller sees: the whole of it for the admin (and everyone when auth is
-/// off), a role's own for a role with permissions, and for any other role one that holds
+/// off), a role's own for a role in `permissions:`, and for any other role one that holds
 /// nothing but `viewer` (deny by default).
 #[derive(Clone)]
 pub struct Schemas {
     full: Schema,
-    roles: std::collections::HashMap<String, Schema>,
+    roles: std::collections::HashMap<String, (Schema, Grants)>,
     denied: Schema,
 }
 
 impl Schemas {
-    /// Only the full schema (every caller is the admin, or has no permissions yet).
-    pub fn new(full: Schema) -> Result<Schemas, SchemaError> {
+    /// The admin's schema and one per role of `config.permissions`.
+    pub fn build(
+        config: &Config,
+        services: Services,
+        limits: &GraphqlLimits,
+    ) -> Result<Schemas, SchemaError> {
+        let mut roles = std::collections::HashMap::new();
+        for role in &config.permissions {
+            let grants = Grants::role(&role.role, Some(role));
+            let schema = build_for(config, &grants, services.clone(), limits)?;
+            roles.insert(role.role.clone(), (schema, grants));
+        }
         Ok(Schemas {
-            full,
-            roles: std::collections::HashMap::new(),
-            denied: denied_schema()?,
+            denied: build_for(config, &Grants::role("", None), services.clone(), limits)?,
+            full: build_for(config, &Grants::Admin, services, limits)?,
+            roles,
         })
     }
 
@@ -54,21 +65,25 @@ impl Schemas {
         if session.is_admin() {
             return &self.full;
         }
-        self.roles.get(&session.role).unwrap_or(&self.denied)
+        self.roles
+            .get(&session.role)
+            .map_or(&self.denied, |(s, _)| s)
+    }
+
+    /// What `session` may do.
+    pub fn grants(&self, session: &crate::auth::Session) -> Grants {
+        if session.is_admin() {
+            return Grants::Admin;
+        }
+        self.roles
+            .get(&session.role)
+            .map_or_else(|| Grants::role(&session.role, None), |(_, g)| g.clone())
     }
 
     /// The admin's schema (the whole API).
     pub fn full(&self) -> &Schema {
         &self.full
     }
-}
-
-/// The schema of a role without permissions: `viewer` (who the caller is), nothing else.
-fn denied_schema() -> Result<Schema, SchemaError> {
-    Schema::build("Query", None, None)
-        .register(viewer_type())
-        .register(Object::new("Query").field(viewer_field()))
-        .finish()
 }
 
 /// `Viewer`: the caller's role and user id.
@@ -114,51 +129,85 @@ pub struct Services {
     pub rejections: Option<Arc<Rejections>>,
 }
 
-/// Builds the schema for `config`; `services` are attached as schema data.
+/// Builds the admin's schema for `config` (the whole API); `services` are attached as
+/// schema data.
 pub fn build(
     config: &Config,
     services: Services,
     limits: &GraphqlLimits,
 ) -> Result<Schema, SchemaError> {
-    let mut query = Object::new("Query").field(viewer_field());
-    let mut mutation = Object::new("Mutation");
-    let mut subscription = Subscription::new("Subscription");
-    let mut builder_types = global_types(config);
-    builder_types.push(viewer_type().into());
-    builder_types.extend(triggers::global_types());
-    builder_types.extend(runs::global_types());
-    for field in runs::query_fields() {
-        query = query.field(field);
-    }
-    for field in runs::mutation_fields() {
-        mutation = mutation.field(field);
-    }
-    for field in runs::subscription_fields() {
-        subscription = subscription.field(field);
-    }
-    for source in &config.sources {
-        builder_types.extend(source_types(source));
-        builder_types.push(triggers::input_type(source).into());
-        query = query.field(query_field(source, limits));
-        for field in triggers::query_fields(source) {
-            query = query.field(field);
-        }
-        for field in triggers::mutation_fields(source) {
-            mutation = mutation.field(field);
-        }
-        subscription = subscription.field(subscription_field(source));
-    }
+    build_for(config, &Grants::Admin, services, limits)
+}
 
-    let mut builder = Schema::build("Query", Some("Mutation"), Some("Subscription"))
-        .register(query)
-        .register(mutation)
-        .register(subscription)
-        // The cost of an operation is estimated before it gets here (`limits::check_operations`,
-        // which counts list sizes); async-graphql's own complexity counts every field as 1.
-        .limit_depth(limits.max_depth)
-        .limit_recursive_depth(limits.max_nesting)
-        .data(*limits)
-        .data(services.rejections.unwrap_or_default());
+/// The schema of callers with `grants`: only the sources, columns and operations they may
+/// use exist in it (and in its introspection), so anything else fails validation.
+pub fn build_for(
+    config: &Config,
+    grants: &Grants,
+    services: Services,
+    limits: &GraphqlLimits,
+) -> Result<Schema, SchemaError> {
+    let mut roots = Roots {
+        query: Object::new("Query").field(viewer_field()),
+        mutation: Object::new("Mutation"),
+        mutations: 0,
+        subscription: Subscription::new("Subscription"),
+        subscriptions: 0,
+        types: vec![viewer_type().into()],
+    };
+    if grants.any_runs() {
+        roots.add_runs(&grants.runs());
+    }
+    let mut enums: Vec<&str> = Vec::new();
+    let mut any_triggers = false;
+    for source in &config.sources {
+        if let Some(select) = grants.select(source) {
+            for (index, column) in source.columns.iter().enumerate() {
+                if let ColumnType::Enum(def) = &column.ty
+                    && select.sees(index)
+                    && !enums.contains(&def.name.as_str())
+                {
+                    enums.push(&def.name);
+                }
+            }
+            roots.add_source(source, &Arc::new(select), limits);
+        }
+        any_triggers |= roots.add_triggers(source, |action| grants.trigger(&source.name, action));
+    }
+    if any_triggers {
+        roots.types.extend(triggers::global_types());
+    }
+    roots.types.extend(global_types(config, |name| {
+        grants.is_admin() || enums.contains(&name)
+    }));
+    let Roots {
+        query,
+        mutation,
+        mutations,
+        subscription,
+        subscriptions,
+        types: builder_types,
+    } = roots;
+
+    let mut builder = Schema::build(
+        "Query",
+        (mutations > 0).then_some("Mutation"),
+        (subscriptions > 0).then_some("Subscription"),
+    )
+    .register(query)
+    // The cost of an operation is estimated before it gets here (`limits::check_operations`,
+    // which counts list sizes); async-graphql's own complexity counts every field as 1.
+    .limit_depth(limits.max_depth)
+    .limit_recursive_depth(limits.max_nesting)
+    .data(*limits)
+    .data(grants.clone())
+    .data(services.rejections.unwrap_or_default());
+    if mutations > 0 {
+        builder = builder.register(mutation);
+    }
+    if subscriptions > 0 {
+        builder = builder.register(subscription);
+    }
     for ty in builder_types {
         builder = builder.register(ty);
     }
@@ -176,6 +225,101 @@ pub fn build(
         builder = builder.data(runs);
     }
     builder.finish()
+}
+
+/// The root types of a schema being built, and the types they use.
+struct Roots {
+    query: Object,
+    mutation: Object,
+    mutations: usize,
+    subscription: Subscription,
+    subscriptions: usize,
+    types: Vec<async_graphql::dynamic::Type>,
+}
+
+impl Roots {
+    fn mutation(&mut self, field: Field) {
+        self.mutation = std::mem::replace(&mut self.mutation, Object::new("Mutation")).field(field);
+        self.mutations += 1;
+    }
+
+    fn subscription(&mut self, field: SubscriptionField) {
+        self.subscription =
+            std::mem::replace(&mut self.subscription, Subscription::new("Subscription"))
+                .field(field);
+        self.subscriptions += 1;
+    }
+
+    fn query(&mut self, field: Field) {
+        self.query = std::mem::replace(&mut self.query, Object::new("Query")).field(field);
+    }
+
+    /// The runs API, as far as `allowed` goes.
+    fn add_runs(&mut self, allowed: &crate::config::RunPermissions) {
+        self.types.extend(runs::global_types());
+        if allowed.read != Scope::None {
+            for field in runs::query_fields() {
+                self.query(field);
+            }
+            for field in runs::subscription_fields() {
+                self.subscription(field);
+            }
+        }
+        let [start, append, cancel] = runs::mutation_fields();
+        for (field, granted) in [
+            (start, allowed.start != Kinds::None),
+            (append, allowed.append != Scope::None),
+            (cancel, allowed.cancel != Scope::None),
+        ] {
+            if granted {
+                self.mutation(field);
+            }
+        }
+    }
+
+    /// A source's rows, read as `select` allows.
+    fn add_source(
+        &mut self,
+        source: &Arc<SourceDef>,
+        select: &Arc<Select>,
+        limits: &GraphqlLimits,
+    ) {
+        self.types.extend(source_types(source, select));
+        self.query(query_field(source, select, limits));
+        self.subscription(subscription_field(source, select));
+    }
+
+    /// The trigger fields of a source that `may` allows; whether there was any.
+    fn add_triggers(
+        &mut self,
+        source: &Arc<SourceDef>,
+        may: impl Fn(TriggerAction) -> bool,
+    ) -> bool {
+        let mut any = false;
+        if may(TriggerAction::Read) {
+            any = true;
+            for field in triggers::query_fields(source) {
+                self.query(field);
+            }
+        }
+        if may(TriggerAction::Create) {
+            self.types.push(triggers::input_type(source).into());
+        }
+        let [create, delete, enable, disable, redeliver] = triggers::mutation_fields(source);
+        for (field, action) in [
+            (create, TriggerAction::Create),
+            (delete, TriggerAction::Delete),
+            (enable, TriggerAction::Enable),
+            (disable, TriggerAction::Disable),
+            (redeliver, TriggerAction::Redeliver),
+        ] {
+            if may(action) {
+                any = true;
+                self.mutation(field);
+            }
+        }
+        any
+    }
 }
 
 /// The list sizes of the schema `build` makes for `config`, for the cost of an operation: the
@@ -200,8 +344,12 @@ pub fn cost_model(config: &Config, limits: &GraphqlLimits) -> CostModel {
     }
 }
 
-/// Types shared by every source: operations, ordering, scalars and comparison inputs.
-fn global_types(config: &Config) -> Vec<async_graphql::dynamic::Type> {
+/// Types shared by every source: operations, ordering, scalars and comparison inputs; the
+/// enums that `wanted` names.
+fn global_types(
+    config: &Config,
+    wanted: impl Fn(&str) -> bool,
+) -> Vec<async_graphql::dynamic::Type> {
     let mut types: Vec<async_graphql::dynamic::Type> = vec![
         Enum::new("RowOperation")
             .description("What happened to a row, as seen through the subscriber's filter.")
@@ -232,7 +380,7 @@ fn global_types(config: &Config) -> Vec<async_graphql::dynamic::Type> {
     ] {
         types.push(comparison(name, operand, ordered, text).into());
     }
-    for def in &config.enums {
+    for def in config.enums.iter().filter(|d| wanted(&d.name)) {
         types.push(
             Enum::new(&def.name)
                 .items(def.values.iter().map(String::as_str))
@@ -308,12 +456,19 @@ fn comparison_type(ty: &ColumnType) -> String {
     }
 }
 
-fn source_types(source: &Arc<SourceDef>) -> Vec<async_graphql::dynamic::Type> {
+/// A source's object, `where`, `order_by` and update types, with the columns `select` sees.
+fn source_types(
+    source: &Arc<SourceDef>,
+    select: &Arc<Select>,
+) -> Vec<async_graphql::dynamic::Type> {
     let name = &source.name;
     let mut object = Object::new(name);
     let mut expression = InputObject::new(names::source_expression_type(name));
     let mut order_by = InputObject::new(names::source_order_by_type(name));
     for (index, column) in source.columns.iter().enumerate() {
+        if !select.sees(index) {
+            continue;
+        }
         let ty = output_type(&column.ty);
         let type_ref = if source.is_key_column(index) {
             TypeRef::named_nn(ty)
@@ -370,9 +525,10 @@ fn source_types(source: &Arc<SourceDef>) -> Vec<async_graphql::dynamic::Type> {
         })
         .field({
             let source = source.clone();
+            let visible = select.visible.clone();
             Field::new("fields", TypeRef::named_nn_list_nn(TypeRef::STRING), move |ctx| {
                 let names = ctx.parent_value.try_downcast_ref::<Event>().map(|event| {
-                        encode::event_field_names(&source, event)
+                        encode::event_field_names(&source, event, visible.as_deref())
                             .map(|name| GqlValue::String(name.to_owned()))
                             .collect::<Vec<_>>()
                     });
@@ -445,35 +601,69 @@ fn hubs<'a>(ctx: &async_graphql::Context<'a>) -> async_graphql::Result<&'a Arc<H
     })
 }
 
-/// The `where` argument, compiled once it is within the filter limits.
+/// The `where` argument, compiled once it is within the filter limits, `AND`ed with the
+/// role's row filter (its session variables substituted): a client's `where` can only narrow
+/// what its role sees.
 fn compile_where(
     ctx: &async_graphql::Context<'_>,
     source: &SourceDef,
+    select: &Select,
     arg: Option<async_graphql::dynamic::ValueAccessor<'_>>,
 ) -> async_graphql::Result<Filter> {
-    let Some(value) = arg.filter(|v| !v.is_null()) else {
-        return Ok(Filter::always());
+    let refused = |e: filter::FilterError| {
+        if e.is_limit() {
+            ctx.data_unchecked::<Arc<Rejections>>().count(Limit::Filter);
+        }
+        user_error(e.to_string(), "BAD_USER_INPUT")
     };
-    let limits = &ctx.data_unchecked::<GraphqlLimits>().filter;
-    filter::check_size(value.as_value(), limits)
-        .and_then(|()| filter::compile(source, value.as_value()))
-        .map_err(|e| {
-            if e.is_limit() {
-                ctx.data_unchecked::<Arc<Rejections>>().count(Limit::Filter);
-            }
-            user_error(e.to_string(), "BAD_USER_INPUT")
-        })
+    let given = arg.filter(|v| !v.is_null()).map(|v| v.as_value().clone());
+    if let Some(value) = &given {
+        let limits = &ctx.data_unchecked::<GraphqlLimits>().filter;
+        filter::check_size(value, limits).map_err(refused)?;
+        // Mistakes are reported in terms of the client's own `where`.
+        let compiled = filter::compile(source, value).map_err(refused)?;
+        if select.row_filter.is_none() {
+            return Ok(compiled);
+        }
+    }
+    let row_filter = match &select.row_filter {
+        None => None,
+        Some(permission) => {
+            let session = ctx.data_opt::<crate::auth::Session>();
+            let lookup = |name: &str| session.and_then(|s| s.variable(name)).map(str::to_owned);
+            permission
+                .row_filter(source, &lookup)
+                .map_err(|e| user_error(e.to_string(), "FORBIDDEN"))?
+        }
+    };
+    let combined = match (row_filter, given) {
+        (None, None) => return Ok(Filter::always()),
+        (Some(only), None) | (None, Some(only)) => only,
+        (Some(row_filter), Some(given)) => {
+            let mut and = async_graphql::indexmap::IndexMap::new();
+            and.insert(
+                async_graphql::Name::new("_and"),
+                GqlValue::List(vec![row_filter, given]),
+            );
+            GqlValue::Object(and)
+        }
+    };
+    filter::compile(source, &combined).map_err(refused)
 }
 
-fn query_field(source: &Arc<SourceDef>, limits: &GraphqlLimits) -> Field {
+fn query_field(source: &Arc<SourceDef>, select: &Arc<Select>, limits: &GraphqlLimits) -> Field {
     let name = source.name.clone();
     let field_source = source.clone();
+    let field_select = select.clone();
     Field::new(&name, TypeRef::named_nn_list_nn(&name), move |ctx| {
         let source = field_source.clone();
+        let select = field_select.clone();
         FieldFuture::new(async move {
-            let filter = compile_where(ctx.ctx, &source, ctx.args.get("where"))?;
+            let filter = compile_where(ctx.ctx, &source, &select, ctx.args.get("where"))?;
             let order = output::parse_order_by(&source, ctx.args.get("order_by"))?;
             let (limit, offset) = query_window(ctx.ctx, &ctx)?;
+            // The role's cap, as Hasura applies it: never more rows, whatever was asked.
+            let limit = select.limit.map_or(limit, |cap| limit.min(cap));
             let hub = hubs(ctx.ctx)?
                 .get(&source.name)
                 .ok_or_else(|| user_error("unknown source", "INTERNAL_SERVER_ERROR"))?;
@@ -546,13 +736,15 @@ fn query_window(
     Ok((limit, offset))
 }
 
-fn subscription_field(source: &Arc<SourceDef>) -> SubscriptionField {
+fn subscription_field(source: &Arc<SourceDef>, select: &Arc<Select>) -> SubscriptionField {
     let name = source.name.clone();
     let field_source = source.clone();
+    let field_select = select.clone();
     SubscriptionField::new(&name, TypeRef::named_nn(names::source_update_type(&name)), move |ctx| {
         let source = field_source.clone();
+        let select = field_select.clone();
         SubscriptionFieldFuture::new(async move {
-            let filter = compile_where(ctx.ctx, &source, ctx.args.get("where"))?;
+            let filter = compile_where(ctx.ctx, &source, &select, ctx.args.get("where"))?;
             let after = match ctx.args.get("after") {
                 Some(v) if !v.is_null() => Some(
                     v.string()?
@@ -578,13 +770,17 @@ fn subscription_field(source: &Arc<SourceDef>) -> SubscriptionField {
                 None => None,
             };
             if let Some(slot) = ctx.ctx.data_opt::<PlanSlot>()
-                && let Some(encoder) = JsonEncoder::compile(&source, &ctx.ctx.field())
+                && let Some(encoder) = JsonEncoder::compile(&source, &ctx.ctx.field(), select.visible.clone())
             {
                     // Validated and coerced: the caller runs the plan on the fast path.
                     slot.put(SubscriptionPlan { hub, filter, after, snapshot_end, encoder: Arc::new(encoder), ticket });
                     return Ok(futures::stream::empty().boxed());
             }
-            let reader = Reader::open(hub, filter, after, snapshot_end)
+            let events = match &select.visible {
+                Some(visible) => Events::of_columns(visible.clone()),
+                None => Events::all(),
+            };
+            let reader = Reader::open_encoded(hub, filter, Arc::new(events), after, snapshot_end)
                 .await
                 .map_err(|e| {
                     if matches!(e, crate::hub::CursorError::TooManyViews { .. }) {

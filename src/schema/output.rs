@@ -95,7 +95,13 @@ pub(super) fn parse_order_by(
     let Some(arg) = arg.filter(|a| !a.is_null()) else {
         return Ok(terms);
     };
-    for item in arg.list()?.iter() {
+    // GraphQL input coercion: a single object where a list is expected is a list of one.
+    let list = arg.list().ok();
+    let items: Vec<_> = match &list {
+        Some(list) => list.iter().collect(),
+        None => vec![arg],
+    };
+    for item in items {
         for (name, direction) in item.object()?.iter() {
             if direction.is_null() {
                 continue;

@@ -14,6 +14,7 @@ use futures::StreamExt;
 use async_graphql::dataloader::DataLoader;
 
 use super::{limit_of, of, user_error};
+use crate::auth::{Grants, RunAccess, Session};
 use crate::run::stream::{Follow, Item};
 use crate::run::{Event, NewEvent, Run, RunError, RunFilter, RunPage, Runs, STATUSES};
 
@@ -31,6 +32,24 @@ fn runs<'a>(ctx: &ResolverContext<'a>) -> async_graphql::Result<&'a Runs> {
             "INTERNAL_SERVER_ERROR",
         )
     })
+}
+
+/// What the caller may do with runs: its schema's grants, for its session.
+fn access(ctx: &ResolverContext<'_>) -> RunAccess {
+    let session = ctx
+        .data_opt::<Session>()
+        .cloned()
+        .unwrap_or_else(Session::admin);
+    // Every schema carries its grants; one without is a role's with none.
+    ctx.data_opt::<Grants>()
+        .cloned()
+        .unwrap_or_else(|| Grants::role(&session.role, None))
+        .run_access(&session)
+}
+
+/// The run `id`, if the caller may read it (one it may not read does not exist for it).
+async fn readable(ctx: &ResolverContext<'_>, id: &str) -> Result<Run, RunError> {
+    access(ctx).read(runs(ctx).map_err(|_| RunError::NoStore)?.get(id).await?)
 }
 
 fn json(value: Option<&serde_json::Value>) -> GqlValue {
@@ -112,6 +131,14 @@ fn run_type() -> Object {
             TypeRef::named(TypeRef::STRING),
             |r| opt_string(r.terminal_message.as_ref()),
         ))
+        .field(
+            of::<Run>("createdBy", TypeRef::named(TypeRef::STRING), |r| {
+                opt_string(r.created_by.as_ref())
+            })
+            .description(
+                "Who started it: the session's x-hasura-user-id (or role); null for the admin.",
+            ),
+        )
         .field(
             Field::new("events", TypeRef::named_nn_list_nn("RunEvent"), |ctx| {
                 FieldFuture::new(async move {
@@ -365,7 +392,8 @@ pub fn query_fields() -> [Field; 3] {
     let run = Field::new("run", TypeRef::named("Run"), |ctx| {
         FieldFuture::new(async move {
             let id = ctx.args.try_get("id")?.string()?.to_owned();
-            match runs(&ctx)?.get(&id).await {
+            runs(&ctx)?;
+            match readable(&ctx, &id).await {
                 Ok(run) => Ok(Some(FieldValue::owned_any(run))),
                 Err(RunError::NotFound(_)) => Ok(None),
                 Err(err) => Err(api_error(&err)),
@@ -376,7 +404,10 @@ pub fn query_fields() -> [Field; 3] {
     .description("A run (null if there is none with this id).");
     let list = Field::new("runs", TypeRef::named_nn("RunConnection"), |ctx| {
         FieldFuture::new(async move {
-            let filter = filter_of(&ctx)?;
+            let mut filter = filter_of(&ctx)?;
+            access(&ctx)
+                .restrict(&mut filter)
+                .map_err(|e| api_error(&e))?;
             let first = match ctx.args.get("first").filter(|v| !v.is_null()) {
                 Some(v) => v.i64()?,
                 None => 20,
@@ -404,6 +435,7 @@ pub fn query_fields() -> [Field; 3] {
             let id = ctx.args.try_get("runId")?.string()?.to_owned();
             let from = from_seq_of(&ctx)?;
             let limit = limit_of(&ctx, 100)?;
+            readable(&ctx, &id).await.map_err(|e| api_error(&e))?;
             let events = runs(&ctx)?
                 .events(&id, from, limit)
                 .await
@@ -427,9 +459,12 @@ pub fn mutation_fields() -> [Field; 3] {
             let kind = ctx.args.try_get("kind")?.string()?.to_owned();
             let input = json_arg(ctx.args.get("input")).unwrap_or_else(|| serde_json::json!({}));
             let key = string_arg(&ctx, "idempotencyKey")?;
+            let access = access(&ctx);
+            access.start(&kind).map_err(|e| api_error(&e))?;
             let run = runs(&ctx)?
-                .start(&kind, &input, key.as_deref())
+                .start_or_get(&kind, &input, key.as_deref(), access.created_by())
                 .await
+                .and_then(|(run, created)| access.earlier_start(run, created))
                 .map_err(|e| api_error(&e))?;
             Ok(Some(FieldValue::owned_any(run)))
         })
@@ -453,6 +488,18 @@ pub fn mutation_fields() -> [Field; 3] {
                     None => None,
                 };
                 let token = string_arg(&ctx, "token")?;
+                // A worker's run-scoped token is its grant; anyone else needs the role's.
+                let worker = match &token {
+                    Some(token) => runs(&ctx)?
+                        .worker_token(&id)
+                        .await
+                        .is_ok_and(|expected| crate::auth::same_secret(token, &expected)),
+                    None => false,
+                };
+                if !worker {
+                    let run = runs(&ctx)?.get(&id).await.map_err(|e| api_error(&e))?;
+                    access(&ctx).append(&run).map_err(|e| api_error(&e))?;
+                }
                 let stored = runs(&ctx)?
                     .append_as_worker(&id, &events, expected, token.as_deref())
                     .await
@@ -480,6 +527,8 @@ pub fn mutation_fields() -> [Field; 3] {
         FieldFuture::new(async move {
             let id = ctx.args.try_get("runId")?.string()?.to_owned();
             let reason = string_arg(&ctx, "reason")?;
+            let run = runs(&ctx)?.get(&id).await.map_err(|e| api_error(&e))?;
+            access(&ctx).cancel(&run).map_err(|e| api_error(&e))?;
             let run = runs(&ctx)?
                 .cancel(&id, reason.as_deref())
                 .await
@@ -503,6 +552,7 @@ pub fn subscription_fields() -> [SubscriptionField; 2] {
                 Some(v) => v.boolean()?,
                 None => false,
             };
+            readable(&ctx, &id).await.map_err(|e| api_error(&e))?;
             let runs = runs(&ctx)?;
             let follow = Follow {
                 from_seq,
@@ -539,7 +589,10 @@ pub fn subscription_fields() -> [SubscriptionField; 2] {
     .description("A run's events from `fromSeq`: the persisted ones, then live ones, each once and in order; ends after the terminal event.");
     let statuses = SubscriptionField::new("runs", TypeRef::named_nn("Run"), |ctx| {
         SubscriptionFieldFuture::new(async move {
-            let filter = filter_of(&ctx)?;
+            let mut filter = filter_of(&ctx)?;
+            access(&ctx)
+                .restrict(&mut filter)
+                .map_err(|e| api_error(&e))?;
             let runs = runs(&ctx)?.clone();
             let metrics = runs.metrics().clone();
             Ok(crate::run::bus::status_changes(runs.bus().statuses())

@@ -50,6 +50,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "run_retention",
         include_str!("migrations/0009_run_retention.sql"),
     ),
+    (
+        10,
+        "run_creator",
+        include_str!("migrations/0010_run_creator.sql"),
+    ),
 ];
 
 /// A timestamp column as RFC 3339 in UTC, microseconds kept.
