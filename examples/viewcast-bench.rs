@@ -85,6 +85,9 @@ enum Scenario {
     Fanout(Flags),
     /// 100 connections x 10 subscriptions over 10 filters, 10,000 rows, 1,000 changes/s, 20 s.
     Filtered(Flags),
+    /// 1,000 connections x 10 subscriptions, each its own user's `{group_id: {_eq: user}}`
+    /// (10,000 users, one row each), 1,000 changes/s, 20 s.
+    PerUser(Flags),
     /// 1,000 connections x 10 subscriptions matching nothing, 1,000 rows, 100 changes/s, 10 s.
     Idle(Flags),
     /// 20 clients, 10 of them pausing their reads for long stretches, 5,000 changes/s, 20 s.
@@ -270,6 +273,11 @@ impl Params {
         let (name, f, d) = match scenario {
             Scenario::Fanout(f) => ("fanout", f, (100, 1, 0, false, 1_000, 1_000, 20.0, 0)),
             Scenario::Filtered(f) => ("filtered", f, (100, 10, 10, false, 10_000, 1_000, 20.0, 0)),
+            Scenario::PerUser(f) => (
+                "per-user",
+                f,
+                (1_000, 10, 10_000, false, 10_000, 1_000, 20.0, 0),
+            ),
             Scenario::Idle(f) => ("idle", f, (1_000, 10, 0, true, 1_000, 100, 10.0, 0)),
             Scenario::Overload(f) => ("overload", f, (20, 1, 0, false, 1_000, 5_000, 20.0, 10)),
             Scenario::Streaming(f) => {

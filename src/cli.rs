@@ -290,10 +290,19 @@ pub struct LimitArgs {
         default_value_t = 1_024
     )]
     pub filter_max_pattern_bytes: usize,
-    /// Most distinct views (filter and selection) of one source, each evaluated on every
-    /// change; a subscription that needs another gets TOO_MANY_VIEWS.
-    #[arg(long, env = "VIEWCAST_MAX_VIEWS_PER_SOURCE", default_value_t = 1_000)]
+    /// Most distinct views (filter and selection) of one source; a subscription that needs
+    /// another gets TOO_MANY_VIEWS.
+    #[arg(long, env = "VIEWCAST_MAX_VIEWS_PER_SOURCE", default_value_t = 100_000)]
     pub max_views_per_source: usize,
+    /// Of those, most whose filter has no top-level _eq on an integer, text, boolean or enum
+    /// column: such a view is evaluated on every change of its source (one with the _eq only
+    /// on the changes holding its value).
+    #[arg(
+        long,
+        env = "VIEWCAST_MAX_SCANNED_VIEWS_PER_SOURCE",
+        default_value_t = 1_000
+    )]
+    pub max_scanned_views_per_source: usize,
     /// Most distinct filters (per source) the subscriptions of one WebSocket connection use.
     #[arg(long, env = "VIEWCAST_WS_MAX_FILTERS", default_value_t = 100)]
     pub ws_max_filters: usize,
@@ -567,6 +576,7 @@ impl ServeArgs {
         options.ws.idle_timeout = Duration::from_secs(self.limits.ws_idle_timeout.max(1));
         options.ws.max_filters = self.limits.ws_max_filters.max(1);
         options.hub_limits.max_views = self.limits.max_views_per_source.max(1);
+        options.hub_limits.max_scanned_views = self.limits.max_scanned_views_per_source.max(1);
         options.ws.init_timeout = Duration::from_secs(self.ws_init_timeout);
         options.ws.keepalive = Duration::from_secs(self.ws_keepalive.max(1));
         options.ws.max_operations = self.ws_max_operations;

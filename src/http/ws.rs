@@ -717,7 +717,7 @@ async fn run_operation(
     {
         Ok(reader) => reader,
         Err(err) => {
-            if matches!(err, CursorError::TooManyViews { .. }) {
+            if err.is_view_limit() {
                 op.metrics.limits.count(Limit::Views);
             }
             let errors = serde_json::json!([{ "message": err.to_string(), "path": [root], "extensions": { "code": err.code() } }]);

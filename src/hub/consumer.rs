@@ -50,16 +50,30 @@ pub enum CursorError {
         "source {name} has {max} differently filtered (or shaped) subscriptions already (--max-views-per-source); reuse a filter other subscribers use, or try later"
     )]
     TooManyViews { name: String, max: usize },
+    #[error(
+        "source {name} has {max} differently filtered (or shaped) subscriptions already whose filters are evaluated on every change (--max-scanned-views-per-source); a filter with an _eq on an integer, text, boolean or enum column is indexed and does not count here"
+    )]
+    TooManyScannedViews { name: String, max: usize },
 }
 
 impl CursorError {
+    /// Whether a view limit refused the subscription.
+    pub fn is_view_limit(&self) -> bool {
+        matches!(
+            self,
+            CursorError::TooManyViews { .. } | CursorError::TooManyScannedViews { .. }
+        )
+    }
+
     /// The GraphQL error code a subscriber gets.
     pub fn code(&self) -> &'static str {
         match self {
             CursorError::Malformed => "BAD_USER_INPUT",
             CursorError::Unavailable { .. } => "SOURCE_UNAVAILABLE",
             CursorError::Behind { .. } => "SUBSCRIPTION_ENDED",
-            CursorError::TooManyViews { .. } => "TOO_MANY_VIEWS",
+            CursorError::TooManyViews { .. } | CursorError::TooManyScannedViews { .. } => {
+                "TOO_MANY_VIEWS"
+            }
         }
     }
 }
@@ -187,13 +201,19 @@ impl<E: Encoder> Reader<E> {
         // holds its snapshot at this head (then nothing is copied per subscriber).
         let (view, start, head, position) = {
             let mut state = hub.lock();
-            let view =
-                Hub::view(&mut state, filter, encoder, hub.limits.max_views).ok_or_else(|| {
-                    CursorError::TooManyViews {
-                        name: hub.source.name.clone(),
+            let view = Hub::view(&mut state, filter, encoder, &hub.limits).map_err(|full| {
+                let name = hub.source.name.clone();
+                match full {
+                    super::view::Full::Views => CursorError::TooManyViews {
+                        name,
                         max: hub.limits.max_views,
-                    }
-                })?;
+                    },
+                    super::view::Full::Scanned => CursorError::TooManyScannedViews {
+                        name,
+                        max: hub.limits.max_scanned_views,
+                    },
+                }
+            })?;
             let oldest = state.log.front().map_or(state.head + 1, |b| b.seq);
             let start = match after {
                 Some(c) if c.epoch == hub.epoch && c.seq <= state.head && c.seq + 1 >= oldest => {
@@ -321,7 +341,11 @@ impl<E: Encoder> Reader<E> {
             self.pending
                 .extend(output.items.iter().map(|item| (item.clone(), at)));
         }
-        self.seq = state.evaluated_through;
+        // A batch that could not concern the view was not evaluated by it: the hub's head,
+        // read under the view's lock, is one every view has caught up with (the hub publishes
+        // it after evaluating the views, and evaluating this one would need this lock).
+        let head = *self.hub.head_tx.borrow();
+        self.seq = state.evaluated_through.max(head);
         start < state.recent.len()
     }
 

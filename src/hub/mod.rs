@@ -27,7 +27,7 @@ use crate::value::{Key, Row};
 
 pub use consumer::{Cursor, CursorError, Encoder, Event, EventKind, Events, Reader};
 pub use registry::{Hubs, Starter};
-use view::{View, ViewSink};
+use view::{Full, View, ViewSet};
 
 /// One row-level change, as a consumer sees it before filtering.
 #[derive(Debug, Clone)]
@@ -84,8 +84,11 @@ pub struct HubLimits {
     pub max_batches: usize,
     /// Row changes kept in the log, across batches.
     pub max_changes: usize,
-    /// Distinct views (filter × selection) evaluated on every batch.
+    /// Distinct views (filter × selection) of the source.
     pub max_views: usize,
+    /// Of those, views whose filter requires no `_eq` the hub can index by: each is evaluated
+    /// on every batch.
+    pub max_scanned_views: usize,
 }
 
 impl Default for HubLimits {
@@ -93,19 +96,19 @@ impl Default for HubLimits {
         HubLimits {
             max_batches: 32_768,
             max_changes: 262_144,
-            max_views: 1_000,
+            max_views: 100_000,
+            max_scanned_views: 1_000,
         }
     }
 }
 
-/// A view's handle for the hub: evaluated on every batch while a reader holds it.
+/// Views by (filter canonical text, encoding key), for readers that share them.
 type ViewIndex = HashMap<(String, String), std::sync::Weak<dyn std::any::Any + Send + Sync>>;
 
 struct State {
     cache: HashMap<Key, Arc<Row>>,
-    /// Live views (weak: a view goes with its last reader), evaluated on every batch.
-    views: Vec<std::sync::Weak<dyn ViewSink>>,
-    /// Views by (filter canonical text, encoding key).
+    /// Live views (weak: a view goes with its last reader), by the equality they require.
+    views: ViewSet,
     view_index: ViewIndex,
     log: VecDeque<Arc<AppliedBatch>>,
     logged_changes: usize,
@@ -158,7 +161,7 @@ impl Hub {
             epoch: rand::random::<u64>() >> 12,
             state: Mutex::new(State {
                 cache: HashMap::new(),
-                views: Vec::new(),
+                views: ViewSet::default(),
                 view_index: HashMap::new(),
                 log: VecDeque::new(),
                 logged_changes: 0,
@@ -235,15 +238,15 @@ impl Hub {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The view of readers with this filter and encoding, created on first use (unless
-    /// `max_views` live views exist: then `None`). Called with the hub's lock held, so a new
-    /// view starts exactly at the current head.
+    /// The view of readers with this filter and encoding, created on first use unless the
+    /// limits are reached. Called with the hub's lock held, so a new view starts exactly at the
+    /// current head.
     fn view<E: Encoder>(
         state: &mut State,
         filter: crate::filter::Filter,
         encoder: Arc<E>,
-        max_views: usize,
-    ) -> Option<Arc<View<E>>> {
+        limits: &HubLimits,
+    ) -> Result<Arc<View<E>>, Full> {
         let key = (filter.canonical().to_owned(), encoder.key().to_owned());
         if let Some(view) = state
             .view_index
@@ -251,19 +254,20 @@ impl Hub {
             .and_then(std::sync::Weak::upgrade)
             .and_then(|any| any.downcast::<View<E>>().ok())
         {
-            return Some(view);
+            return Ok(view);
         }
-        state.view_index.retain(|_, weak| weak.strong_count() > 0);
-        state.views.retain(|weak| weak.strong_count() > 0);
-        if state.views.len() >= max_views {
-            return None;
+        let equality = filter.required_equality();
+        state.views.admit(equality.as_ref(), limits)?;
+        // Both hold the same views: the index has dead entries only after a pruning.
+        if state.view_index.len() > state.views.len() {
+            state.view_index.retain(|_, weak| weak.strong_count() > 0);
         }
         let view = Arc::new(View::new(filter, encoder, state.head));
         let any: Arc<dyn std::any::Any + Send + Sync> = view.clone();
         state.view_index.insert(key, Arc::downgrade(&any));
-        let sink: Arc<dyn ViewSink> = view.clone();
-        state.views.push(Arc::downgrade(&sink));
-        Some(view)
+        let sink: Arc<dyn view::ViewSink> = view.clone();
+        state.views.insert(equality, Arc::downgrade(&sink));
+        Ok(view)
     }
 
     /// The current rows `filter` matches (at one batch boundary), or `None` before the first
@@ -386,16 +390,10 @@ impl Hub {
                 epoch: self.epoch,
                 seq: batch.seq,
             };
-            let mut dropped = false;
-            for view in &state.views {
-                match view.upgrade() {
-                    Some(view) => view.on_batch(&batch, cursor),
-                    None => dropped = true,
-                }
-            }
-            if dropped {
-                state.views.retain(|weak| weak.strong_count() > 0);
-            }
+            let evaluated = state.views.on_batch(&batch, cursor);
+            self.metrics.view_evaluations.add(evaluated as u64);
+            // After the views: a reader that sees this head knows that every view a batch
+            // through it concerned has its output (see `Reader::take_view_output`).
             self.head_tx.send_replace(batch.seq);
             state.log.push_back(batch);
             while state.log.len() > self.limits.max_batches

@@ -321,3 +321,159 @@ async fn views_beyond_the_cap_are_refused_and_their_places_come_back() {
         .expect("a view's place came back with its last reader");
     drop((a, a_again));
 }
+
+/// Every event a reader has ready now, without waiting.
+fn ready(reader: &mut Reader) -> Vec<Event> {
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut out = Vec::new();
+    loop {
+        let next = reader.next();
+        futures::pin_mut!(next);
+        match std::future::Future::poll(next.as_mut(), &mut cx) {
+            std::task::Poll::Ready(event) => out.push(event.unwrap()),
+            std::task::Poll::Pending => return out,
+        }
+    }
+}
+
+#[tokio::test]
+async fn views_found_by_their_equality_see_every_row_enter_and_leave() {
+    use rand::{Rng as _, SeedableRng as _};
+    let hub = hub(HubLimits::default());
+    let filters = [
+        serde_json::json!({"score": {"_eq": 0}}),
+        serde_json::json!({"score": {"_eq": 1}}),
+        serde_json::json!({"score": {"_eq": 2}}),
+        serde_json::json!({"score": {"_eq": 3}}),
+        serde_json::json!({"_and": [{"score": {"_eq": 1}}, {"id": {"_gt": 4}}]}),
+        serde_json::json!({"id": {"_eq": 3}, "score": {"_lt": 2}}),
+        serde_json::json!({"score": {"_gte": 2}}),
+    ];
+    let filters: Vec<Filter> = filters.into_iter().map(filter).collect();
+    let mut readers = Vec::new();
+    for f in &filters {
+        readers.push(
+            Reader::open(hub.clone(), f.clone(), None, false)
+                .await
+                .unwrap(),
+        );
+    }
+    let mut seen: Vec<std::collections::HashMap<i64, i64>> =
+        vec![std::collections::HashMap::default(); readers.len()];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for position in 2..400 {
+        let changes = (0..rng.random_range(1..4))
+            .map(|_| {
+                let id = rng.random_range(1..12);
+                if rng.random_bool(0.2) {
+                    delete(id)
+                } else {
+                    upsert(id, rng.random_range(0..4))
+                }
+            })
+            .collect();
+        batch(&hub, position, changes);
+        // Read now and then, so that readers both keep up and fall behind.
+        if rng.random_bool(0.3) {
+            for (reader, rows) in readers.iter_mut().zip(&mut seen) {
+                apply_events(rows, ready(reader));
+            }
+        }
+    }
+    let now = hub.rows().unwrap();
+    for ((reader, rows), f) in readers.iter_mut().zip(&mut seen).zip(&filters) {
+        apply_events(rows, ready(reader));
+        let mut expected: Vec<(i64, i64)> = now
+            .iter()
+            .filter(|row| f.matches(row))
+            .map(|row| match (row.get(0), row.get(1)) {
+                (Value::Int(id), Value::Int(score)) => (*id, *score),
+                _ => unreachable!(),
+            })
+            .collect();
+        expected.sort_unstable();
+        let mut got: Vec<(i64, i64)> = rows.iter().map(|(k, v)| (*k, *v)).collect();
+        got.sort_unstable();
+        assert_eq!(got, expected, "{}", f.canonical());
+    }
+}
+
+fn apply_events(rows: &mut std::collections::HashMap<i64, i64>, events: Vec<Event>) {
+    for event in events {
+        let Some(row) = &event.row else { continue };
+        let (Value::Int(id), Value::Int(score)) = (row.get(0), row.get(1)) else {
+            continue;
+        };
+        match event.kind {
+            EventKind::Insert => assert!(rows.insert(*id, *score).is_none(), "{id} inserted twice"),
+            EventKind::Update => assert!(rows.insert(*id, *score).is_some(), "{id} updated unseen"),
+            EventKind::Delete => assert!(rows.remove(id).is_some(), "{id} deleted unseen"),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_change_visits_only_the_views_its_values_can_match() {
+    let hub = hub(HubLimits::default());
+    let mut readers = Vec::new();
+    for k in 0..100 {
+        let f = filter(serde_json::json!({"score": {"_eq": k}}));
+        readers.push(Reader::open(hub.clone(), f, None, false).await.unwrap());
+    }
+    let scanned = filter(serde_json::json!({"score": {"_gte": 15}}));
+    readers.push(
+        Reader::open(hub.clone(), scanned, None, false)
+            .await
+            .unwrap(),
+    );
+    for reader in &mut readers {
+        ready(reader);
+    }
+    let evaluations = || hub.metrics().view_evaluations.get();
+    let before = evaluations();
+    // Row 1 moves from score 10 to 11: the views of 10 and 11, and the scanned one.
+    batch(&hub, 2, vec![upsert(1, 11)]);
+    assert_eq!(evaluations() - before, 3);
+    // A new row with a score no view asks for: only the scanned one.
+    batch(&hub, 3, vec![upsert(7, 500)]);
+    assert_eq!(evaluations() - before, 4);
+    let kinds = |events: Vec<Event>| events.into_iter().map(|e| e.kind).collect::<Vec<_>>();
+    assert_eq!(kinds(ready(&mut readers[10])), [EventKind::Delete]);
+    assert_eq!(kinds(ready(&mut readers[11])), [EventKind::Insert]);
+    assert_eq!(kinds(ready(&mut readers[100])), [EventKind::Insert]);
+    assert!(ready(&mut readers[12]).is_empty());
+}
+
+#[tokio::test]
+async fn views_evaluated_on_every_change_have_their_own_cap() {
+    let hub = hub(HubLimits {
+        max_views: 3,
+        max_scanned_views: 1,
+        ..HubLimits::default()
+    });
+    let open = |json: serde_json::Value| Reader::open(hub.clone(), filter(json), None, false);
+    let scanned = open(serde_json::json!({"score": {"_gte": 1}}))
+        .await
+        .expect("first");
+    match open(serde_json::json!({"score": {"_gte": 2}})).await {
+        Err(CursorError::TooManyScannedViews { max: 1, .. }) => {}
+        other => panic!("expected TooManyScannedViews, got {:?}", other.map(|_| ())),
+    }
+    // Indexed views are not scanned: they count against the total only.
+    let _a = open(serde_json::json!({"id": {"_eq": 1}}))
+        .await
+        .expect("indexed");
+    let _b = open(serde_json::json!({"id": {"_eq": 2}}))
+        .await
+        .expect("indexed");
+    match open(serde_json::json!({"id": {"_eq": 3}})).await {
+        Err(CursorError::TooManyViews { max: 3, .. }) => {}
+        other => panic!("expected TooManyViews, got {:?}", other.map(|_| ())),
+    }
+    drop(scanned);
+    open(serde_json::json!({"score": {"_gte": 2}}))
+        .await
+        .expect("the scanned view's place came back");
+}

@@ -1,19 +1,20 @@
 //! Views: the readers of one hub that share a filter and an encoding.
 //!
-//! The hub evaluates every live view once per applied batch, under its lock: the filter runs
-//! once per distinct filter per change, each event is encoded once per view, and only the
-//! readers of views that got output are woken. A view keeps its recent output so readers a
-//! little behind catch up from it; readers further behind fall back to the hub's log.
+//! The hub evaluates the live views a batch can concern once per applied batch, under its
+//! lock ([`ViewSet`]): the filter runs once per distinct filter per change it may match, each
+//! event is encoded once per view, and only the readers of views that got output are woken. A
+//! view keeps its recent output so readers a little behind catch up from it; readers further
+//! behind fall back to the hub's log.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
 use tokio::sync::watch;
 
 use super::consumer::{Encoder, Event, filter_changes};
-use super::{AppliedBatch, Cursor};
-use crate::filter::Filter;
+use super::{AppliedBatch, Cursor, RowChange};
+use crate::filter::{EqKey, Filter, eq_key};
 use crate::value::Row;
 
 /// Batches of output a view keeps for readers a little behind, and the most items across them.
@@ -22,8 +23,9 @@ const RECENT_ITEMS: usize = 65_536;
 
 /// What the hub needs of a view, whatever its encoding.
 pub(super) trait ViewSink: Send + Sync {
-    /// Evaluates one batch just applied by the hub (called under the hub's lock).
-    fn on_batch(&self, batch: &AppliedBatch, cursor: Cursor);
+    /// Evaluates one batch just applied by the hub (called under the hub's lock): `changes`
+    /// are the batch's, or those of them the view can match.
+    fn on_batch(&self, batch: &AppliedBatch, changes: &[RowChange], cursor: Cursor);
 }
 
 /// A view's snapshot at one head: the filtered rows and their encoding.
@@ -49,7 +51,8 @@ pub(super) struct ViewState<T> {
     /// Every batch from this sequence number on is accounted for in `recent` (those that
     /// produced nothing are simply absent).
     pub complete_since: u64,
-    /// The last batch evaluated.
+    /// The last batch evaluated. A batch that cannot concern the view is not evaluated: the
+    /// hub's `evaluated` head says how far every view is.
     pub evaluated_through: u64,
     /// The filtered snapshot rows at a head and their encoding, for readers opening at the
     /// same boundary.
@@ -92,9 +95,14 @@ impl<E: Encoder> View<E> {
         self.output_tx.subscribe()
     }
 
-    /// The snapshot an earlier reader built at `head`, if any.
+    /// The snapshot an earlier reader built at `head`, if any (one from an earlier head is
+    /// dropped: a view a batch did not concern was not told to drop it).
     pub(super) fn cached_snapshot(&self, head: u64) -> Option<Snapshot<E::Item>> {
-        self.lock()
+        let mut state = self.lock();
+        if state.snapshot.as_ref().is_some_and(|s| s.head < head) {
+            state.snapshot = None;
+        }
+        state
             .snapshot
             .as_ref()
             .filter(|s| s.head == head)
@@ -111,11 +119,11 @@ impl<E: Encoder> View<E> {
 }
 
 impl<E: Encoder> ViewSink for View<E> {
-    fn on_batch(&self, batch: &AppliedBatch, cursor: Cursor) {
+    fn on_batch(&self, batch: &AppliedBatch, changes: &[RowChange], cursor: Cursor) {
         let events = filter_changes(
             &self.filter,
             self.encoder.visible(),
-            &batch.changes,
+            changes,
             batch.position,
             cursor,
         );
@@ -146,5 +154,137 @@ impl<E: Encoder> ViewSink for View<E> {
         }
         drop(state);
         self.output_tx.send_replace(batch.seq);
+    }
+}
+
+/// The live views of one hub, found by the equality their filter requires (`{owner: {_eq:
+/// …}}`, alone or under a top-level `_and`), so that a batch visits only the views its rows
+/// can match: with a view per user, a change reaches its owner's view and no other. Views
+/// without such an equality are scanned on every batch.
+///
+/// Entries are weak (a view goes with its last reader) and pruned when their number reaches
+/// a limit or doubles since the last pruning, so dead ones never outnumber live ones by much.
+#[derive(Default)]
+pub(super) struct ViewSet {
+    scanned: Vec<Weak<dyn ViewSink>>,
+    /// By column, then by the value it must equal.
+    indexed: HashMap<usize, HashMap<EqKey, Vec<Weak<dyn ViewSink>>>>,
+    indexed_len: usize,
+    /// Entries after the last pruning.
+    pruned_len: usize,
+}
+
+/// Why a view could not be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Full {
+    /// `max_views` views exist.
+    Views,
+    /// `max_scanned` views without an indexable equality exist.
+    Scanned,
+}
+
+impl ViewSet {
+    /// Entries, live or not yet pruned.
+    pub fn len(&self) -> usize {
+        self.scanned.len() + self.indexed_len
+    }
+
+    /// Whether a view with this required equality may be added under the limits; prunes
+    /// dead entries when they could be what stands in the way.
+    pub fn admit(
+        &mut self,
+        equality: Option<&(usize, EqKey)>,
+        limits: &super::HubLimits,
+    ) -> Result<(), Full> {
+        let over = |set: &ViewSet| {
+            if set.len() >= limits.max_views {
+                Some(Full::Views)
+            } else if equality.is_none() && set.scanned.len() >= limits.max_scanned_views {
+                Some(Full::Scanned)
+            } else {
+                None
+            }
+        };
+        if over(self).is_some() || self.len() >= 2 * self.pruned_len + 64 {
+            self.prune();
+        }
+        over(self).map_or(Ok(()), Err)
+    }
+
+    pub fn insert(&mut self, equality: Option<(usize, EqKey)>, view: Weak<dyn ViewSink>) {
+        match equality {
+            None => self.scanned.push(view),
+            Some((column, key)) => {
+                self.indexed
+                    .entry(column)
+                    .or_default()
+                    .entry(key)
+                    .or_default()
+                    .push(view);
+                self.indexed_len += 1;
+            }
+        }
+    }
+
+    /// Drops the entries of views that are gone.
+    pub fn prune(&mut self) {
+        self.scanned.retain(|weak| weak.strong_count() > 0);
+        let mut indexed_len = 0;
+        self.indexed.retain(|_, by_value| {
+            by_value.retain(|_, views| {
+                views.retain(|weak| weak.strong_count() > 0);
+                indexed_len += views.len();
+                !views.is_empty()
+            });
+            !by_value.is_empty()
+        });
+        self.indexed_len = indexed_len;
+        self.pruned_len = self.len();
+    }
+
+    /// Evaluates a batch just applied: each scanned view on the whole batch, each indexed view
+    /// on the changes whose old or new row holds its value (in batch order). Returns how many
+    /// views it evaluated.
+    pub fn on_batch(&self, batch: &AppliedBatch, cursor: Cursor) -> usize {
+        let mut evaluated = 0;
+        for view in self.scanned.iter().filter_map(Weak::upgrade) {
+            view.on_batch(batch, &batch.changes, cursor);
+            evaluated += 1;
+        }
+        if self.indexed.is_empty() {
+            return evaluated;
+        }
+        // Keyed by the view's address; a view sits in one bucket, so a change reaches it
+        // through at most its old and its new row, and equal keys are looked up once.
+        let mut hits: HashMap<*const (), (Arc<dyn ViewSink>, Vec<RowChange>)> = HashMap::new();
+        for change in &batch.changes {
+            let (first, second) = match change {
+                RowChange::Insert(row) | RowChange::Delete(row) => (row, None),
+                RowChange::Update { old, new, .. } => (old, Some(new)),
+            };
+            for (&column, by_value) in &self.indexed {
+                let first_key = eq_key(first.get(column));
+                let second_key = second
+                    .and_then(|row| eq_key(row.get(column)))
+                    .filter(|key| first_key.as_ref() != Some(key));
+                for key in first_key.iter().chain(second_key.iter()) {
+                    let Some(views) = by_value.get(key) else {
+                        continue;
+                    };
+                    for view in views.iter().filter_map(Weak::upgrade) {
+                        let at = Arc::as_ptr(&view).cast::<()>();
+                        hits.entry(at)
+                            .or_insert_with(|| (view, Vec::new()))
+                            .1
+                            .push(change.clone());
+                    }
+                }
+            }
+        }
+        evaluated += hits.len();
+        for (view, changes) in hits.into_values() {
+            view.on_batch(batch, &changes, cursor);
+        }
+        evaluated
     }
 }

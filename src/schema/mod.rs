@@ -783,7 +783,7 @@ fn subscription_field(source: &Arc<SourceDef>, select: &Arc<Select>) -> Subscrip
             let reader = Reader::open_encoded(hub, filter, Arc::new(events), after, snapshot_end)
                 .await
                 .map_err(|e| {
-                    if matches!(e, crate::hub::CursorError::TooManyViews { .. }) {
+                    if e.is_view_limit() {
                         ctx.ctx.data_unchecked::<Arc<Rejections>>().count(Limit::Views);
                     }
                     user_error(e.to_string(), e.code())

@@ -92,6 +92,8 @@ pub struct SourceMetrics {
     pub rows_published: Counter,
     pub snapshots: Counter,
     pub conflated: Counter,
+    /// Views evaluated against a batch (a view a batch cannot concern is skipped).
+    pub view_evaluations: Counter,
     pub errors: Counter,
     /// Materialize: keys with more than one row at a timestamp (not applied).
     pub key_violations: Counter,
@@ -294,6 +296,12 @@ const SOURCE_FAMILIES: &[Family] = &[
         "counter",
         "Changes merged away for subscribers that fell behind.",
         |m| m.conflated.get().into(),
+    ),
+    (
+        "viewcast_source_view_evaluations_total",
+        "counter",
+        "Subscription views evaluated against a batch; views indexed by an equality the batch cannot meet are skipped.",
+        |m| m.view_evaluations.get().into(),
     ),
     (
         "viewcast_source_errors_total",
