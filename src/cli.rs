@@ -508,6 +508,9 @@ pub struct DemoArgs {
     /// Price ticks per second from the generator.
     #[arg(long, env = "VIEWCAST_DEMO_TICKS", default_value_t = 20)]
     pub ticks_per_second: u32,
+    /// Serve everything to everyone, as before auth: no tokens, no admin secret.
+    #[arg(long, env = "VIEWCAST_DEMO_NO_AUTH")]
+    pub no_auth: bool,
 }
 
 impl ServeArgs {

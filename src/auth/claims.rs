@@ -12,6 +12,9 @@ use serde_json::Value;
 
 use super::AuthError;
 
+/// Where Hasura puts its claims in a token, and where they are looked for by default.
+pub const HASURA_NAMESPACE: &str = "https://hasura.io/jwt/claims";
+
 /// Where the claims are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClaimsSource {
@@ -25,7 +28,7 @@ pub enum ClaimsSource {
 
 impl Default for ClaimsSource {
     fn default() -> Self {
-        ClaimsSource::Namespace("https://hasura.io/jwt/claims".into())
+        ClaimsSource::Namespace(HASURA_NAMESPACE.into())
     }
 }
 

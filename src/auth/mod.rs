@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-pub use claims::ClaimsSource;
+pub use claims::{ClaimsSource, HASURA_NAMESPACE};
 pub use grants::{Grants, RunAccess, Select};
 pub use jwt::{Checks, KeySource};
 

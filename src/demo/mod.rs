@@ -2,6 +2,10 @@
 //!
 //! Everything it starts it also stops: Ctrl-C (or SIGTERM) shuts the server down, stops the
 //! generator and the cluster, and removes the cluster's temporary directory.
+//!
+//! Auth is on as in a real deployment: a JWT secret and an admin secret made up at each start,
+//! the `permissions:` of the demo's schema.yaml, and a token for each of its two signed-in
+//! roles printed in the banner (a request without one is the `guest` role).
 
 use std::time::Duration;
 
@@ -9,6 +13,7 @@ use anyhow::Context as _;
 use rand::Rng as _;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{AuthSettings, Checks, ClaimsSource, JwtSettings, KeySource};
 use crate::cli::DemoArgs;
 use crate::pgcluster::{ClusterOptions, PgCluster};
 use crate::server::{ServeOptions, Server};
@@ -56,10 +61,14 @@ async fn serve(cluster: &PgCluster, args: &DemoArgs) -> anyhow::Result<()> {
         ..ServeOptions::default()
     };
     options.triggers.allow_private_targets = true;
+    let credentials = (!args.no_auth).then(Credentials::new).transpose()?;
+    if let Some(credentials) = &credentials {
+        options.auth = credentials.settings();
+    }
     let server = Server::start(config, options).await?;
     let stop = CancellationToken::new();
     let generator = tokio::spawn(generate(client, args.ticks_per_second.max(1), stop.clone()));
-    print_banner(server.addr(), &url);
+    print_banner(server.addr(), &url, credentials.as_ref());
 
     crate::cli::wait_for_signal().await;
     eprintln!("\nshutting down …");
@@ -73,7 +82,87 @@ async fn serve(cluster: &PgCluster, args: &DemoArgs) -> anyhow::Result<()> {
     }
 }
 
-fn print_banner(addr: std::net::SocketAddr, url: &str) {
+/// How long the demo's tokens are valid.
+const TOKEN_HOURS: u64 = 12;
+
+/// The demo's secrets and tokens, made up at each start.
+struct Credentials {
+    jwt_secret: String,
+    admin_secret: String,
+    /// `tess`, role `trader`: the trades and positions of AAPL and MSFT.
+    trader: String,
+    /// `ana`, role `analyst`: every trade, without prices.
+    analyst: String,
+}
+
+impl Credentials {
+    fn new() -> anyhow::Result<Credentials> {
+        let jwt_secret = random_hex(32);
+        let sign = |user: &str, role: &str, extra: serde_json::Value| {
+            let exp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs()
+                + TOKEN_HOURS * 3600;
+            let mut claims = serde_json::json!({
+                "x-hasura-allowed-roles": [role],
+                "x-hasura-default-role": role,
+                "x-hasura-user-id": user,
+            });
+            if let (Some(claims), serde_json::Value::Object(extra)) =
+                (claims.as_object_mut(), extra)
+            {
+                claims.extend(extra);
+            }
+            let token = jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                &serde_json::json!({
+                    "sub": user,
+                    "exp": exp,
+                    (crate::auth::HASURA_NAMESPACE): claims,
+                }),
+                &jsonwebtoken::EncodingKey::from_secret(jwt_secret.as_bytes()),
+            )?;
+            anyhow::Ok(token)
+        };
+        Ok(Credentials {
+            trader: sign(
+                "tess",
+                "trader",
+                serde_json::json!({"x-hasura-symbols": "{AAPL,MSFT}"}),
+            )?,
+            analyst: sign("ana", "analyst", serde_json::json!({}))?,
+            admin_secret: random_hex(16),
+            jwt_secret,
+        })
+    }
+
+    fn settings(&self) -> AuthSettings {
+        AuthSettings {
+            jwt: Some(JwtSettings {
+                key: KeySource::Secret(self.jwt_secret.clone()),
+                checks: Checks {
+                    issuer: None,
+                    audience: Vec::new(),
+                    leeway: Duration::from_secs(60),
+                },
+                claims: ClaimsSource::default(),
+            }),
+            admin_secret: Some(self.admin_secret.clone()),
+            unauthenticated_role: Some("guest".into()),
+            ..AuthSettings::default()
+        }
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut hex = String::with_capacity(bytes * 2);
+    for _ in 0..bytes {
+        let _ = std::fmt::Write::write_fmt(&mut hex, format_args!("{:02x}", rand::random::<u8>()));
+    }
+    hex
+}
+
+fn print_banner(addr: std::net::SocketAddr, url: &str, credentials: Option<&Credentials>) {
     println!(
         r#"
 viewcast demo is running — live prices, trades and positions in a private PostgreSQL.
@@ -83,7 +172,7 @@ viewcast demo is running — live prices, trades and positions in a private Post
   Readiness / metrics            http://{addr}/ready   http://{addr}/metrics
   PostgreSQL (write to it!)      psql {url}
 
-Try these in GraphiQL:
+Try these in GraphiQL (trades and positions as the trader, the analyst or the admin):
 
   subscription {{ trades(where: {{side: {{_eq: buy}}, quantity: {{_gte: 500}}}}) {{
       operation data {{ id symbol side quantity price executed_at }} fields cursor }} }}
@@ -99,18 +188,39 @@ Runs — a long job whose progress you can watch and replay (the built-in demo e
   subscription {{ runEvents(runId: "<id from above>", fromSeq: 1) {{
       seq type stage message percentage counters createdAt }} }}
 
-  curl -N http://{addr}/runs/<id>/events        (the same as Server-Sent Events)
+  curl -N -H 'Authorization: Bearer <token>' http://{addr}/runs/<id>/events   (the same as Server-Sent Events)
+
+Runs need the trader's token (or the admin's secret); triggers the admin's.
 
 Triggers — webhooks as rows enter and leave a condition. This sandbox lets them (and run
 workers) reach receivers on this machine, such as http://localhost:9000/hook; `viewcast serve`
 refuses private addresses unless --webhook-allow-private / --worker-allow-private.
 
   mutation {{ create_trades_trigger(input: {{name: "big", webhook: "http://localhost:9000/hook",
-      fire: {{quantity: {{_gte: 900}}}}}}) {{ name }} }}
-
-Ctrl-C stops everything.
-"#
+      fire: {{quantity: {{_gte: 900}}}}}}) {{ name }} }}"#
     );
+    match credentials {
+        Some(c) => println!(
+            r#"
+Auth is on, as it would be in production (the tokens are valid {TOKEN_HOURS} h; new ones at each start):
+
+  no token (role guest)   instruments only
+  trader tess             trades and positions of AAPL and MSFT; starts and follows her own runs
+      {{"Authorization": "Bearer {trader}"}}
+  analyst ana             every trade, without prices, at most 50 rows a query
+      {{"Authorization": "Bearer {analyst}"}}
+  admin                   everything, triggers included
+      {{"x-hasura-admin-secret": "{admin}"}}
+
+Paste one of these lines into GraphiQL's Headers tab (below the editor): queries and
+subscriptions send it. `viewcast demo --no-auth` serves everything to everyone."#,
+            trader = c.trader,
+            analyst = c.analyst,
+            admin = c.admin_secret,
+        ),
+        None => println!("\nAuth is off (--no-auth): everyone may do everything."),
+    }
+    println!("\nCtrl-C stops everything.\n");
 }
 
 /// Random-walk price ticks and random trades; each trade commits together with its position.

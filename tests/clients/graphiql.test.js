@@ -1,7 +1,9 @@
 // GraphiQL as a browser runs it: headless Chromium (Debian's `chromium`, driven by
 // playwright-core) opens the page that `GET /graphql` serves to browsers, types a subscription
-// into GraphiQL's query editor, runs it with the execute button, and sees the rows written
-// through `pg` appear live in the result pane. The page loads GraphiQL, React and ReactDOM from
+// into GraphiQL's query editor and a header into its Headers tab (as the demo's banner tells
+// a user to paste a token), runs it with the execute button, sees the rows written through
+// `pg` appear live in the result pane, and the header sent in the WebSocket's
+// `connection_init` (where the server reads credentials). The page loads GraphiQL, React and ReactDOM from
 // unpkg.com; this test answers those requests from the same files installed in node_modules
 // (the devDependencies graphiql@4, react@18, react-dom@18), so the real GraphiQL code runs
 // offline.
@@ -18,6 +20,8 @@ import { DEADLINE_MS, HTTP_URL, WS_URL, connectDb } from './helpers.js';
 
 const TABLE = 'items_graphiql';
 const SUBSCRIPTION = `subscription { ${TABLE} { operation data { id name score } } }`;
+/** A header line as `viewcast demo` prints it (this server has no auth: it is carried, not checked). */
+const HEADERS = '{"Authorization": "Bearer graphiql-test-token"}';
 
 const CHROMIUM = process.env.VIEWCAST_CHROMIUM || '/usr/bin/chromium';
 const CHROMIUM_ARGS = [
@@ -151,9 +155,10 @@ describe('GraphiQL in headless Chromium', () => {
     // The frames the server sends on GraphiQL's WebSocket, to check the transport it used.
     const sockets = [];
     page.on('websocket', (socket) => {
-      const entry = { url: socket.url(), received: [] };
+      const entry = { url: socket.url(), received: [], sent: [] };
       sockets.push(entry);
       socket.on('framereceived', ({ payload }) => entry.received.push(JSON.parse(String(payload))));
+      socket.on('framesent', ({ payload }) => entry.sent.push(JSON.parse(String(payload))));
     });
 
     try {
@@ -201,6 +206,18 @@ describe('GraphiQL in headless Chromium', () => {
         undefined,
         { timeout: DEADLINE_MS, polling: 50 },
       );
+      // The Headers tab, below the query editor: paste the header line there.
+      await page.locator('.graphiql-editor-tools button[data-name="headers"]').click();
+      const headers = page.locator('.graphiql-editor-tool .graphiql-editor:not(.hidden) .CodeMirror');
+      await headers.click();
+      await page.keyboard.press('ControlOrMeta+A');
+      await page.keyboard.insertText(HEADERS);
+      assert.equal(
+        await headers.evaluate((element) => element.CodeMirror.getValue()),
+        HEADERS,
+        'the headers editor holds the header line',
+      );
+
       await page.locator('.graphiql-execute-button').click();
       await resultPaneShows(page, ['"already-there"', '"INSERT"'], 'the snapshot row');
 
@@ -214,6 +231,11 @@ describe('GraphiQL in headless Chromium', () => {
       const socket = sockets.find((s) => s.url === WS_URL);
       assert.ok(socket, `GraphiQL opened a WebSocket to ${WS_URL} (it opened ${JSON.stringify(sockets.map((s) => s.url))})`);
       assert.equal(socket.received[0]?.type, 'connection_ack', 'graphql-transport-ws: the server acknowledges first');
+      assert.deepEqual(
+        socket.sent[0],
+        { type: 'connection_init', payload: JSON.parse(HEADERS) },
+        'GraphiQL sends the Headers tab as the connection_init payload',
+      );
       assert.ok(
         socket.received.some((f) => f.type === 'next' && f.payload?.data?.[TABLE]?.data?.name === 'typed-live'),
         'the live row came as a graphql-transport-ws `next` frame',
