@@ -48,6 +48,50 @@ fn check_prints_the_sdl() {
 }
 
 #[test]
+fn check_prints_the_schema_a_role_sees() {
+    let check = |role: &str| {
+        viewcast(&[
+            "check",
+            "--config",
+            "examples/demo/schema.yaml",
+            "--role",
+            role,
+        ])
+    };
+    // The demo's analyst: trades without their price, no positions, no mutations.
+    let (code, out, err) = check("analyst");
+    assert_eq!(code, 0, "{err}");
+    let trades = out
+        .split("\ntype trades {")
+        .nth(1)
+        .and_then(|rest| rest.split('}').next())
+        .unwrap_or_else(|| panic!("a trades type: {out}"));
+    assert!(
+        trades.contains("symbol: String") && !trades.contains("price"),
+        "{trades}"
+    );
+    assert!(
+        !out.contains("type positions {") && !out.contains("type Mutation"),
+        "{out}"
+    );
+    assert!(err.is_empty(), "{err}");
+    // The admin sees everything; a role without permissions only `viewer`, and is told so.
+    let (code, out, _) = check("admin");
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("type positions {") && out.contains("create_trades_trigger"),
+        "{out}"
+    );
+    let (code, out, err) = check("nobody");
+    assert_eq!(code, 0);
+    assert!(
+        err.contains("\"nobody\" has no entry in permissions"),
+        "{err}"
+    );
+    assert!(out.contains("viewer") && !out.contains("trades"), "{out}");
+}
+
+#[test]
 fn check_prints_setup_sql() {
     let (code, out, err) = viewcast(&[
         "check",

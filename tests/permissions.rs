@@ -3,7 +3,7 @@
 //! columns it may not see (selected, aliased, in a fragment, in a filter, in an order, through
 //! `__type`), a role without a source, batches, subscriptions whose rows enter and leave the
 //! row filter, updates of hidden columns, another user's runs, trigger administration by a
-//! read-only role, a missing session variable, and a token that expires mid-subscription over
+//! read-only role, a missing session variable, an API key acting as its user, and a token that expires mid-subscription over
 //! WebSocket and graphql-sse. Every case checks the exact error, and that nothing leaked or
 //! changed (the admin looks afterwards).
 
@@ -47,7 +47,14 @@ permissions:
         select: { columns: '*' }
         triggers: [read]
     runs: { read: all }
+api_keys:
+  reporting:
+    sha256: 78d9fd933f3eb46bbb1ef2ff8313084b27a7b59ada3678fe103b0e11a1d17cc7   # of svc-key-for-bob
+    role: user
+    session: { x-hasura-user-id: bob }
 ";
+/// The API key whose SHA-256 is in `SCHEMA`: a service acting as the user bob.
+const BOB_KEY: &str = "svc-key-for-bob";
 const SECRET: &str = "a shared secret of at least thirty-two bytes";
 const ADMIN: &str = "the-admin-secret";
 
@@ -250,6 +257,20 @@ async fn a_row_filter_cannot_be_widened_and_caps_rows() {
     )
     .await;
     assert_eq!(ids(&narrowed), [2]);
+    // An API key acts with its role and session variables; an unknown one is refused.
+    let response = query_as(addr, BOB_KEY, "{ orders { id } }").await;
+    assert_eq!(ids(&response), [4], "{response}");
+    let (status, response) = post_as(
+        addr,
+        "svc-key-for-eve",
+        &json!({"query": "{ orders { id } }"}),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&response)),
+        (401, "UNAUTHENTICATED"),
+        "{response}"
+    );
     // A token without the variable the row filter needs: refused, nothing returned.
     let anonymous = token(None, "user", 300);
     let response = query_as(addr, &anonymous, "{ orders { id } }").await;

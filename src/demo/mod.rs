@@ -91,7 +91,7 @@ struct Credentials {
     admin_secret: String,
     /// `tess`, role `trader`: the trades and positions of AAPL and MSFT.
     trader: String,
-    /// `ana`, role `analyst`: every trade, without prices.
+    /// `ana`, role `analyst`: the trades of 500 shares or more, of every symbol, without prices.
     analyst: String,
 }
 
@@ -172,7 +172,8 @@ viewcast demo is running — live prices, trades and positions in a private Post
   Readiness / metrics            http://{addr}/ready   http://{addr}/metrics
   PostgreSQL (write to it!)      psql {url}
 
-Try these in GraphiQL (trades and positions as the trader, the analyst or the admin):
+Try these in GraphiQL with the trader's token or the admin's secret (below; the analyst
+may read trades but not their price, and no positions):
 
   subscription {{ trades(where: {{side: {{_eq: buy}}, quantity: {{_gte: 500}}}}) {{
       operation data {{ id symbol side quantity price executed_at }} fields cursor }} }}
@@ -207,7 +208,7 @@ Auth is on, as it would be in production (the tokens are valid {TOKEN_HOURS} h; 
   no token (role guest)   instruments only
   trader tess             trades and positions of AAPL and MSFT; starts and follows her own runs
       {{"Authorization": "Bearer {trader}"}}
-  analyst ana             every trade, without prices, at most 50 rows a query
+  analyst ana             trades of 500 shares or more, every symbol, without prices (50 rows a query)
       {{"Authorization": "Bearer {analyst}"}}
   admin                   everything, triggers included
       {{"x-hasura-admin-secret": "{admin}"}}
