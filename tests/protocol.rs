@@ -337,5 +337,40 @@ async fn http_requests_get_graphql_errors() {
         .unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("graphiql"), "GraphiQL for browsers");
+    // Everything the page loads is the server's own, embedded in the binary; versioned files
+    // may be cached for good.
+    let assets: Vec<&str> = body
+        .split("\"/assets/")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    assert!(!body.contains("https://") && assets.len() >= 4, "{body}");
+    for asset in assets {
+        let (status, head, body) =
+            common::http_exchange(addr, "GET", &format!("/assets/{asset}"), None, &[])
+                .await
+                .unwrap();
+        assert_eq!(status, 200, "{asset}");
+        let kind = if std::path::Path::new(asset)
+            .extension()
+            .is_some_and(|e| e == "css")
+        {
+            "text/css"
+        } else {
+            "text/javascript"
+        };
+        assert!(
+            head.contains(&format!("content-type: {kind}")),
+            "{asset}: {head}"
+        );
+        if !asset.starts_with("viewcast/") {
+            assert!(head.contains("immutable"), "{asset}: {head}");
+            assert!(body.len() > 10_000, "{asset}: {} bytes", body.len());
+        }
+    }
+    let (status, _) = http_get(addr, "/assets/graphiql-4.1.2/../../Cargo.toml")
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
     server.shutdown().await;
 }

@@ -1,4 +1,5 @@
-//! HTTP and WebSocket transport: `/graphql` (POST, GET, WebSocket, GraphiQL), `/health`,
+//! HTTP and WebSocket transport: `/graphql` (POST, GET, WebSocket, GraphiQL), `/assets` (the
+//! embedded files of the pages, see `assets`), `/health`,
 //! `/ready`, `/metrics`, and runs over plain HTTP and SSE (`/runs`, see `runs`).
 //!
 //! [`router`] is a plain function over [`AppState`], so tests drive it on a real socket. This
@@ -6,6 +7,7 @@
 //! databases except to report readiness.
 
 mod admit;
+mod assets;
 mod protect;
 mod runs;
 pub(crate) mod serve;
@@ -22,7 +24,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
@@ -160,6 +162,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
+        .route("/assets/{*path}", get(assets::serve))
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -318,7 +321,7 @@ async fn graphql_get(State(state): State<AppState>, request: axum::extract::Requ
             }
             execute(&state, &caller, request, true).await
         }
-        _ if wants_html => Html(graphiql()).into_response(),
+        _ if wants_html => assets::graphiql().into_response(),
         _ => graphql_error_response(
             StatusCode::BAD_REQUEST,
             "GET /graphql needs a `query` parameter (or open it in a browser for GraphiQL, or upgrade to a WebSocket)",
@@ -620,14 +623,6 @@ fn graphql_error_response(status: StatusCode, message: &str) -> Response {
         status,
         &serde_json::json!({ "errors": [{ "message": message }] }),
     )
-}
-
-fn graphiql() -> String {
-    async_graphql::http::GraphiQLSource::build()
-        .endpoint("/graphql")
-        .subscription_endpoint("/graphql")
-        .title("viewcast")
-        .finish()
 }
 
 async fn ready(State(state): State<AppState>) -> Response {

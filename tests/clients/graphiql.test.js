@@ -1,17 +1,14 @@
 // GraphiQL as a browser runs it: headless Chromium (Debian's `chromium`, driven by
-// playwright-core) opens the page that `GET /graphql` serves to browsers, types a subscription
-// into GraphiQL's query editor and a header into its Headers tab (as the demo's banner tells
-// a user to paste a token), runs it with the execute button, sees the rows written through
-// `pg` appear live in the result pane, and the header sent in the WebSocket's
-// `connection_init` (where the server reads credentials). The page loads GraphiQL, React and ReactDOM from
-// unpkg.com; this test answers those requests from the same files installed in node_modules
-// (the devDependencies graphiql@4, react@18, react-dom@18), so the real GraphiQL code runs
-// offline.
+// playwright-core) opens the page that `GET /graphql` serves to browsers with every request to
+// anywhere but the server refused (the page and everything it loads are embedded in the
+// binary), types a subscription into GraphiQL's query editor and a header into its Headers tab
+// (as the demo's banner tells a user to paste a token), runs it with the execute button, sees
+// the rows written through `pg` appear live in the result pane, and the header sent in the
+// WebSocket's `connection_init` (where the server reads credentials).
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
+import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, normalize, sep } from 'node:path';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import { chromium } from 'playwright-core';
@@ -34,40 +31,6 @@ const CHROMIUM_ARGS = [
   '--disable-component-update',
   '--disable-sync',
 ];
-
-const require = createRequire(import.meta.url);
-
-/** The packages the page loads from unpkg.com, found by the name in the URL's first segment. */
-const CDN_PACKAGES = ['graphiql', 'react', 'react-dom'];
-
-const CONTENT_TYPES = { '.js': 'application/javascript', '.css': 'text/css', '.map': 'application/json' };
-
-/**
- * The local file for an unpkg.com URL path such as `/graphiql@4/graphiql.min.js`: the package
- * must be one of CDN_PACKAGES and its installed version must match the requested one (a major
- * version such as `4` or an exact version). Returns a reason instead when it cannot be served.
- */
-function localAsset(pathname) {
-  const match = /^\/((?:@[^/]+\/)?[^/@]+)@([^/]+)\/(.+)$/.exec(pathname);
-  if (!match) {
-    return { missing: 'not of the form /<package>@<version>/<file>' };
-  }
-  const [, name, wanted, file] = match;
-  if (!CDN_PACKAGES.includes(name)) {
-    return { missing: `${name} is not one of the packages served locally (${CDN_PACKAGES.join(', ')})` };
-  }
-  const root = dirname(require.resolve(`${name}/package.json`));
-  const { version } = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
-  if (wanted !== version && wanted !== version.split('.')[0]) {
-    return { missing: `the page wants ${name}@${wanted}, tests/clients has ${name}@${version}` };
-  }
-  const path = normalize(join(root, file));
-  if (!path.startsWith(root + sep) || !existsSync(path)) {
-    return { missing: `${name}@${version} has no file ${file}` };
-  }
-  const extension = path.slice(path.lastIndexOf('.'));
-  return { path, contentType: CONTENT_TYPES[extension] ?? 'application/octet-stream' };
-}
 
 /** `page.waitForFunction` until GraphiQL's result pane contains every one of `texts`. */
 async function resultPaneShows(page, texts, what) {
@@ -114,34 +77,17 @@ describe('GraphiQL in headless Chromium', () => {
     const page = await browser.newPage();
     page.setDefaultTimeout(DEADLINE_MS);
 
-    // Everything off the server's own origin: unpkg.com from node_modules, graphql.org's favicon
-    // as an empty icon, anything else refused and listed in the failure.
+    // Nothing but the server: every other request is refused and listed in the failure.
     const serverOrigin = new URL(HTTP_URL).origin;
-    const missing = [];
-    const served = [];
+    const offOrigin = [];
+    const loaded = [];
     await page.route('**/*', async (route) => {
       const url = new URL(route.request().url());
       if (url.origin === serverOrigin) {
+        loaded.push(url.pathname);
         return route.continue();
       }
-      if (url.hostname === 'unpkg.com') {
-        const asset = localAsset(url.pathname);
-        if (asset.path) {
-          served.push(url.pathname);
-          return route.fulfill({
-            status: 200,
-            path: asset.path,
-            contentType: asset.contentType,
-            headers: { 'access-control-allow-origin': '*' },
-          });
-        }
-        missing.push(`${url.href}: ${asset.missing}`);
-        return route.fulfill({ status: 404, body: asset.missing });
-      }
-      if (url.hostname === 'graphql.org' && url.pathname === '/favicon.ico') {
-        return route.fulfill({ status: 200, contentType: 'image/x-icon', body: '' });
-      }
-      missing.push(`${url.href}: not served offline by this test`);
+      offOrigin.push(url.href);
       return route.abort('blockedbyclient');
     });
 
@@ -175,14 +121,14 @@ describe('GraphiQL in headless Chromium', () => {
         await editor.waitFor({ state: 'visible' });
       } catch (error) {
         throw new Error(
-          `GraphiQL's query editor never appeared.\nAssets not served: ${JSON.stringify(missing, null, 2)}\n` +
+          `GraphiQL's query editor never appeared.\nRequests off the server: ${JSON.stringify(offOrigin, null, 2)}\n` +
             `Page errors: ${JSON.stringify(pageErrors, null, 2)}`,
           { cause: error },
         );
       }
-      assert.deepEqual(missing, [], 'every asset the page loads is served from node_modules');
-      for (const asset of ['/graphiql@4/graphiql.min.js', '/graphiql@4/graphiql.min.css']) {
-        assert.ok(served.includes(asset), `the page loaded ${asset} (it loaded ${served.join(', ')})`);
+      assert.deepEqual(offOrigin, [], 'the page asks nothing of any other server');
+      for (const asset of ['/assets/graphiql-4.1.2/graphiql.min.js', '/assets/graphiql-4.1.2/graphiql.min.css']) {
+        assert.ok(loaded.includes(asset), `the page loaded ${asset} (it loaded ${loaded.join(', ')})`);
       }
 
       // Replace the editor's text as a user would: focus, select all, type. insertText types the

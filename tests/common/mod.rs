@@ -144,6 +144,18 @@ pub async fn http_request(
     body: Option<&str>,
     headers: &[(&str, &str)],
 ) -> std::io::Result<(u16, String)> {
+    let (status, _, body) = http_exchange(addr, method, path, body, headers).await?;
+    Ok((status, body))
+}
+
+/// An HTTP/1.1 request: (status, the response's head in lower case, body).
+pub async fn http_exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String, String)> {
     use std::fmt::Write as _;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -163,11 +175,8 @@ pub async fn http_request(
     stream.read_to_end(&mut response).await?;
     let text = String::from_utf8_lossy(&response).into_owned();
     let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Ok((status, head.to_ascii_lowercase(), body.to_owned()))
 }
 
 /// POSTs a GraphQL request and returns the JSON response.
