@@ -257,6 +257,33 @@ async fn a_row_filter_cannot_be_widened_and_caps_rows() {
     )
     .await;
     assert_eq!(ids(&narrowed), [2]);
+    // `viewer { sources }` lists what the session may read, counting the rows it sees.
+    let sources = "{ viewer { sources { name status reason rows } } }";
+    for (who, rows) in [(alice.as_str(), 3), (bob.as_str(), 1), (ADMIN, 4)] {
+        let response = query_as(addr, who, sources).await;
+        assert_eq!(
+            response["data"]["viewer"]["sources"],
+            json!([{"name": "orders", "status": "LIVE", "reason": null, "rows": rows}]),
+            "{response}"
+        );
+    }
+    let guest = token(Some("carol"), "guest", 300);
+    let response = query_as(addr, &guest, sources).await;
+    assert_eq!(
+        response["data"]["viewer"]["sources"],
+        json!([]),
+        "{response}"
+    );
+    // A change shows in the source's rate for the next few seconds.
+    f.sql
+        .batch_execute("UPDATE orders SET cost = cost + 1 WHERE id = 3")
+        .await
+        .unwrap();
+    common::eventually(
+        || query_as(addr, &alice, "{ viewer { sources { changesPerSecond } } }"),
+        |r| r["data"]["viewer"]["sources"][0]["changesPerSecond"].as_f64() > Some(0.0),
+    )
+    .await;
     // An API key acts with its role and session variables; an unknown one is refused.
     let response = query_as(addr, BOB_KEY, "{ orders { id } }").await;
     assert_eq!(ids(&response), [4], "{response}");

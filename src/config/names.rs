@@ -33,6 +33,8 @@ pub const GLOBAL_TYPE_NAMES: &[&str] = &[
     "RunConnection",
     "PageInfo",
     "Viewer",
+    "SourceInfo",
+    "SourceStatus",
     "StringComparison",
     "IntComparison",
     "FloatComparison",

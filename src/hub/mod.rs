@@ -116,6 +116,39 @@ struct State {
     head: u64,
     position: Position,
     status: HubStatus,
+    /// Row changes applied, per second of the hub's life.
+    rate: Rate,
+}
+
+/// Row changes per second over the last few whole seconds.
+#[derive(Default)]
+struct Rate {
+    /// (second since the hub started, changes in it), by second modulo the length.
+    buckets: [(u64, u64); 8],
+}
+
+impl Rate {
+    /// Whole seconds a rate is averaged over (the current second, still filling, is not).
+    const WINDOW: u64 = 5;
+
+    fn add(&mut self, second: u64, changes: u64) {
+        let bucket = &mut self.buckets[(second % 8) as usize];
+        if bucket.0 != second {
+            *bucket = (second, 0);
+        }
+        bucket.1 += changes;
+    }
+
+    fn per_second(&self, second: u64) -> f64 {
+        let from = second.saturating_sub(Rate::WINDOW);
+        let changes: u64 = self
+            .buckets
+            .iter()
+            .filter(|(s, _)| (from..second).contains(s))
+            .map(|(_, n)| n)
+            .sum();
+        changes as f64 / Rate::WINDOW as f64
+    }
 }
 
 /// The shared state of one source.
@@ -130,6 +163,8 @@ pub struct Hub {
     /// The last applied batch's sequence number, for consumers of the whole log (triggers).
     head_tx: watch::Sender<u64>,
     metrics: Arc<SourceMetrics>,
+    /// The origin of the seconds of `State::rate`.
+    born: Instant,
 }
 
 /// What a consumer that must see every batch (triggers) reads from a hub, under one lock.
@@ -168,10 +203,12 @@ impl Hub {
                 head: 0,
                 position: Position::default(),
                 status: HubStatus::Starting,
+                rate: Rate::default(),
             }),
             status_tx: watch::channel(HubStatus::Starting).0,
             head_tx: watch::channel(0).0,
             metrics,
+            born: Instant::now(),
         })
     }
 
@@ -284,6 +321,27 @@ impl Hub {
         })
     }
 
+    /// How many current rows `filter` matches, or `None` before the first snapshot.
+    pub fn count_matching(&self, filter: &crate::filter::Filter) -> Option<usize> {
+        let state = self.lock();
+        state.status.is_synced().then(|| {
+            if filter.canonical() == "{}" {
+                state.cache.len()
+            } else {
+                state
+                    .cache
+                    .values()
+                    .filter(|row| filter.matches(row))
+                    .count()
+            }
+        })
+    }
+
+    /// Row changes applied per second, averaged over the last few whole seconds.
+    pub fn changes_per_second(&self) -> f64 {
+        self.lock().rate.per_second(self.born.elapsed().as_secs())
+    }
+
     /// Current rows (a consistent copy of the cache), or `None` before the first snapshot.
     pub fn rows(&self) -> Option<Vec<Arc<Row>>> {
         let state = self.lock();
@@ -376,6 +434,8 @@ impl Hub {
         // may be a little older).
         state.position = state.position.max(position);
         if !changes.is_empty() {
+            let second = self.born.elapsed().as_secs();
+            state.rate.add(second, changes.len() as u64);
             state.head += 1;
             let batch = Arc::new(AppliedBatch {
                 seq: state.head,

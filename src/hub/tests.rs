@@ -477,3 +477,21 @@ async fn views_evaluated_on_every_change_have_their_own_cap() {
         .await
         .expect("the scanned view's place came back");
 }
+
+#[test]
+fn the_rate_averages_whole_seconds_and_forgets_old_ones() {
+    let mut rate = Rate::default();
+    rate.add(10, 30);
+    rate.add(11, 20);
+    rate.add(12, 7);
+    // At second 12 (still filling): 10 and 11 count, over the window of 5.
+    assert!((rate.per_second(12) - 10.0).abs() < 1e-9);
+    // A bucket reused 8 seconds later starts again.
+    rate.add(18, 5);
+    assert!(
+        (rate.per_second(19) - 1.0).abs() < 1e-9,
+        "{}",
+        rate.per_second(19)
+    );
+    assert!(rate.per_second(40).abs() < 1e-9);
+}

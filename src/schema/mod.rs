@@ -86,10 +86,22 @@ impl Schemas {
     }
 }
 
-/// `Viewer`: the caller's role and user id.
-fn viewer_type() -> Object {
+/// `Viewer`: the caller's role and user id, and the sources it may read.
+fn viewer_type(sources: Vec<(Arc<SourceDef>, Arc<Select>)>) -> Object {
+    let sources = Arc::new(sources);
     Object::new("Viewer")
-        .description("Who is asking: the session's role and user id.")
+        .description("Who is asking: the session's role and user id, and the sources it may read.")
+        .field(
+            Field::new(
+                "sources",
+                TypeRef::named_nn_list_nn("SourceInfo"),
+                move |ctx| {
+                    let sources = sources.clone();
+                    FieldFuture::new(async move { Ok(Some(source_infos(&ctx, &sources))) })
+                },
+            )
+            .description("The sources this session may read, with their state, in the configuration's order."),
+        )
         .field(of::<crate::auth::Session>(
             "role",
             TypeRef::named_nn(TypeRef::STRING),
@@ -103,6 +115,112 @@ fn viewer_type() -> Object {
                     .map_or(GqlValue::Null, |id| GqlValue::String(id.to_owned()))
             },
         ))
+}
+
+/// `SourceInfo` and `SourceStatus`: a source as `viewer { sources }` shows it.
+fn source_info_types() -> [async_graphql::dynamic::Type; 2] {
+    let status = async_graphql::dynamic::Enum::new("SourceStatus")
+        .description("Where a source's feed is.")
+        .item(
+            async_graphql::dynamic::EnumItem::new("IDLE").description(
+                "Not started: a lazy source starts with its first subscriber or query.",
+            ),
+        )
+        .item(
+            async_graphql::dynamic::EnumItem::new("STARTING")
+                .description("Connecting, or waiting for its first snapshot."),
+        )
+        .item(async_graphql::dynamic::EnumItem::new("LIVE").description("Serving live changes."))
+        .item(
+            async_graphql::dynamic::EnumItem::new("DOWN")
+                .description("Its upstream is lost (see reason); what it had is still served."),
+        );
+    let info = Object::new("SourceInfo")
+        .description("A source this session may read.")
+        .field(of::<SourceInfo>(
+            "name",
+            TypeRef::named_nn(TypeRef::STRING),
+            |i| GqlValue::String(i.name.clone()),
+        ))
+        .field(of::<SourceInfo>(
+            "status",
+            TypeRef::named_nn("SourceStatus"),
+            |i| GqlValue::Enum(async_graphql::Name::new(i.status)),
+        ))
+        .field(
+            of::<SourceInfo>("reason", TypeRef::named(TypeRef::STRING), |i| {
+                i.reason.clone().map_or(GqlValue::Null, GqlValue::String)
+            })
+            .description("Why it is down."),
+        )
+        .field(
+            of::<SourceInfo>("rows", TypeRef::named(TypeRef::INT), |i| {
+                i.rows
+                    .map_or(GqlValue::Null, |n| GqlValue::Number(n.into()))
+            })
+            .description("The rows this session may see now (null before the first snapshot)."),
+        )
+        .field(
+            of::<SourceInfo>("changesPerSecond", TypeRef::named_nn(TypeRef::FLOAT), |i| {
+                GqlValue::from(i.changes_per_second)
+            })
+            .description("Row changes applied per second, over the last 5 seconds (all rows)."),
+        );
+    [status.into(), info.into()]
+}
+
+struct SourceInfo {
+    name: String,
+    status: &'static str,
+    reason: Option<String>,
+    rows: Option<usize>,
+    changes_per_second: f64,
+}
+
+/// The state of each source the session may read (without starting a lazy one).
+fn source_infos(
+    ctx: &ResolverContext<'_>,
+    sources: &[(Arc<SourceDef>, Arc<Select>)],
+) -> FieldValue<'static> {
+    let Some(hubs) = ctx.data_opt::<Arc<Hubs>>() else {
+        return FieldValue::list(std::iter::empty::<FieldValue>());
+    };
+    let started: std::collections::HashMap<String, bool> = hubs
+        .statuses()
+        .into_iter()
+        .map(|(name, status)| (name, status.is_some()))
+        .collect();
+    let session = ctx.data_opt::<crate::auth::Session>();
+    let lookup = |name: &str| session.and_then(|s| s.variable(name)).map(str::to_owned);
+    let mut infos = Vec::with_capacity(sources.len());
+    for (source, select) in sources {
+        let Some(hub) = hubs.peek(&source.name) else {
+            continue;
+        };
+        let (status, reason) = match (started.get(&source.name), hub.status()) {
+            (Some(false) | None, _) => ("IDLE", None),
+            (_, crate::hub::HubStatus::Starting) => ("STARTING", None),
+            (_, crate::hub::HubStatus::Live) => ("LIVE", None),
+            (_, crate::hub::HubStatus::Down { reason, .. }) => ("DOWN", Some(reason)),
+        };
+        // A row filter this session cannot fill (a missing variable) sees no count.
+        let filter = match &select.row_filter {
+            None => Some(Filter::always()),
+            Some(permission) => permission
+                .row_filter(source, &lookup)
+                .ok()
+                .flatten()
+                .and_then(|value| filter::compile(source, &value).ok()),
+        };
+        infos.push(SourceInfo {
+            name: source.name.clone(),
+            status,
+            reason,
+            rows: filter.and_then(|f| hub.count_matching(&f)),
+            changes_per_second: hub.changes_per_second(),
+        });
+    }
+    FieldValue::list(infos.into_iter().map(FieldValue::owned_any))
 }
 
 /// `Query.viewer`.
@@ -147,14 +265,20 @@ pub fn build_for(
     services: Services,
     limits: &GraphqlLimits,
 ) -> Result<Schema, SchemaError> {
+    let readable: Vec<(Arc<SourceDef>, Arc<Select>)> = config
+        .sources
+        .iter()
+        .filter_map(|source| Some((source.clone(), Arc::new(grants.select(source)?))))
+        .collect();
     let mut roots = Roots {
         query: Object::new("Query").field(viewer_field()),
         mutation: Object::new("Mutation"),
         mutations: 0,
         subscription: Subscription::new("Subscription"),
         subscriptions: 0,
-        types: vec![viewer_type().into()],
+        types: vec![viewer_type(readable).into()],
     };
+    roots.types.extend(source_info_types());
     if grants.any_runs() {
         roots.add_runs(&grants.runs());
     }
