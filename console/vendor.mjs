@@ -20,6 +20,7 @@ const FILES = {
   graphiql: ['graphiql.min.js', 'graphiql.min.css', 'LICENSE'],
   react: ['umd/react.production.min.js', 'LICENSE'],
   'react-dom': ['umd/react-dom.production.min.js', 'LICENSE'],
+  'graphql-ws': ['umd/graphql-ws.min.js', 'LICENSE.md'],
 };
 
 /** What vendor/ should hold: relative path → contents. */

@@ -30,6 +30,17 @@ macro_rules! vendored {
     };
 }
 
+/// A file of the console (`console/app/`), served under `/assets/console/`.
+macro_rules! console {
+    ($file:literal, $content_type:literal) => {
+        Asset {
+            path: concat!("console/", $file),
+            content_type: $content_type,
+            body: include_bytes!(concat!("../../console/app/", $file)),
+        }
+    };
+}
+
 const JS: &str = "text/javascript; charset=utf-8";
 
 static ASSETS: &[Asset] = &[
@@ -56,11 +67,27 @@ static ASSETS: &[Asset] = &[
         "text/javascript; charset=utf-8"
     ),
     vendored!("react-dom-18.3.1", "LICENSE", "text/plain; charset=utf-8"),
+    vendored!(
+        "graphql-ws-6.4.2",
+        "graphql-ws.min.js",
+        "text/javascript; charset=utf-8"
+    ),
+    vendored!(
+        "graphql-ws-6.4.2",
+        "LICENSE.md",
+        "text/plain; charset=utf-8"
+    ),
     Asset {
         path: "viewcast/graphiql.js",
         content_type: JS,
         body: include_bytes!("pages/graphiql.js"),
     },
+    console!("console.css", "text/css; charset=utf-8"),
+    console!("main.js", "text/javascript; charset=utf-8"),
+    console!("api.js", "text/javascript; charset=utf-8"),
+    console!("sources.js", "text/javascript; charset=utf-8"),
+    console!("live.js", "text/javascript; charset=utf-8"),
+    console!("filter.js", "text/javascript; charset=utf-8"),
 ];
 
 /// `GET /assets/{*path}`.
@@ -70,7 +97,7 @@ pub async fn serve(Path(path): Path<String>) -> Response {
     };
     // Our own files change with the binary, so they are revalidated; vendored ones carry
     // their version in the path.
-    let cache = if asset.path.starts_with("viewcast/") {
+    let cache = if asset.path.starts_with("viewcast/") || asset.path.starts_with("console/") {
         "no-cache"
     } else {
         "public, max-age=31536000, immutable"
@@ -97,24 +124,49 @@ pub fn graphiql() -> Html<&'static str> {
     Html(include_str!("pages/graphiql.html"))
 }
 
+/// `GET /console`: the console's page (its views are in the URL's fragment).
+pub async fn console() -> Html<&'static str> {
+    Html(include_str!("../../console/app/index.html"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn every_file_a_page_names_is_embedded() {
-        let page = include_str!("pages/graphiql.html");
-        let named: Vec<&str> = page
-            .split("\"/assets/")
-            .skip(1)
-            .filter_map(|rest| rest.split('"').next())
-            .collect();
-        assert_eq!(named.len(), 5, "{named:?}");
-        for path in named {
-            assert!(
-                ASSETS.iter().any(|a| a.path == path),
-                "{path} is not embedded"
-            );
+        for (page, files) in [
+            (include_str!("pages/graphiql.html"), 5),
+            (include_str!("../../console/app/index.html"), 3),
+        ] {
+            let named: Vec<&str> = page
+                .split("\"/assets/")
+                .skip(1)
+                .filter_map(|rest| rest.split('"').next())
+                .collect();
+            assert_eq!(named.len(), files, "{named:?}");
+            for path in named {
+                assert!(
+                    ASSETS.iter().any(|a| a.path == path),
+                    "{path} is not embedded"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_module_the_console_imports_is_embedded() {
+        for asset in ASSETS.iter().filter(|a| a.path.starts_with("console/")) {
+            let text = std::str::from_utf8(asset.body).expect("UTF-8");
+            for import in text.split("from './").skip(1) {
+                let file = import.split('\'').next().unwrap_or_default();
+                let path = format!("console/{file}");
+                assert!(
+                    ASSETS.iter().any(|a| a.path == path),
+                    "{} imports {path}, which is not embedded",
+                    asset.path
+                );
+            }
         }
     }
 }

@@ -142,6 +142,22 @@ fn source_info_types() -> [async_graphql::dynamic::Type; 2] {
             TypeRef::named_nn(TypeRef::STRING),
             |i| GqlValue::String(i.name.clone()),
         ))
+        .field(
+            of::<SourceInfo>(
+                "primaryKey",
+                TypeRef::named_nn_list_nn(TypeRef::STRING),
+                |i| {
+                    GqlValue::List(
+                        i.primary_key
+                            .iter()
+                            .cloned()
+                            .map(GqlValue::String)
+                            .collect(),
+                    )
+                },
+            )
+            .description("The columns that identify a row (its updates carry them)."),
+        )
         .field(of::<SourceInfo>(
             "status",
             TypeRef::named_nn("SourceStatus"),
@@ -171,6 +187,7 @@ fn source_info_types() -> [async_graphql::dynamic::Type; 2] {
 
 struct SourceInfo {
     name: String,
+    primary_key: Vec<String>,
     status: &'static str,
     reason: Option<String>,
     rows: Option<usize>,
@@ -214,6 +231,11 @@ fn source_infos(
         };
         infos.push(SourceInfo {
             name: source.name.clone(),
+            primary_key: source
+                .primary_key
+                .iter()
+                .map(|&i| source.columns[i].name.clone())
+                .collect(),
             status,
             reason,
             rows: filter.and_then(|f| hub.count_matching(&f)),
