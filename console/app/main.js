@@ -1,8 +1,10 @@
 // The console's shell: the credential form, and a router over the URL's hash
-// (#/sources, #/live/<source>?where=…&columns=…&sort=…), so that every view can be linked to.
+// (#/sources, #/live/<source>?where=…&columns=…&sort=…, #/runs?kind=…&status=…, #/runs/<id>),
+// so that every view can be linked to.
 import { credential, gql, setCredential } from './api.js';
 import { sourcesPage } from './sources.js';
 import { livePage } from './live.js';
+import { runPage, runsPage } from './runs.js';
 
 const page = document.getElementById('page');
 let unmount = () => {};
@@ -19,7 +21,7 @@ function show() {
   unmount = () => {};
   const { segments, params } = route();
   for (const link of document.querySelectorAll('nav a[data-page]')) {
-    if (link.dataset.page === (segments[0] === 'live' ? 'sources' : segments[0])) {
+    if (link.dataset.page === (segments[0] === 'live' ? 'sources' : segments[0] || 'sources')) {
       link.setAttribute('aria-current', 'page');
     } else {
       link.removeAttribute('aria-current');
@@ -28,6 +30,10 @@ function show() {
   page.replaceChildren();
   if (segments[0] === 'live' && segments[1]) {
     unmount = livePage(page, segments[1], params);
+  } else if (segments[0] === 'runs' && segments[1]) {
+    unmount = runPage(page, segments[1]);
+  } else if (segments[0] === 'runs') {
+    unmount = runsPage(page, params);
   } else {
     unmount = sourcesPage(page);
   }

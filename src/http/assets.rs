@@ -88,6 +88,7 @@ static ASSETS: &[Asset] = &[
     console!("sources.js", "text/javascript; charset=utf-8"),
     console!("live.js", "text/javascript; charset=utf-8"),
     console!("filter.js", "text/javascript; charset=utf-8"),
+    console!("runs.js", "text/javascript; charset=utf-8"),
 ];
 
 /// `GET /assets/{*path}`.
