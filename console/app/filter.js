@@ -60,7 +60,9 @@ function toWhere(node, meta) {
   return node.not ? { _not: combined } : combined;
 }
 
-export function filterBuilder(root, meta, where, onChange) {
+/** Draws the builder into `root`; `onChange(where)` gets the `where` on Apply, or on every
+ * edit with `{immediate: true}` (for forms that send it themselves). */
+export function filterBuilder(root, meta, where, onChange, { immediate = false } = {}) {
   const columns = Object.keys(meta.operators);
   let tree = where ? toNode(where) : group();
   if (tree.kind !== 'group') {
@@ -126,7 +128,7 @@ export function filterBuilder(root, meta, where, onChange) {
     const current = toWhere(tree, meta);
     root.innerHTML = `${groupHtml(tree, 'r')}
       <div class="toolbar">
-        <button type="button" data-action="apply">Apply filter</button>
+        ${immediate ? '' : '<button type="button" data-action="apply">Apply filter</button>'}
         <button type="button" data-action="clear">Clear</button>
       </div>
       <code aria-label="The where argument">${esc(current ? JSON.stringify(current) : '(every row)')}</code>`;
@@ -149,6 +151,9 @@ export function filterBuilder(root, meta, where, onChange) {
       node[field] = event.target.value;
     }
     draw();
+    if (immediate) {
+      onChange(toWhere(tree, meta));
+    }
   });
   root.addEventListener('input', (event) => {
     const { path, field } = event.target.dataset;
@@ -156,6 +161,9 @@ export function filterBuilder(root, meta, where, onChange) {
       at(path).node.value = event.target.value;
       const current = toWhere(tree, meta);
       root.querySelector('code').textContent = current ? JSON.stringify(current) : '(every row)';
+      if (immediate) {
+        onChange(current);
+      }
     }
   });
   root.addEventListener('click', (event) => {
@@ -182,6 +190,9 @@ export function filterBuilder(root, meta, where, onChange) {
       parent.items.splice(parent.items.indexOf(node), 1);
     }
     draw();
+    if (immediate) {
+      onChange(toWhere(tree, meta));
+    }
   });
   draw();
 }

@@ -18,7 +18,7 @@ const TRANSIENT = new Set(['SUBSCRIPTION_ENDED', 'SOURCE_UNAVAILABLE', 'TOO_MANY
 
 /** What the page needs to know of a source: its columns (as this credential sees them), its
  * key and the operators of each column's comparison type. */
-async function describe(source) {
+export async function describe(source) {
   const data = await gql(
     `query($object: String!, $expression: String!) {
       viewer { sources { name primaryKey } }

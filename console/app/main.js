@@ -1,10 +1,12 @@
 // The console's shell: the credential form, and a router over the URL's hash
-// (#/sources, #/live/<source>?where=…&columns=…&sort=…, #/runs?kind=…&status=…, #/runs/<id>),
+// (#/sources, #/live/<source>?where=…&columns=…&sort=…, #/runs?kind=…&status=…, #/runs/<id>,
+// #/triggers, #/triggers/<source>/<name>),
 // so that every view can be linked to.
 import { credential, gql, setCredential } from './api.js';
 import { sourcesPage } from './sources.js';
 import { livePage } from './live.js';
 import { runPage, runsPage } from './runs.js';
+import { triggerPage, triggersPage } from './triggers.js';
 
 const page = document.getElementById('page');
 let unmount = () => {};
@@ -34,6 +36,10 @@ function show() {
     unmount = runPage(page, segments[1]);
   } else if (segments[0] === 'runs') {
     unmount = runsPage(page, params);
+  } else if (segments[0] === 'triggers' && segments[2]) {
+    unmount = triggerPage(page, segments[1], segments[2]);
+  } else if (segments[0] === 'triggers') {
+    unmount = triggersPage(page);
   } else {
     unmount = sourcesPage(page);
   }

@@ -89,6 +89,7 @@ static ASSETS: &[Asset] = &[
     console!("live.js", "text/javascript; charset=utf-8"),
     console!("filter.js", "text/javascript; charset=utf-8"),
     console!("runs.js", "text/javascript; charset=utf-8"),
+    console!("triggers.js", "text/javascript; charset=utf-8"),
 ];
 
 /// `GET /assets/{*path}`.

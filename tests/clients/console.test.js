@@ -6,9 +6,15 @@
 // cursor, showing the reconnecting state meanwhile, and nothing is missed or doubled. Then a
 // run started from the Runs page, whose timeline is watched through a TCP proxy that drops
 // every connection mid-run: every event shows once, in order, and the progress reaches 100 %.
+// Then a trigger created in the console whose receiver fails: its delivery lands in the dead
+// letters, and Redeliver sends it again to the receiver, which now accepts it. Last, against
+// a second server with auth on: without a credential the console is the unauthenticated role
+// and shows only what it may read; with a token typed in, the token's role, on every request
+// (the live table's WebSocket included), for as long as the tab lives.
 // Screenshots of each page go to target/console-screenshots/.
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync } from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,7 +22,7 @@ import { after, before, describe, test } from 'node:test';
 
 import { chromium } from 'playwright-core';
 
-import { DEADLINE_MS, HTTP_URL, connectDb } from './helpers.js';
+import { DEADLINE_MS, HTTP_URL, connectDb, env } from './helpers.js';
 
 const TABLE = 'items_console';
 const CHROMIUM = process.env.VIEWCAST_CHROMIUM || '/usr/bin/chromium';
@@ -268,6 +274,114 @@ describe('the console in headless Chromium', () => {
     } finally {
       await page.close();
       await network.close();
+    }
+  });
+
+  test('a trigger whose receiver fails: dead letter, then redelivered from the console', async () => {
+    // The receiver answers 500 until told otherwise, and keeps what it was sent.
+    let accept = false;
+    const received = [];
+    const receiver = http.createServer((request, response) => {
+      let body = '';
+      request.on('data', (chunk) => {
+        body += chunk;
+      });
+      request.on('end', () => {
+        received.push({ id: request.headers['webhook-id'], status: accept ? 200 : 500, body });
+        response.writeHead(accept ? 200 : 500).end();
+      });
+    });
+    await new Promise((resolve) => receiver.listen(0, '127.0.0.1', resolve));
+    const hook = `http://127.0.0.1:${receiver.address().port}/hook`;
+    const { page, offOrigin, pageErrors } = await openPage(browser, ORIGIN);
+    try {
+      await page.goto(`${ORIGIN}/console#/triggers`);
+      const section = page.locator(`section[data-source="${TABLE}"]`);
+      await section.getByText(`New trigger on ${TABLE}`).click();
+      const form = page.getByRole('form', { name: `New trigger on ${TABLE}` });
+      await form.getByLabel('Name').fill('big');
+      await form.getByLabel('Webhook URL').fill(hook);
+      const fire = form.locator('.filter.fire');
+      await fire.getByRole('button', { name: '+ condition' }).click();
+      await fire.getByLabel('Column').selectOption('score');
+      await fire.getByLabel('Operator').selectOption('_gte');
+      await fire.getByLabel('Value').fill('90');
+      await form.getByLabel('Attempts').fill('1');
+      await form.getByRole('button', { name: 'Create' }).click();
+      await section.locator('tr[data-trigger="big"]').waitFor();
+      assert.match(await section.locator('tr[data-trigger="big"]').textContent(), /ACTIVE/);
+
+      // A row enters the condition: one attempt, refused, so a dead letter.
+      await db.query(`INSERT INTO ${TABLE} (id, name, score) VALUES (7, 'big one', 95)`);
+      await page.waitForFunction(
+        (table) => /dead 1/.test(document.querySelector(`section[data-source="${table}"] tr[data-trigger="big"]`)?.textContent ?? ''),
+        TABLE,
+      );
+      await page.screenshot({ path: join(SHOTS, 'triggers.png'), fullPage: true });
+      await section.getByRole('link', { name: 'big' }).click();
+      await page.getByLabel('Dead letters').check();
+      const dead = page.locator('tbody tr.delivery-DEAD');
+      await dead.waitFor();
+      assert.equal(await dead.count(), 1);
+      assert.equal(received.length, 1);
+      assert.equal(received[0].status, 500);
+
+      // The receiver is fixed; Redeliver sends the same event again, and it is delivered.
+      accept = true;
+      await dead.getByRole('button', { name: 'Redeliver' }).click();
+      await page.getByLabel('All deliveries').check();
+      await page.locator('tbody tr.delivery-DELIVERED').waitFor();
+      await page.screenshot({ path: join(SHOTS, 'trigger-deliveries.png'), fullPage: true });
+      assert.equal(received.length, 2);
+      assert.equal(received[1].status, 200);
+      assert.equal(received[1].id, received[0].id, 'a redelivery keeps the event id');
+      assert.match(received[1].body, /big one/);
+      assert.deepEqual(offOrigin, [], 'the console asks nothing of any other server');
+      assert.deepEqual(pageErrors, [], 'no script errors');
+    } finally {
+      await page.close();
+      await new Promise((resolve) => receiver.close(resolve));
+    }
+  });
+
+  test('with auth: the unauthenticated role, then a token typed in, on every request', async () => {
+    const origin = new URL(env('VIEWCAST_AUTH_HTTP')).origin;
+    const { page, offOrigin, pageErrors } = await openPage(browser, origin);
+    try {
+      const { rows: all } = await db.query(`SELECT count(*)::int AS n FROM ${TABLE}`);
+      const { rows: high } = await db.query(`SELECT id, score FROM ${TABLE} WHERE score >= 60 ORDER BY id`);
+      await page.goto(`${origin}/console#/sources`);
+      await page.waitForFunction(() => document.getElementById('whoami').textContent === 'guest');
+      // The guest reads one source, two of its columns, and no trigger.
+      const sources = page.locator('tr[data-source]');
+      await page.locator(`tr[data-source="${TABLE}"]`).waitFor();
+      assert.equal(await sources.count(), 1);
+      await page.waitForFunction(
+        ([table, n]) => document.querySelector(`tr[data-source="${table}"] td:nth-child(3)`)?.textContent === String(n),
+        [TABLE, all[0].n],
+      );
+      await page.goto(`${origin}/console#/live/${TABLE}`);
+      await page.waitForFunction(() => document.getElementById('page').dataset.state === 'live');
+      assert.deepEqual(await page.$$eval('input[name="column"]', (boxes) => boxes.map((b) => b.value)), ['id', 'name']);
+      await page.goto(`${origin}/console#/triggers`);
+      await page.getByText('This credential may see no trigger.').waitFor();
+
+      // The analyst's token: its role, its rows, over HTTP and the WebSocket alike.
+      await page.getByLabel('Credential kind').selectOption('bearer');
+      await page.locator('#credential-value').fill(env('VIEWCAST_AUTH_TOKEN'));
+      await page.getByRole('button', { name: 'Use' }).click();
+      await page.waitForFunction(() => document.getElementById('whoami').textContent === 'analyst (ana)');
+      await page.goto(`${origin}/console#/live/${TABLE}?sort=id:asc`);
+      await page.waitForFunction(() => document.getElementById('page').dataset.state === 'live');
+      await showsExactly(page, high.map((r) => [r.id, String(r.score)]), "the analyst's rows");
+      // Kept for the tab: a reload is still the analyst.
+      await page.reload();
+      await page.waitForFunction(() => document.getElementById('whoami').textContent === 'analyst (ana)');
+      await page.screenshot({ path: join(SHOTS, 'credential.png') });
+      assert.deepEqual(offOrigin, [], 'the console asks nothing of any other server');
+      assert.deepEqual(pageErrors, [], 'no script errors');
+    } finally {
+      await page.close();
     }
   });
 });
