@@ -80,6 +80,20 @@ async function openPage(browser, origin) {
   return { page, offOrigin, pageErrors };
 }
 
+/** The controls on the page that have no accessible name (label, aria-label, text). */
+async function unlabelled(page) {
+  return page.evaluate(() => {
+    const named = (el) =>
+      (el.labels && el.labels.length > 0) ||
+      el.getAttribute('aria-label') ||
+      el.getAttribute('aria-labelledby') ||
+      (el.tagName === 'BUTTON' && el.textContent.trim());
+    return [...document.querySelectorAll('input, select, textarea, button')]
+      .filter((el) => !named(el))
+      .map((el) => el.outerHTML.slice(0, 160));
+  });
+}
+
 /** The ids and one column of the rows the live table shows (every row: the test's tables are
  * small enough to be all in view). */
 async function shown(page, column = 'score') {
@@ -165,9 +179,16 @@ describe('the console in headless Chromium', () => {
     );
     assert.match(await source.textContent(), /LIVE/);
     await page.screenshot({ path: join(SHOTS, 'sources.png') });
+    assert.deepEqual(await unlabelled(page), [], 'every control on Sources has a name');
 
-    // The live table: the snapshot, then every change.
-    await source.getByRole('link', { name: TABLE, exact: true }).click();
+    // The live table, reached with the keyboard: the snapshot, then every change.
+    let focused = '';
+    for (let i = 0; i < 30 && focused !== `#/live/${TABLE}`; i += 1) {
+      await page.keyboard.press('Tab');
+      focused = await page.evaluate(() => document.activeElement?.getAttribute('href') ?? '');
+    }
+    assert.equal(focused, `#/live/${TABLE}`, 'Tab reaches the link to the live table');
+    await page.keyboard.press('Enter');
     await page.waitForFunction(() => document.getElementById('page').dataset.state === 'live');
     await showsExactly(page, [[1, '10'], [2, '60']], 'the snapshot');
     await db.query(`INSERT INTO ${TABLE} (id, name, score) VALUES (3, 'gamma', 70)`);
@@ -183,6 +204,7 @@ describe('the console in headless Chromium', () => {
     // The filter builder: score >= 62 (any of: that, or name = 'zeta', which no row has).
     await page.getByText('Filter', { exact: true }).click();
     await page.getByRole('button', { name: '+ condition' }).first().click();
+    assert.deepEqual(await unlabelled(page), [], 'every control of the live table and its filter has a name');
     const condition = page.locator('.filter .condition').first();
     await condition.getByLabel('Column').selectOption('score');
     await condition.getByLabel('Operator').selectOption('_gte');
@@ -238,6 +260,7 @@ describe('the console in headless Chromium', () => {
       await page.waitForFunction(() => document.getElementById('page').dataset.state === 'reconnecting');
       await page.waitForFunction(() => document.getElementById('page').dataset.state === 'ended');
       await page.screenshot({ path: join(SHOTS, 'run-timeline.png'), fullPage: true });
+      assert.deepEqual(await unlabelled(page), [], 'every control of the timeline has a name');
 
       // Every event of the run, once and in order, and the run's end.
       const response = await fetch(HTTP_URL, {
@@ -257,6 +280,7 @@ describe('the console in headless Chromium', () => {
       await page.goto(`${network.origin}/console#/runs?kind=console_demo`);
       await page.locator(`tr[data-run="${id}"]`).getByText('COMPLETED').waitFor();
       await page.screenshot({ path: join(SHOTS, 'runs.png') });
+      assert.deepEqual(await unlabelled(page), [], 'every control of Runs has a name');
 
       // Another run, cancelled from its timeline: it ends CANCELLED, and so does its list entry.
       await page.getByRole('form', { name: 'Start a run' }).getByLabel('Kind').fill('console_demo');
@@ -307,6 +331,7 @@ describe('the console in headless Chromium', () => {
       await fire.getByLabel('Operator').selectOption('_gte');
       await fire.getByLabel('Value').fill('90');
       await form.getByLabel('Attempts').fill('1');
+      assert.deepEqual(await unlabelled(page), [], 'every control of Triggers and its form has a name');
       await form.getByRole('button', { name: 'Create' }).click();
       await section.locator('tr[data-trigger="big"]').waitFor();
       assert.match(await section.locator('tr[data-trigger="big"]').textContent(), /ACTIVE/);
@@ -332,6 +357,7 @@ describe('the console in headless Chromium', () => {
       await page.getByLabel('All deliveries').check();
       await page.locator('tbody tr.delivery-DELIVERED').waitFor();
       await page.screenshot({ path: join(SHOTS, 'trigger-deliveries.png'), fullPage: true });
+      assert.deepEqual(await unlabelled(page), [], "every control of a trigger's page has a name");
       assert.equal(received.length, 2);
       assert.equal(received[1].status, 200);
       assert.equal(received[1].id, received[0].id, 'a redelivery keeps the event id');
