@@ -216,6 +216,11 @@ struct Flags {
     /// Copy the cluster's server log to this file before the cluster is removed.
     #[arg(long)]
     pg_log: Option<PathBuf>,
+    /// Also open the console's live table of the source in headless Chromium during the load
+    /// and report its frame times (tests/clients/console-bench.mjs; needs Node, the npm
+    /// packages of tests/clients and Chromium).
+    #[arg(long)]
+    console: bool,
 }
 
 fn parse_setting(text: &str) -> Result<(String, String), String> {
@@ -1263,6 +1268,11 @@ async fn scenario(p: &Params, server: &ServerProc, upstream: &Upstream) -> anyho
     let ok = wait_until(&clients, Duration::from_secs(300), all_snapshots).await;
     let subscribe_secs = started.elapsed().as_secs_f64();
     let rss_subscribed = status_mb(server.pid, "VmRSS");
+    let console = if ok && p.flags.console {
+        Some(ConsoleProbe::start(server.addr, p.duration).await?)
+    } else {
+        None
+    };
     let phases = if ok {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let mut phases = load_phase(p, server, upstream, &shared, &expected_tx, &clients).await?;
@@ -1285,7 +1295,53 @@ async fn scenario(p: &Params, server: &ServerProc, upstream: &Upstream) -> anyho
             .collect();
         bail!("not every subscription got its snapshot; client errors: {errors:?}");
     };
+    if let Some(console) = console {
+        let figures = console.finish().await?;
+        println!("\n== console live table (headless Chromium) ==\n  {figures}");
+    }
     Ok(report(p, &phases, &finished))
+}
+
+/// The console's live table of `bench`, open in headless Chromium during the load.
+struct ConsoleProbe {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl ConsoleProbe {
+    /// Starts the probe and waits until its page shows the snapshot.
+    async fn start(addr: SocketAddr, load: Duration) -> anyhow::Result<ConsoleProbe> {
+        use tokio::io::AsyncBufReadExt as _;
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
+        let mut child = tokio::process::Command::new("node")
+            .arg(dir.join("console-bench.mjs"))
+            .arg(format!("http://{addr}"))
+            .arg("bench")
+            .arg(format!("{}", load.as_secs_f64().ceil() + 1.0))
+            .current_dir(&dir)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context(
+                "node tests/clients/console-bench.mjs (Node and `npm ci --prefix tests/clients`)",
+            )?;
+        let stdout = child.stdout.take().context("the probe's stdout")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let ready = lines.next_line().await?.unwrap_or_default();
+        anyhow::ensure!(
+            ready.starts_with("ready"),
+            "the console probe did not start: {ready:?}"
+        );
+        eprintln!("[console] live table open: {ready}");
+        Ok(ConsoleProbe { child, lines })
+    }
+
+    /// Its figures (one JSON line) once it has measured the load.
+    async fn finish(mut self) -> anyhow::Result<String> {
+        let figures = self.lines.next_line().await?.unwrap_or_default();
+        self.child.wait().await?;
+        Ok(figures)
+    }
 }
 
 /// Waits for `done`; false on timeout or when a client task ended early.

@@ -190,7 +190,11 @@ function run(root, source, params, meta) {
   const selection = [...new Set([...meta.key, ...view.shown])];
   const keyOf = (data) => meta.key.map((k) => JSON.stringify(data[k])).join('|');
 
+  /** Updates applied so far (for the console benchmark). */
+  let applied = 0;
+
   function apply(update) {
+    applied += 1;
     const now = performance.now();
     if (update.cursor) {
       cursor = update.cursor;
@@ -319,6 +323,7 @@ function run(root, source, params, meta) {
     table.setAttribute('aria-rowcount', String(order.length + 1));
     count.textContent = `${order.length} row${order.length === 1 ? '' : 's'}`;
     root.dataset.rows = String(order.length);
+    root.dataset.applied = String(applied);
     clearTimeout(sweep);
     if (pending) {
       sweep = setTimeout(schedule, 250);
