@@ -1298,6 +1298,8 @@ async fn scenario(p: &Params, server: &ServerProc, upstream: &Upstream) -> anyho
     if let Some(console) = console {
         let figures = console.finish().await?;
         println!("\n== console live table (headless Chromium) ==\n  {figures}");
+        let figures = ConsoleProbe::run_timeline(server.addr, 10_000).await?;
+        println!("== console run timeline, 10,000 events (headless Chromium) ==\n  {figures}");
     }
     Ok(report(p, &phases, &finished))
 }
@@ -1334,6 +1336,23 @@ impl ConsoleProbe {
         );
         eprintln!("[console] live table open: {ready}");
         Ok(ConsoleProbe { child, lines })
+    }
+
+    /// A run of `events` events appended over HTTP, and its timeline drawn: the figures.
+    async fn run_timeline(addr: SocketAddr, events: u32) -> anyhow::Result<String> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
+        let output = tokio::process::Command::new("node")
+            .arg(dir.join("console-bench.mjs"))
+            .arg(format!("http://{addr}"))
+            .arg("bench")
+            .env("VIEWCAST_CONSOLE_RUN_EVENTS", events.to_string())
+            .current_dir(&dir)
+            .stderr(Stdio::inherit())
+            .output()
+            .await
+            .context("node tests/clients/console-bench.mjs")?;
+        anyhow::ensure!(output.status.success(), "the run timeline probe failed");
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
     }
 
     /// Its figures (one JSON line) once it has measured the load.

@@ -150,6 +150,7 @@ async function readEvents(response, onEvent, signal) {
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = '';
   let event = { id: null, event: 'message', data: [] };
+  let handled = 0;
   while (!signal.aborted) {
     const { value, done } = await reader.read();
     if (done) {
@@ -163,6 +164,11 @@ async function readEvents(response, onEvent, signal) {
       if (line === '') {
         if (event.data.length > 0) {
           onEvent({ id: event.id, event: event.event, data: event.data.join('\n') });
+          handled += 1;
+          if (handled % 250 === 0) {
+            // A large backfill arrives in large chunks: let the page draw in between.
+            await new Promise((resolve) => setTimeout(resolve, 0));
+          }
         }
         event = { id: null, event: 'message', data: [] };
       } else if (!line.startsWith(':')) {
@@ -212,10 +218,15 @@ export function runPage(root, id) {
     root.dataset.state = kind;
   }
 
+  /** Events drawn per animation frame at most, so that a backfill of thousands keeps the
+   * page responsive. */
+  const PER_FRAME = 150;
+
   function draw() {
     frame = 0;
     const fragment = document.createDocumentFragment();
-    for (const e of queued) {
+    const batch = queued.splice(0, PER_FRAME);
+    for (const e of batch) {
       const item = document.createElement('li');
       item.dataset.seq = String(e.seq);
       item.className = `event event-${e.type}`;
@@ -246,9 +257,11 @@ export function runPage(root, id) {
         }
       }
     }
-    queued = [];
     list.append(fragment);
-    root.dataset.lastSeq = String(lastSeq);
+    root.dataset.lastSeq = batch.length > 0 ? batch[batch.length - 1].seq : root.dataset.lastSeq;
+    if (queued.length > 0) {
+      frame = requestAnimationFrame(draw);
+    }
   }
 
   function take(e) {
@@ -337,6 +350,11 @@ export function runPage(root, id) {
       return undefined;
     }
     if (ended && !gap) {
+      // Said once every event is on the page.
+      await new Promise((resolve) => {
+        const check = () => (queued.length === 0 && !frame ? resolve() : requestAnimationFrame(check));
+        check();
+      });
       return setState('Ended', 'ended');
     }
     // The stream ended early (the server restarting) or skipped: read again after the last.
