@@ -30,6 +30,10 @@ function show() {
     }
   }
   page.replaceChildren();
+  // A page's state (`data-state`, `data-rows`, …) is its own.
+  for (const key of Object.keys(page.dataset)) {
+    delete page.dataset[key];
+  }
   if (segments[0] === 'live' && segments[1]) {
     unmount = livePage(page, segments[1], params);
   } else if (segments[0] === 'runs' && segments[1]) {

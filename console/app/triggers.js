@@ -283,7 +283,10 @@ export function triggerPage(root, source, name) {
       'toggle',
       () => {
         if (edit.open && trigger) {
-          createForm(edit, source, trigger, () => refresh());
+          createForm(edit, source, trigger, () => {
+            clearTimeout(timer);
+            refresh();
+          });
         }
       },
       { once: true },

@@ -293,6 +293,34 @@ describe('the console in headless Chromium', () => {
       assert.equal(await page.locator('ol.timeline li').last().getAttribute('data-seq'), await page.evaluate(() => document.getElementById('page').dataset.lastSeq));
       assert.match(await page.locator('ol.timeline li').last().textContent(), /CANCELLED/);
 
+
+      // A run that failed shows its error; the list pages 20 at a time.
+      const post = async (path, body) => {
+        const reply = await fetch(`${ORIGIN}${path}`, {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
+          body: JSON.stringify(body),
+        });
+        assert.ok(reply.ok, `POST ${path}: ${reply.status}`);
+        return reply.json();
+      };
+      const failed = await post('/runs', { kind: 'console_external', input: {} });
+      await post(`/runs/${failed.id}/events`, { events: [{ type: 'STARTED' }, { type: 'FAILED', message: 'disk full' }] });
+      for (let i = 0; i < 20; i += 1) {
+        await post('/runs', { kind: 'console_external', input: { i } });
+      }
+      await page.goto(`${network.origin}/console#/runs/${failed.id}`);
+      await page.waitForFunction(() => document.getElementById('page').dataset.state === 'ended');
+      assert.equal(await page.locator('.run-status').textContent(), 'FAILED');
+      assert.equal(await page.locator('.failure').textContent(), 'disk full');
+      await page.goto(`${network.origin}/console#/runs?kind=console_external`);
+      await page.locator('tbody tr[data-run]').nth(19).waitFor();
+      assert.equal(await page.locator('tbody tr[data-run]').count(), 20);
+      assert.equal(await page.locator(`tr[data-run="${failed.id}"]`).count(), 0, 'the oldest is on the next page');
+      await page.getByRole('link', { name: 'Next page' }).click();
+      await page.locator(`tr[data-run="${failed.id}"]`).waitFor();
+      assert.equal(await page.locator('tbody tr[data-run]').count(), 1);
+
       assert.deepEqual(offOrigin, [], 'the console asks nothing of any other server');
       assert.deepEqual(pageErrors, [], 'no script errors');
     } finally {
@@ -362,6 +390,22 @@ describe('the console in headless Chromium', () => {
       assert.equal(received[1].status, 200);
       assert.equal(received[1].id, received[0].id, 'a redelivery keeps the event id');
       assert.match(received[1].body, /big one/);
+
+      // Edit: the conditions change (the trigger is created again, as the page says).
+      await page.getByText('Edit', { exact: true }).click();
+      const edit = page.getByRole('form', { name: 'Edit trigger big' });
+      await edit.getByLabel('Webhook URL').fill(hook);
+      await edit.locator('.filter.fire').getByLabel('Value').fill('98');
+      await edit.getByRole('button', { name: /^Save/ }).click();
+      await page.waitForFunction(() => document.querySelector('.summary')?.textContent.includes('"_gte":98'));
+
+      // Disable and enable from the list.
+      await page.goto(`${ORIGIN}/console#/triggers`);
+      const row = page.locator(`section[data-source="${TABLE}"] tr[data-trigger="big"]`);
+      await row.getByRole('button', { name: 'Disable' }).click();
+      await row.getByText('DISABLED').waitFor();
+      await row.getByRole('button', { name: 'Enable' }).click();
+      await row.getByText('ACTIVE').waitFor();
       assert.deepEqual(offOrigin, [], 'the console asks nothing of any other server');
       assert.deepEqual(pageErrors, [], 'no script errors');
     } finally {
