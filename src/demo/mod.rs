@@ -167,6 +167,7 @@ fn print_banner(addr: std::net::SocketAddr, url: &str, credentials: Option<&Cred
         r#"
 viewcast demo is running — live prices, trades and positions in a private PostgreSQL.
 
+  Console (open in a browser)    http://{addr}/console
   GraphiQL (open in a browser)   http://{addr}/graphql
   GraphQL over WebSocket         ws://{addr}/graphql
   Readiness / metrics            http://{addr}/ready   http://{addr}/metrics
@@ -214,7 +215,8 @@ Auth is on, as it would be in production (the tokens are valid {TOKEN_HOURS} h; 
       {{"x-hasura-admin-secret": "{admin}"}}
 
 Paste one of these lines into GraphiQL's Headers tab (below the editor): queries and
-subscriptions send it. `viewcast demo --no-auth` serves everything to everyone."#,
+subscriptions send it. In the console, paste the token (or the admin secret) into the
+Credential box. `viewcast demo --no-auth` serves everything to everyone."#,
             trader = c.trader,
             analyst = c.analyst,
             admin = c.admin_secret,
