@@ -100,6 +100,9 @@ enum Scenario {
     /// 1,000 runs x 100 events appended one per request at 5,000/s by 64 writers, each run
     /// followed by 2 consumers (SSE, and GraphQL over 100 connections x 10 subscriptions).
     Runs(Flags),
+    /// One-shot queries on a large source (2,000,000 rows): by key, `limit: 10`, and the top
+    /// 10 by a column, each timed over HTTP.
+    Queries(Flags),
 }
 
 /// Where the changes come from.
@@ -291,6 +294,7 @@ impl Params {
             Scenario::Triggers(f) => ("triggers", f, (0, 1, 1_000, false, 10_000, 10_000, 20.0, 0)),
             // The source is only there because a config needs one; connections follow --runs.
             Scenario::Runs(f) => ("runs", f, (0, 10, 0, false, 100, 5_000, 0.0, 0)),
+            Scenario::Queries(f) => ("queries", f, (0, 1, 0, false, 2_000_000, 0, 0.0, 0)),
         };
         let runs = f.runs.unwrap_or(1_000).max(1);
         let subs_per_conn = f.subs_per_conn.unwrap_or(d.1).max(1);
@@ -433,6 +437,8 @@ async fn run(p: &Params) -> anyhow::Result<bool> {
                 triggers_scenario(p, &server, &upstream).await
             } else if runs {
                 runs_scenario(p, &server, &upstream).await
+            } else if p.name == "queries" {
+                queries_scenario(p, &server).await
             } else {
                 scenario(p, &server, &upstream).await
             }
@@ -3049,6 +3055,107 @@ struct RunsRun {
     /// `published_at` → received, µs, over every delivery.
     from_published_us: Vec<u32>,
     statements: Vec<Statement>,
+}
+
+/// Times one-shot queries on the source once it is live: each query `repeat` times, one at a
+/// time, over HTTP.
+async fn queries_scenario(p: &Params, server: &ServerProc) -> anyhow::Result<bool> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let url = format!("http://{}/graphql", server.addr);
+    let ask = |query: String| {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            let started = Instant::now();
+            let body = http
+                .post(&url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(serde_json::json!({ "query": query }).to_string())
+                .send()
+                .await?
+                .bytes()
+                .await?;
+            let reply: serde_json::Value = serde_json::from_slice(&body)?;
+            anyhow::Ok((started.elapsed(), reply))
+        }
+    };
+    let rss_ready = status_mb(server.pid, "VmRSS");
+    eprintln!(
+        "[{}] waiting for the source ({} rows) to be live …",
+        p.name, p.rows
+    );
+    let started = Instant::now();
+    loop {
+        let (_, reply) = ask("{ bench(limit: 1) { id } }".into()).await?;
+        if reply["data"]["bench"].is_array() {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(900),
+            "the source never went live: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let live_secs = started.elapsed().as_secs_f64();
+    let rows = i64::from(p.rows);
+    let mut lines = Vec::new();
+    let mut json = serde_json::Map::new();
+    for (name, repeat, query) in [
+        ("by key", 50, None),
+        ("limit 10", 20, Some("{ bench(limit: 10) { id } }")),
+        (
+            "top 10 by value",
+            10,
+            Some("{ bench(order_by: [{value: desc}], limit: 10) { id } }"),
+        ),
+    ] {
+        let mut times = Vec::new();
+        for n in 0..repeat {
+            let text = query.map_or_else(
+                || {
+                    format!(
+                        "{{ bench(where: {{id: {{_eq: {}}}}}) {{ id }} }}",
+                        1 + (n * 7919) % rows
+                    )
+                },
+                str::to_owned,
+            );
+            let (took, reply) = ask(text).await?;
+            anyhow::ensure!(reply["data"]["bench"].is_array(), "{name}: {reply}");
+            times.push(took.as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        let (p50, max) = (times[times.len() / 2], times[times.len() - 1]);
+        lines.push(format!(
+            "  {name:<18}  p50 {p50:.1} ms  max {max:.1} ms  ({repeat} queries)"
+        ));
+        json.insert(
+            name.into(),
+            serde_json::json!({ "p50_ms": p50, "max_ms": max }),
+        );
+    }
+    let rss_end = status_mb(server.pid, "VmRSS");
+    println!("\n== viewcast-bench queries ==");
+    println!(
+        "  source              {} rows, {} B payload each",
+        p.rows, p.flags.payload_bytes
+    );
+    println!(
+        "  first answer after  {live_secs:.1} s (the server is ready once its eager source is live)"
+    );
+    for line in &lines {
+        println!("{line}");
+    }
+    println!("  server RSS (MB)     ready {rss_ready:.1}  after the queries {rss_end:.1}");
+    json.insert("rows".into(), p.rows.into());
+    json.insert("live_secs".into(), live_secs.into());
+    json.insert(
+        "rss_mb".into(),
+        serde_json::json!({ "ready": rss_ready, "end": rss_end }),
+    );
+    println!("{}", serde_json::Value::Object(json));
+    Ok(true)
 }
 
 async fn runs_scenario(

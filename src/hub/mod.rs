@@ -307,33 +307,59 @@ impl Hub {
         Ok(view)
     }
 
+    /// The one key `filter`'s rows can have, when it requires the (one-column) primary key to
+    /// equal a value: such a filter is answered by a lookup, not a scan.
+    fn only_key(&self, filter: &crate::filter::Filter) -> Option<Key> {
+        use crate::filter::EqKey;
+        use crate::value::Value;
+        let [key_column] = self.source.primary_key.as_slice() else {
+            return None;
+        };
+        let (column, value) = filter.required_equality()?;
+        (column == *key_column).then(|| {
+            Key(Box::new([match value {
+                EqKey::Int(i) => Value::Int(i),
+                EqKey::Text(t) => Value::Text(Arc::from(t)),
+                EqKey::Bool(b) => Value::Bool(b),
+                EqKey::Enum(o) => Value::Enum(o),
+            }]))
+        })
+    }
+
     /// The current rows `filter` matches (at one batch boundary), or `None` before the first
-    /// snapshot. Only the matching rows are copied.
+    /// snapshot. Only the matching rows are copied; an equality on the key is a lookup.
     pub fn rows_matching(&self, filter: &crate::filter::Filter) -> Option<Vec<Arc<Row>>> {
+        let only = self.only_key(filter);
         let state = self.lock();
-        state.status.is_synced().then(|| {
-            state
+        state.status.is_synced().then(|| match &only {
+            Some(key) => state
+                .cache
+                .get(key)
+                .filter(|row| filter.matches(row))
+                .cloned()
+                .into_iter()
+                .collect(),
+            None => state
                 .cache
                 .values()
                 .filter(|row| filter.matches(row))
                 .cloned()
-                .collect()
+                .collect(),
         })
     }
 
     /// How many current rows `filter` matches, or `None` before the first snapshot.
     pub fn count_matching(&self, filter: &crate::filter::Filter) -> Option<usize> {
+        let only = self.only_key(filter);
         let state = self.lock();
-        state.status.is_synced().then(|| {
-            if filter.canonical() == "{}" {
-                state.cache.len()
-            } else {
-                state
-                    .cache
-                    .values()
-                    .filter(|row| filter.matches(row))
-                    .count()
-            }
+        state.status.is_synced().then(|| match &only {
+            Some(key) => usize::from(state.cache.get(key).is_some_and(|row| filter.matches(row))),
+            None if filter.canonical() == "{}" => state.cache.len(),
+            None => state
+                .cache
+                .values()
+                .filter(|row| filter.matches(row))
+                .count(),
         })
     }
 

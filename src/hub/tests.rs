@@ -495,3 +495,37 @@ fn the_rate_averages_whole_seconds_and_forgets_old_ones() {
     );
     assert!(rate.per_second(40).abs() < 1e-9);
 }
+
+#[test]
+fn an_equality_on_the_key_is_a_lookup_with_the_same_answer_as_a_scan() {
+    let hub = hub(HubLimits::default());
+    let rows = |f: serde_json::Value| {
+        let mut rows: Vec<Row> = hub
+            .rows_matching(&filter(f))
+            .unwrap()
+            .iter()
+            .map(|r| (**r).clone())
+            .collect();
+        rows.sort_by_key(|r| match r.get(0) {
+            Value::Int(i) => *i,
+            _ => 0,
+        });
+        rows
+    };
+    assert_eq!(rows(serde_json::json!({"id": {"_eq": 2}})), [row(2, 20)]);
+    // The rest of the filter still applies to the row found.
+    assert!(rows(serde_json::json!({"id": {"_eq": 2}, "score": {"_lt": 5}})).is_empty());
+    assert!(rows(serde_json::json!({"id": {"_eq": 9}})).is_empty());
+    assert_eq!(
+        rows(serde_json::json!({"_and": [{"id": {"_eq": 1}}, {"score": {"_gte": 10}}]})),
+        [row(1, 10)]
+    );
+    assert_eq!(
+        hub.count_matching(&filter(serde_json::json!({"id": {"_eq": 1}}))),
+        Some(1)
+    );
+    assert_eq!(
+        hub.count_matching(&filter(serde_json::json!({"id": {"_eq": 3}}))),
+        Some(0)
+    );
+}
