@@ -122,8 +122,13 @@ pub struct ServeArgs {
     /// Most concurrent operations on one WebSocket connection.
     #[arg(long, env = "VIEWCAST_WS_MAX_OPERATIONS", default_value_t = 200)]
     pub ws_max_operations: usize,
-    /// Batches each source keeps for subscribers that fall behind or resume with `after`.
-    #[arg(long, env = "VIEWCAST_HISTORY_BATCHES", default_value_t = 32_768)]
+    /// Row changes each source keeps for subscribers that fall behind or resume with `after`
+    /// (the history's bound: it holds the changed rows, old and new).
+    #[arg(long, env = "VIEWCAST_HISTORY_CHANGES", default_value_t = 262_144)]
+    pub history_changes: usize,
+    /// Most batches (upstream transactions) in that history; by default as many as changes,
+    /// so single-row commits get the whole history too.
+    #[arg(long, env = "VIEWCAST_HISTORY_BATCHES", default_value_t = 262_144)]
     pub history_batches: usize,
     /// Seconds to wait for connections and feeds to stop on shutdown.
     #[arg(long, env = "VIEWCAST_SHUTDOWN_TIMEOUT", default_value_t = 10)]
@@ -584,6 +589,7 @@ impl ServeArgs {
         options.ws.keepalive = Duration::from_secs(self.ws_keepalive.max(1));
         options.ws.max_operations = self.ws_max_operations;
         options.hub_limits.max_batches = self.history_batches.max(1);
+        options.hub_limits.max_changes = self.history_changes.max(1);
         Ok(options)
     }
 }

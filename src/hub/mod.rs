@@ -94,7 +94,8 @@ pub struct HubLimits {
 impl Default for HubLimits {
     fn default() -> Self {
         HubLimits {
-            max_batches: 32_768,
+            // A batch holds at least one change: the changes are the bound.
+            max_batches: 262_144,
             max_changes: 262_144,
             max_views: 100_000,
             max_scanned_views: 1_000,

@@ -529,3 +529,24 @@ fn an_equality_on_the_key_is_a_lookup_with_the_same_answer_as_a_scan() {
         Some(0)
     );
 }
+
+#[tokio::test]
+async fn by_default_single_row_commits_do_not_shorten_the_history() {
+    let hub = hub(HubLimits::default());
+    let mut reader = past_snapshot(&hub).await;
+    // More single-change batches than the old 32,768-batch history: the reader, which read
+    // none of them, conflates them rather than being told to resubscribe.
+    for n in 0..40_000 {
+        batch(&hub, 2 + n, vec![upsert(1 + (n as i64 % 2), n as i64)]);
+    }
+    let mut got = take(&mut reader, 2).await;
+    got.sort_by_key(|e| e.1);
+    assert_eq!(
+        got,
+        [
+            (EventKind::Update, 1, 39_998),
+            (EventKind::Update, 2, 39_999)
+        ]
+    );
+    no_more(&mut reader);
+}
