@@ -75,6 +75,44 @@ export function wsClient(on = {}) {
   });
 }
 
+/** Runs `step` every `ms` (2 s by default) after the last run ended, from the first `now()`
+ * until `stop()`; `now()` runs it at once (after the run in flight, if any). */
+export function poll(step, ms = 2_000) {
+  let timer = 0;
+  let stopped = false;
+  let running = false;
+  let again = false;
+  async function now() {
+    clearTimeout(timer);
+    if (stopped) {
+      return;
+    }
+    if (running) {
+      again = true;
+      return;
+    }
+    running = true;
+    try {
+      await step();
+    } finally {
+      running = false;
+    }
+    if (again) {
+      again = false;
+      now();
+    } else if (!stopped) {
+      timer = setTimeout(now, ms);
+    }
+  }
+  return {
+    now,
+    stop() {
+      stopped = true;
+      clearTimeout(timer);
+    },
+  };
+}
+
 /** Escapes text for HTML. */
 export function esc(value) {
   return String(value).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);

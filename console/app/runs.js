@@ -4,11 +4,10 @@
 // Events (`/runs/{id}/events`) with fetch rather than EventSource, which can send neither the
 // credential nor a listener for event types it does not know; on a drop it reconnects with
 // `Last-Event-ID`, and it keeps events by seq, so none shows twice and a gap is refetched.
-import { ApiError, authHeaders, esc, gql } from './api.js';
+import { ApiError, authHeaders, esc, gql, poll } from './api.js';
 
 const STATUSES = ['PENDING', 'RUNNING', 'COMPLETED', 'FAILED', 'CANCELLED'];
 const TERMINAL = new Set(['COMPLETED', 'FAILED', 'CANCELLED']);
-const POLL_MS = 2_000;
 
 function badge(status) {
   return `<span class="badge badge-${esc(status)}">${esc(status)}</span>`;
@@ -47,8 +46,6 @@ export function runsPage(root, params) {
   const state = root.querySelector('.state');
   const body = root.querySelector('tbody');
   const next = root.querySelector('.next');
-  let timer;
-  let stopped = false;
 
   root.querySelector('.run-filter').addEventListener('submit', (event) => {
     event.preventDefault();
@@ -118,15 +115,10 @@ export function runsPage(root, params) {
       state.textContent = `Cannot list runs: ${error.message}`;
       state.classList.add('error');
     }
-    if (!stopped) {
-      timer = setTimeout(refresh, POLL_MS);
-    }
   }
-  refresh();
-  return () => {
-    stopped = true;
-    clearTimeout(timer);
-  };
+  const poller = poll(refresh);
+  poller.now();
+  return poller.stop;
 }
 
 /** "3 of 10 files" from counters such as {files_done: 3, files_total: 10}. */

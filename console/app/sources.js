@@ -1,9 +1,8 @@
 // Sources: each source this credential may read, its feed's state, its rows and its changes
 // per second (viewer { sources }), polled every two seconds.
-import { esc, gql } from './api.js';
+import { esc, gql, poll } from './api.js';
 
 const QUERY = '{ viewer { sources { name status reason rows changesPerSecond } } }';
-const POLL_MS = 2_000;
 
 export function sourcesPage(root) {
   root.innerHTML = `<h1>Sources</h1><p class="state" role="status">Loading…</p>
@@ -11,8 +10,6 @@ export function sourcesPage(root) {
     <th scope="col">Rows</th><th scope="col">Changes/s</th><th scope="col"></th></tr></thead><tbody></tbody></table>`;
   const state = root.querySelector('.state');
   const body = root.querySelector('tbody');
-  let timer;
-  let stopped = false;
 
   async function refresh() {
     try {
@@ -34,13 +31,8 @@ export function sourcesPage(root) {
       state.textContent = `Cannot read the sources: ${error.message}`;
       state.classList.add('error');
     }
-    if (!stopped) {
-      timer = setTimeout(refresh, POLL_MS);
-    }
   }
-  refresh();
-  return () => {
-    stopped = true;
-    clearTimeout(timer);
-  };
+  const poller = poll(refresh);
+  poller.now();
+  return poller.stop;
 }

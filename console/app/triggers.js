@@ -3,11 +3,9 @@
 // that creates one, its fire and clear conditions built like the live table's filter. A
 // trigger's page lists its deliveries with their attempts, dead letters apart, each
 // redeliverable. Only what the credential's schema offers is shown.
-import { esc, gql } from './api.js';
+import { esc, gql, poll } from './api.js';
 import { filterBuilder } from './filter.js';
 import { describe } from './live.js';
-
-const POLL_MS = 2_000;
 
 /** The root fields of this credential's schema. */
 async function rootFields() {
@@ -30,8 +28,6 @@ export function triggersPage(root) {
   root.innerHTML = '<h1>Triggers</h1><p class="state" role="status">Loading…</p><div class="sources"></div>';
   const state = root.querySelector('.state');
   const holder = root.querySelector('.sources');
-  let stopped = false;
-  let timer;
   let sources = [];
   let fields;
 
@@ -67,9 +63,6 @@ export function triggersPage(root) {
     } catch (error) {
       state.textContent = `Cannot read the triggers: ${error.message}`;
       state.classList.add('error');
-    }
-    if (!stopped) {
-      timer = setTimeout(refresh, POLL_MS);
     }
   }
 
@@ -107,21 +100,18 @@ export function triggersPage(root) {
           state.textContent = `${action} ${name}: ${error.message}`;
           state.classList.add('error');
         }
-        clearTimeout(timer);
-        refresh();
+        poller.now();
       });
     }
-    refresh();
+    poller.now();
   }
 
+  const poller = poll(refresh);
   start().catch((error) => {
     state.textContent = `Cannot read the triggers: ${error.message}`;
     state.classList.add('error');
   });
-  return () => {
-    stopped = true;
-    clearTimeout(timer);
-  };
+  return poller.stop;
 }
 
 /** The form that creates a trigger on `source` (also used to edit one: `existing`). */
@@ -194,8 +184,6 @@ export function triggerPage(root, source, name) {
   const state = root.querySelector('.state');
   const body = root.querySelector('tbody');
   let show = '';
-  let stopped = false;
-  let timer;
   let trigger = null;
   let canRedeliver = false;
 
@@ -245,15 +233,13 @@ export function triggerPage(root, source, name) {
       state.textContent = `Cannot read the trigger: ${error.message}`;
       state.classList.add('error');
     }
-    if (!stopped) {
-      timer = setTimeout(refresh, POLL_MS);
-    }
   }
+
+  const poller = poll(refresh);
 
   root.querySelector('[aria-label="Deliveries shown"]').addEventListener('change', (event) => {
     show = event.target.value;
-    clearTimeout(timer);
-    refresh();
+    poller.now();
   });
   body.addEventListener('click', async (event) => {
     const id = event.target.dataset.redeliver;
@@ -271,8 +257,7 @@ export function triggerPage(root, source, name) {
       state.textContent = `Not redelivered: ${error.message}`;
       state.classList.add('error');
     }
-    clearTimeout(timer);
-    refresh();
+    poller.now();
   });
   const edit = root.querySelector('details.edit');
   rootFields().then((fields) => {
@@ -283,18 +268,12 @@ export function triggerPage(root, source, name) {
       'toggle',
       () => {
         if (edit.open && trigger) {
-          createForm(edit, source, trigger, () => {
-            clearTimeout(timer);
-            refresh();
-          });
+          createForm(edit, source, trigger, () => poller.now());
         }
       },
       { once: true },
     );
-    refresh();
+    poller.now();
   });
-  return () => {
-    stopped = true;
-    clearTimeout(timer);
-  };
+  return poller.stop;
 }

@@ -137,32 +137,32 @@ fn invalid(err: &jsonwebtoken::errors::Error) -> AuthError {
     })
 }
 
+/// The algorithms a key of each family verifies (the token's `alg` must be one of its key's).
+const RSA: &[Algorithm] = &[
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+const EC: &[Algorithm] = &[Algorithm::ES256, Algorithm::ES384];
+const ED: &[Algorithm] = &[Algorithm::EdDSA];
+
 fn pem_key(pem: &str) -> Result<Key, String> {
     let bytes = pem.as_bytes();
-    if let Ok(key) = DecodingKey::from_rsa_pem(bytes) {
-        return Ok(Key {
-            key,
-            algorithms: vec![
-                Algorithm::RS256,
-                Algorithm::RS384,
-                Algorithm::RS512,
-                Algorithm::PS256,
-                Algorithm::PS384,
-                Algorithm::PS512,
-            ],
-        });
-    }
-    if let Ok(key) = DecodingKey::from_ec_pem(bytes) {
-        return Ok(Key {
-            key,
-            algorithms: vec![Algorithm::ES256, Algorithm::ES384],
-        });
-    }
-    if let Ok(key) = DecodingKey::from_ed_pem(bytes) {
-        return Ok(Key {
-            key,
-            algorithms: vec![Algorithm::EdDSA],
-        });
+    let found = [
+        (DecodingKey::from_rsa_pem(bytes), RSA),
+        (DecodingKey::from_ec_pem(bytes), EC),
+        (DecodingKey::from_ed_pem(bytes), ED),
+    ];
+    for (key, algorithms) in found {
+        if let Ok(key) = key {
+            return Ok(Key {
+                key,
+                algorithms: algorithms.to_vec(),
+            });
+        }
     }
     Err("the JWT public key is not a PEM RSA, EC or Ed25519 public key".into())
 }
@@ -172,16 +172,9 @@ fn pem_key(pem: &str) -> Result<Key, String> {
 fn jwk_key(jwk: &Jwk) -> Option<Key> {
     let key = DecodingKey::from_jwk(jwk).ok()?;
     let family: Vec<Algorithm> = match &jwk.algorithm {
-        AlgorithmParameters::RSA(_) => vec![
-            Algorithm::RS256,
-            Algorithm::RS384,
-            Algorithm::RS512,
-            Algorithm::PS256,
-            Algorithm::PS384,
-            Algorithm::PS512,
-        ],
-        AlgorithmParameters::EllipticCurve(_) => vec![Algorithm::ES256, Algorithm::ES384],
-        AlgorithmParameters::OctetKeyPair(_) => vec![Algorithm::EdDSA],
+        AlgorithmParameters::RSA(_) => RSA.to_vec(),
+        AlgorithmParameters::EllipticCurve(_) => EC.to_vec(),
+        AlgorithmParameters::OctetKeyPair(_) => ED.to_vec(),
         AlgorithmParameters::OctetKey(_) => return None,
     };
     let algorithms = match jwk.common.key_algorithm {

@@ -111,6 +111,15 @@ impl Problem {
     }
 }
 
+/// The hint for an unknown key: the nearest valid one, if any is near, and all of them.
+pub(crate) fn unknown_key_hint(key: &str, valid: &[&str]) -> String {
+    let all = format!("valid keys here are {}", list(valid, "and"));
+    match closest(key, valid.iter().copied()) {
+        Some(near) => format!("did you mean {near:?}? {all}"),
+        None => all,
+    }
+}
+
 /// The candidate closest to `word` when it is close enough to be a likely typo.
 pub(crate) fn closest<'a>(
     word: &str,

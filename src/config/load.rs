@@ -18,7 +18,7 @@ use serde::de::{self, DeserializeOwned, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use super::env;
-use super::error::{Location, Problem, closest, list};
+use super::error::{Location, Problem, closest, list, unknown_key_hint};
 use super::ident::{self, IdentError};
 use super::names::{self, RootType};
 use super::permissions::{ApiKey, PermissionResolver, RolePermissions};
@@ -323,15 +323,11 @@ fn serde_problem(error: &serde_yaml::Error, spans: &Spans) -> Problem {
             ["sources", _, "columns", _] => COLUMN_KEYS,
             _ => TOP_LEVEL_KEYS,
         };
-        let mut hint = format!("valid keys here are {}", list(valid, "and"));
-        if let Some(near) = closest(field, valid.iter().copied()) {
-            hint = format!("did you mean {near:?}? {hint}");
-        }
         return Problem::new(
             at_or_start,
             format!("unknown key {field:?} in {}", describe_path(&path)),
         )
-        .hint(hint);
+        .hint(unknown_key_hint(field, valid));
     }
     if let Some(caps) = INVALID_TYPE.captures(&message) {
         let path: Vec<&str> = caps
@@ -634,15 +630,11 @@ impl Resolver<'_> {
         for key in mapping.keys() {
             let key = key.as_str().unwrap_or_default();
             if !TRIGGER_KEYS.contains(&key) {
-                let mut hint = format!("valid keys here are {}", list(TRIGGER_KEYS, "and"));
-                if let Some(near) = closest(key, TRIGGER_KEYS.iter().copied()) {
-                    hint = format!("did you mean {near:?}? {hint}");
-                }
                 return Err(Problem::new(
                     self.spans.key(&["sources", s, "triggers", &name, key]),
                     format!("unknown key {key:?} in trigger {name:?} of source {s:?}"),
                 )
-                .hint(hint));
+                .hint(unknown_key_hint(key, TRIGGER_KEYS)));
             }
         }
         let mut input = serde_json::to_value(value)

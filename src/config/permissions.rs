@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use super::error::{Location, Problem, closest, list};
+use super::error::{Location, Problem, closest, list, unknown_key_hint};
 use super::spans::Spans;
 use super::{ColumnType, RunKind, SourceDef};
 
@@ -730,15 +730,11 @@ impl PermissionResolver<'_> {
         for key in mapping.keys() {
             let key = key.as_str().unwrap_or_default();
             if !valid.contains(&key) {
-                let mut hint = format!("valid keys here are {}", list(valid, "and"));
-                if let Some(near) = closest(key, valid.iter().copied()) {
-                    hint = format!("did you mean {near:?}? {hint}");
-                }
                 return Err(Problem::new(
                     self.spans.key(&[path, &[key]].concat()),
                     format!("unknown key {key:?} in {what}"),
                 )
-                .hint(hint));
+                .hint(unknown_key_hint(key, valid)));
             }
         }
         Ok(())
