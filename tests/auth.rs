@@ -325,26 +325,24 @@ async fn websockets_authenticate_at_connection_init_and_close_when_the_token_exp
         assert_eq!(data["data"]["viewer"]["role"], "user");
     }
     // The admin secret in the payload: the whole schema.
-    let mut ws = Ws::open(addr, "graphql-transport-ws").await;
-    ws.send(json!({ "type": "connection_init", "payload": { "x-hasura-admin-secret": ADMIN } }))
-        .await;
-    assert_eq!(
-        ws.recv_skipping_keepalives().await.unwrap()["type"],
-        "connection_ack"
-    );
+    let mut ws = Ws::connect_with(
+        addr,
+        "graphql-transport-ws",
+        json!({ "x-hasura-admin-secret": ADMIN }),
+    )
+    .await;
     ws.subscribe("1", "subscription { items { operation data { id } } }")
         .await;
     let first = ws.next_payload("1").await;
     assert_eq!(first["data"]["items"]["data"]["id"], 1, "{first}");
     // A token that expires in two seconds: the connection closes then, with 4403.
     let short = hs256(&claims("user", 2));
-    let mut ws = Ws::open(addr, "graphql-transport-ws").await;
-    ws.send(json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {short}") } }))
-        .await;
-    assert_eq!(
-        ws.recv_skipping_keepalives().await.unwrap()["type"],
-        "connection_ack"
-    );
+    let mut ws = Ws::connect_with(
+        addr,
+        "graphql-transport-ws",
+        json!({ "Authorization": format!("Bearer {short}") }),
+    )
+    .await;
     let closed = loop {
         match ws.recv().await {
             Ok(_) => {}

@@ -151,11 +151,12 @@ async fn the_demo_prints_a_token_per_role_and_each_sees_its_own_rows() {
 
     // A subscription with the trader's header line in `connection_init`, as GraphiQL sends
     // the Headers tab: a snapshot of her positions only.
-    let mut ws = Ws::open(addr, "graphql-transport-ws").await;
-    ws.send(json!({ "type": "connection_init", "payload": { "Authorization": trader_header } }))
-        .await;
-    let ack = ws.recv_skipping_keepalives().await.expect("ack");
-    assert_eq!(ack["type"], "connection_ack", "{ack}");
+    let mut ws = Ws::connect_with(
+        addr,
+        "graphql-transport-ws",
+        json!({ "Authorization": trader_header }),
+    )
+    .await;
     ws.subscribe(
         "p",
         "subscription { positions(snapshot_end: true) { operation data { symbol } } }",

@@ -484,13 +484,12 @@ async fn a_permitted_subscription_ends_when_its_token_expires() {
     let addr = f.addr();
     let short = token(Some("alice"), "user", 3);
     // WebSocket: the data flows, then the connection closes with 4403.
-    let mut ws = Ws::open(addr, "graphql-transport-ws").await;
-    ws.send(json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {short}") } }))
-        .await;
-    assert_eq!(
-        ws.recv_skipping_keepalives().await.unwrap()["type"],
-        "connection_ack"
-    );
+    let mut ws = Ws::connect_with(
+        addr,
+        "graphql-transport-ws",
+        json!({ "Authorization": format!("Bearer {short}") }),
+    )
+    .await;
     ws.subscribe("1", "subscription { orders { operation data { id } } }")
         .await;
     assert_eq!(next_update(&mut ws).await["operation"], "INSERT");

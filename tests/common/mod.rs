@@ -228,8 +228,13 @@ impl Ws {
 
     /// Opens and completes the handshake.
     pub async fn connect(addr: SocketAddr, protocol: &'static str) -> Ws {
+        Ws::connect_with(addr, protocol, json!({})).await
+    }
+
+    /// Opens and completes the handshake with `payload` in `connection_init` (credentials).
+    pub async fn connect_with(addr: SocketAddr, protocol: &'static str, payload: Value) -> Ws {
         let mut ws = Ws::open(addr, protocol).await;
-        ws.send(json!({ "type": "connection_init", "payload": {} }))
+        ws.send(json!({ "type": "connection_init", "payload": payload }))
             .await;
         let ack = ws.recv_skipping_keepalives().await.expect("ack");
         assert_eq!(ack["type"], "connection_ack", "{ack}");
