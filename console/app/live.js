@@ -110,6 +110,11 @@ function run(root, source, params, meta) {
       <span class="count" aria-live="off"></span>
       <span class="state" role="status" aria-live="polite">Connecting…</span>
     </div>
+    ${
+      params.get('where') && !where
+        ? '<p class="error" role="alert">The filter in this link is not JSON: every row is shown.</p>'
+        : ''
+    }
     <details class="filter-panel" ${where ? 'open' : ''}><summary>Filter</summary><div class="filter"></div></details>
     <fieldset class="columns"><legend>Columns</legend>${meta.columns
       .map(

@@ -225,6 +225,12 @@ describe('the console in headless Chromium', () => {
     await page.waitForFunction(() => document.getElementById('page').dataset.state === 'live');
     await showsExactly(page, expected.map((r) => [r.id, String(r.score)]), 'the same rows from the link');
 
+    // A link whose filter is not JSON says so, and shows every row.
+    await page.goto(`${ORIGIN}/console#/live/${TABLE}?where=not-json`);
+    await page.getByRole('alert').getByText('not JSON').waitFor();
+    await page.goto(link);
+    await page.waitForFunction(() => document.getElementById('page').dataset.state === 'live');
+
     // A dropped connection: the page says it reconnects, then resumes after its cursor (no
     // fresh snapshot) and shows what changed meanwhile, once.
     const before = subscribes.length;
