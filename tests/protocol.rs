@@ -337,6 +337,10 @@ async fn http_requests_get_graphql_errors() {
         .unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("graphiql"), "GraphiQL for browsers");
+    // Without auth configured, /ready says so.
+    let (_, ready) = http_get(addr, "/ready").await.unwrap();
+    let ready: Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(ready["auth"], "none", "{ready}");
     // Everything the page loads is the server's own, embedded in the binary; versioned files
     // may be cached for good.
     let assets: Vec<&str> = body

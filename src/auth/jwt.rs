@@ -422,6 +422,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn ec_and_ed25519_public_keys_verify_their_own_algorithms_only() {
+        for (algorithm, alg) in [
+            (&rcgen::PKCS_ECDSA_P256_SHA256, Algorithm::ES256),
+            (&rcgen::PKCS_ECDSA_P384_SHA384, Algorithm::ES384),
+            (&rcgen::PKCS_ED25519, Algorithm::EdDSA),
+        ] {
+            let pair = rcgen::KeyPair::generate_for(algorithm).expect("key pair");
+            let private = pair.serialize_pem();
+            let key = if alg == Algorithm::EdDSA {
+                jsonwebtoken::EncodingKey::from_ed_pem(private.as_bytes())
+            } else {
+                jsonwebtoken::EncodingKey::from_ec_pem(private.as_bytes())
+            }
+            .expect("signing key");
+            let verifier =
+                Verifier::new(&KeySource::Pem(pair.public_key_pem()), checks()).expect("PEM");
+            assert!(
+                verifier.verify(&sign(alg, &key, &claims())).await.is_ok(),
+                "{alg:?}"
+            );
+            // Another family's algorithm, or HMAC with the public key as its secret: refused.
+            let hs = jsonwebtoken::EncodingKey::from_secret(pair.public_key_pem().as_bytes());
+            assert!(
+                verifier
+                    .verify(&sign(Algorithm::HS256, &hs, &claims()))
+                    .await
+                    .is_err()
+            );
+            assert!(verifier.verify(&rsa_signed(&claims())).await.is_err());
+        }
+    }
+
+    #[tokio::test]
     async fn tokens_verify_only_with_the_keys_algorithms_and_checks() {
         use base64::Engine as _;
         let rsa = Verifier::new(&KeySource::Pem(RSA_PUBLIC.into()), checks()).unwrap();
