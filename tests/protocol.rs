@@ -332,6 +332,12 @@ async fn http_requests_get_graphql_errors() {
         (200, r#"{"data":{"__typename":"Query"}}"#)
     );
 
+    browser_pages_are_the_servers_own(addr).await;
+    server.shutdown().await;
+}
+
+/// A browser's pages: GraphiQL, every file it loads being the server's own, and /ready.
+async fn browser_pages_are_the_servers_own(addr: std::net::SocketAddr) {
     let (status, body) = http_request(addr, "GET", "/graphql", None, &[("Accept", "text/html")])
         .await
         .unwrap();
@@ -376,5 +382,4 @@ async fn http_requests_get_graphql_errors() {
         .await
         .unwrap();
     assert_eq!(status, 404);
-    server.shutdown().await;
 }
