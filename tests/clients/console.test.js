@@ -199,7 +199,34 @@ describe('the console in headless Chromium', () => {
     assert.equal(await page.locator('.viewport td.changed[data-column="score"]').count(), 1, 'the changed cell is marked');
     await page.screenshot({ path: join(SHOTS, 'live-table.png') });
     await db.query(`DELETE FROM ${TABLE} WHERE id = 1`);
+    await page.locator('.viewport tr.leaving').waitFor();
     await showsExactly(page, [[2, '65'], [3, '70']], 'the deleted row gone');
+
+    // Sorting by a column, ascending then descending, as its header says.
+    const scores = () =>
+      page.$$eval('.viewport tbody tr:not(.spacer):not(.leaving) td[data-column="score"]', (cells) => cells.map((c) => Number(c.textContent)));
+    const sorted = (order) =>
+      page.waitForFunction((o) => document.querySelector('th[data-column="score"]').getAttribute('aria-sort') === o, order);
+    await page.locator('th[data-column="score"] button').click();
+    await sorted('ascending');
+    assert.deepEqual(await scores(), [65, 70]);
+    await page.locator('th[data-column="score"] button').click();
+    await sorted('descending');
+    assert.deepEqual(await scores(), [70, 65]);
+
+    // Pause holds changes until Resume.
+    await page.getByRole('button', { name: 'Pause' }).click();
+    await db.query(`UPDATE ${TABLE} SET score = 71 WHERE id = 3`);
+    await page.waitForFunction(() => /Paused: 1 changes/.test(document.querySelector('.toolbar .state').textContent));
+    assert.deepEqual(await shown(page), [[2, '65'], [3, '70']]);
+    await page.getByRole('button', { name: 'Resume' }).click();
+    await showsExactly(page, [[2, '65'], [3, '71']], 'the held change, after Resume');
+
+    // The column chooser: without `name`, in the table and in the URL.
+    await page.getByRole('checkbox', { name: 'name' }).uncheck();
+    await page.waitForFunction(() => window.location.hash.includes('columns=') && document.getElementById('page').dataset.state === 'live');
+    assert.equal(await page.locator('th[data-column="name"]').count(), 0);
+    assert.equal(await page.locator('th[data-column="score"]').count(), 1);
 
     // The filter builder: score >= 62 (any of: that, or name = 'zeta', which no row has).
     await page.getByText('Filter', { exact: true }).click();
