@@ -4,7 +4,8 @@
 //! and the server with `tests/clients/schema.yaml`, then runs `node --test` in `tests/clients`
 //! (the client tests are `tests/clients/*.test.js`) and asserts that every test passed. A
 //! second server on the same database has auth on (a JWT secret, an unauthenticated role and
-//! `permissions:`), for the console's credential test; its token is signed here.
+//! `permissions:`) and a history of 8 changes, for the console's credential and RESET tests;
+//! its token is signed here.
 
 mod common;
 
@@ -97,6 +98,9 @@ async fn real_graphql_clients_subscribe_and_query() {
     .await;
     let addr = server.addr();
     let with_auth = common::start_server_with_options(&db, guarded, |options| {
+        // A short history, so that the console test can outlive a cursor.
+        options.hub_limits.max_changes = 8;
+        options.hub_limits.max_batches = 8;
         options.auth = viewcast::auth::AuthSettings {
             jwt: Some(viewcast::auth::JwtSettings {
                 key: viewcast::auth::KeySource::Secret(JWT_SECRET.into()),

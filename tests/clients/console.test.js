@@ -29,11 +29,17 @@ const CHROMIUM = process.env.VIEWCAST_CHROMIUM || '/usr/bin/chromium';
 const SHOTS = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'target', 'console-screenshots');
 const ORIGIN = new URL(HTTP_URL).origin;
 
-/** A TCP proxy to the server that can drop every connection through it, as a network does. */
-async function proxy() {
-  const target = new URL(HTTP_URL);
+/** A TCP proxy to the server that can drop every connection through it, as a network does,
+ * and refuse new ones while blocked. */
+async function proxy(to = HTTP_URL) {
+  const target = new URL(to);
   const open = new Set();
+  let blocked = false;
   const server = net.createServer((client) => {
+    if (blocked) {
+      client.destroy();
+      return;
+    }
     const upstream = net.connect(Number(target.port), target.hostname);
     open.add(client);
     open.add(upstream);
@@ -57,6 +63,13 @@ async function proxy() {
         socket.destroy();
       }
       return dropped;
+    },
+    block() {
+      blocked = true;
+      this.dropAll();
+    },
+    unblock() {
+      blocked = false;
     },
     close: () => new Promise((resolve) => server.close(resolve)),
   };
@@ -207,12 +220,24 @@ describe('the console in headless Chromium', () => {
       page.$$eval('.viewport tbody tr:not(.spacer):not(.leaving) td[data-column="score"]', (cells) => cells.map((c) => Number(c.textContent)));
     const sorted = (order) =>
       page.waitForFunction((o) => document.querySelector('th[data-column="score"]').getAttribute('aria-sort') === o, order);
+    const inOrder = async (expected) => {
+      const deadline = Date.now() + DEADLINE_MS;
+      let last;
+      while (Date.now() < deadline) {
+        last = await scores();
+        if (JSON.stringify(last) === JSON.stringify(expected)) {
+          return;
+        }
+        await page.waitForTimeout(50);
+      }
+      assert.deepEqual(last, expected, 'the rows never took that order');
+    };
     await page.locator('th[data-column="score"] button').click();
     await sorted('ascending');
-    assert.deepEqual(await scores(), [65, 70]);
+    await inOrder([65, 70]);
     await page.locator('th[data-column="score"] button').click();
     await sorted('descending');
-    assert.deepEqual(await scores(), [70, 65]);
+    await inOrder([70, 65]);
 
     // Pause holds changes until Resume.
     await page.getByRole('button', { name: 'Pause' }).click();
@@ -472,7 +497,7 @@ describe('the console in headless Chromium', () => {
       // The analyst's token: its role, its rows, over HTTP and the WebSocket alike.
       await page.getByLabel('Credential kind').selectOption('bearer');
       await page.locator('#credential-value').fill(env('VIEWCAST_AUTH_TOKEN'));
-      await page.getByRole('button', { name: 'Use' }).click();
+      await page.getByRole('button', { name: 'Use', exact: true }).click();
       await page.waitForFunction(() => document.getElementById('whoami').textContent === 'analyst (ana)');
       await page.goto(`${origin}/console#/live/${TABLE}?sort=id:asc`);
       await page.waitForFunction(() => document.getElementById('page').dataset.state === 'live');
@@ -485,6 +510,52 @@ describe('the console in headless Chromium', () => {
       assert.deepEqual(pageErrors, [], 'no script errors');
     } finally {
       await page.close();
+    }
+  });
+
+  test('a resume after the server forgot the cursor: RESET, then the table drawn again', async () => {
+    // The server with auth keeps 8 changes of history (tests/clients.rs).
+    const network = await proxy(env('VIEWCAST_AUTH_HTTP'));
+    const { page, offOrigin, pageErrors } = await openPage(browser, network.origin);
+    const received = [];
+    page.on('websocket', (socket) => socket.on('framereceived', ({ payload }) => received.push(String(payload))));
+    const asAnalyst = async (query) => {
+      const reply = await fetch(env('VIEWCAST_AUTH_HTTP'), {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${env('VIEWCAST_AUTH_TOKEN')}` },
+        body: JSON.stringify({ query }),
+      });
+      return reply.json();
+    };
+    try {
+      await page.goto(`${network.origin}/console#/live/${TABLE}`);
+      await page.locator('#credential-value').fill(env('VIEWCAST_AUTH_TOKEN'));
+      await page.getByRole('button', { name: 'Use', exact: true }).click();
+      await page.waitForFunction(() => document.getElementById('whoami').textContent === 'analyst (ana)');
+      await page.waitForFunction(() => document.getElementById('page').dataset.state === 'live');
+
+      // Cut off while twelve changes go by, more than the server keeps.
+      network.block();
+      await page.waitForFunction(() => document.getElementById('page').dataset.state === 'reconnecting');
+      for (let i = 1; i <= 12; i += 1) {
+        await db.query(`UPDATE ${TABLE} SET score = ${60 + i} WHERE id = 2`);
+      }
+      // The server has them all (asked directly, not through the proxy).
+      const deadline = Date.now() + DEADLINE_MS;
+      while ((await asAnalyst(`{ ${TABLE}(where: {id: {_eq: 2}}) { score } }`)).data?.[TABLE]?.[0]?.score !== 72) {
+        assert.ok(Date.now() < deadline, 'the server never saw the last change');
+        await page.waitForTimeout(50);
+      }
+      network.unblock();
+      await page.waitForFunction(() => document.getElementById('page').dataset.state === 'live');
+      const { rows } = await db.query(`SELECT id, score FROM ${TABLE} WHERE score >= 60 ORDER BY id`);
+      await showsExactly(page, rows.map((r) => [r.id, String(r.score)]), 'the rows after the RESET');
+      assert.ok(received.some((frame) => frame.includes('"RESET"')), 'the resumed subscription was told RESET');
+      assert.deepEqual(offOrigin, [], 'the console asks nothing of any other server');
+      assert.deepEqual(pageErrors, [], 'no script errors');
+    } finally {
+      await page.close();
+      await network.close();
     }
   });
 });
