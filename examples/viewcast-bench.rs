@@ -103,6 +103,9 @@ enum Scenario {
     /// One-shot queries on a large source (2,000,000 rows): by key, `limit: 10`, and the top
     /// 10 by a column, each timed over HTTP.
     Queries(Flags),
+    /// 30 PostgreSQL sources (`--sources`), 100 rows each, 1,000 changes/s spread over them,
+    /// 20 s: the WAL decoding cost (walsender CPU) and the slots and WAL senders used.
+    Slots(Flags),
 }
 
 /// Where the changes come from.
@@ -200,6 +203,9 @@ struct Flags {
     /// Passed to the server as --history-batches.
     #[arg(long)]
     history_batches: Option<usize>,
+    /// Sources, one table each (`slots`; default 30).
+    #[arg(long)]
+    sources: Option<usize>,
     /// The viewcast binary (default: `viewcast` in the target directory of this example).
     #[arg(long)]
     server_bin: Option<PathBuf>,
@@ -295,6 +301,7 @@ impl Params {
             // The source is only there because a config needs one; connections follow --runs.
             Scenario::Runs(f) => ("runs", f, (0, 10, 0, false, 100, 5_000, 0.0, 0)),
             Scenario::Queries(f) => ("queries", f, (0, 1, 0, false, 2_000_000, 0, 0.0, 0)),
+            Scenario::Slots(f) => ("slots", f, (0, 1, 0, false, 100, 1_000, 20.0, 0)),
         };
         let runs = f.runs.unwrap_or(1_000).max(1);
         let subs_per_conn = f.subs_per_conn.unwrap_or(d.1).max(1);
@@ -332,6 +339,10 @@ impl Params {
             events: f.events.unwrap_or(100).max(1),
             flags: f,
         }
+    }
+
+    fn sources(&self) -> usize {
+        self.flags.sources.unwrap_or(30).max(1)
     }
 
     fn groups(&self) -> u32 {
@@ -389,6 +400,9 @@ async fn run(p: &Params) -> anyhow::Result<bool> {
                 "pg_stat_statements".into(),
             ));
         }
+        if p.name == "slots" {
+            options.settings.extend(room_for_a_slot_per_source(p));
+        }
         options.settings.extend(p.flags.pg_setting.iter().cloned());
         let started = PgCluster::start(options).await?;
         let url = started.url("postgres");
@@ -439,6 +453,8 @@ async fn run(p: &Params) -> anyhow::Result<bool> {
                 runs_scenario(p, &server, &upstream).await
             } else if p.name == "queries" {
                 queries_scenario(p, &server).await
+            } else if p.name == "slots" {
+                slots_scenario(p, &server, &upstream).await
             } else {
                 scenario(p, &server, &upstream).await
             }
@@ -459,6 +475,16 @@ async fn run(p: &Params) -> anyhow::Result<bool> {
         cluster.stop().await.context("stop PostgreSQL")?;
     }
     result
+}
+
+/// Room for a server that takes a slot and a WAL sender per source (as servers before one
+/// slot per database did).
+fn room_for_a_slot_per_source(p: &Params) -> [(String, String); 2] {
+    let room = (p.sources() + 10).to_string();
+    [
+        ("max_wal_senders".into(), room.clone()),
+        ("max_replication_slots".into(), room),
+    ]
 }
 
 fn server_binary(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
@@ -504,6 +530,24 @@ async fn create_table(upstream: &Upstream, p: &Params) -> anyhow::Result<()> {
         return Ok(());
     }
     let url = &upstream.url;
+    if p.name == "slots" {
+        let sql = (0..p.sources()).fold(String::new(), |mut sql, k| {
+            use std::fmt::Write as _;
+            let _ = write!(
+                sql,
+                "CREATE TABLE bench{k} (id integer PRIMARY KEY, value bigint, payload text, \
+                     group_id integer, sent_at_us bigint);
+                     INSERT INTO bench{k} SELECT g, 0, repeat('x', {payload}), 0, 0
+                       FROM generate_series(1, {rows}) g;"
+            );
+            sql
+        });
+        return pg(url)
+            .await?
+            .batch_execute(&sql)
+            .await
+            .context("create the tables");
+    }
     let sql = format!(
         "CREATE TABLE bench (id integer PRIMARY KEY, value bigint, payload text, \
          group_id integer, sent_at_us bigint);
@@ -523,16 +567,28 @@ struct ServerProc {
     pid: u32,
     addr: SocketAddr,
     config: PathBuf,
+    /// Spawn → `/ready` answers 200 (eager sources snapshotted).
+    ready_secs: f64,
 }
 
 impl ServerProc {
     async fn start(bin: &Path, upstream: &Upstream, p: &Params) -> anyhow::Result<ServerProc> {
         let config =
             std::env::temp_dir().join(format!("viewcast-bench-{}.yaml", std::process::id()));
-        std::fs::write(
-            &config,
-            SCHEMA_YAML.replace("BACKEND", upstream.kind.name()),
-        )?;
+        let yaml = if p.name == "slots" {
+            let sources = (0..p.sources()).fold(String::new(), |mut yaml, k| {
+                use std::fmt::Write as _;
+                let _ = write!(
+                    yaml,
+                        "  bench{k}:\n    table: public.bench{k}\n    primary_key: id\n    columns: {{ id: Integer, value: BigInt, payload: String, group_id: Integer, sent_at_us: BigInt }}\n"
+                );
+                yaml
+            });
+            format!("backend: BACKEND\nsources:\n{sources}")
+        } else {
+            SCHEMA_YAML.to_owned()
+        };
+        std::fs::write(&config, yaml.replace("BACKEND", upstream.kind.name()))?;
         // A child cannot tell us which port `--port 0` bound: pick a free one and hand it over.
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -570,11 +626,13 @@ impl ServerProc {
             .with_context(|| format!("spawn {}", bin.display()))?;
         let pid = child.id().context("server pid")?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let spawned = Instant::now();
         let mut server = ServerProc {
             child,
             pid,
             addr,
             config,
+            ready_secs: 0.0,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -582,6 +640,7 @@ impl ServerProc {
                 bail!("the server exited during start-up ({status})");
             }
             if matches!(http_get(addr, "/ready").await, Ok((200, _))) {
+                server.ready_secs = spawned.elapsed().as_secs_f64();
                 return Ok(server);
             }
             if Instant::now() > deadline {
@@ -3141,15 +3200,16 @@ async fn queries_scenario(p: &Params, server: &ServerProc) -> anyhow::Result<boo
         "  source              {} rows, {} B payload each",
         p.rows, p.flags.payload_bytes
     );
-    println!(
-        "  first answer after  {live_secs:.1} s (the server is ready once its eager source is live)"
-    );
+    let ready = server.ready_secs;
+    println!("  ready after         {ready:.1} s (server start → /ready: the source's snapshot)");
+    println!("  first answer after  {live_secs:.1} s more");
     for line in &lines {
         println!("{line}");
     }
     println!("  server RSS (MB)     ready {rss_ready:.1}  after the queries {rss_end:.1}");
     json.insert("rows".into(), p.rows.into());
     json.insert("live_secs".into(), live_secs.into());
+    json.insert("ready_secs".into(), ready.into());
     json.insert(
         "rss_mb".into(),
         serde_json::json!({ "ready": rss_ready, "end": rss_end }),
@@ -3580,4 +3640,101 @@ problems; {heartbeats} heartbeats"
     });
     println!("{json}");
     ok
+}
+
+/// `slots`: many sources, a modest write rate spread over them; what PostgreSQL spends
+/// decoding the WAL for the server, and how many slots and WAL senders it holds.
+async fn slots_scenario(
+    p: &Params,
+    server: &ServerProc,
+    upstream: &Upstream,
+) -> anyhow::Result<bool> {
+    let postmaster = upstream.postmaster.context("the postmaster's pid")?;
+    let sql = pg(&upstream.url).await?;
+    let count = |query: &'static str| {
+        let sql = &sql;
+        async move { anyhow::Ok(sql.query_one(query, &[]).await?.get::<_, i64>(0)) }
+    };
+    let slots = count("SELECT count(*) FROM pg_replication_slots").await?;
+    let senders = count("SELECT count(*) FROM pg_stat_replication").await?;
+    let sources = p.sources();
+    eprintln!(
+        "[{}] {sources} sources live; {} changes/s for {:.0} s …",
+        p.name,
+        p.rate,
+        p.duration.as_secs_f64()
+    );
+    let writer = pg(&upstream.url).await?;
+    let received_before = rows_received(server.addr).await;
+    let meter = Meter::start(server.pid, postmaster);
+    let started = Instant::now();
+    let per_tick = (p.rate / 100).max(1) as usize;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut changes = 0usize;
+    while started.elapsed() < p.duration {
+        tick.tick().await;
+        let batch = (0..per_tick).map(|i| {
+            let n = changes + i;
+            let statement = format!(
+                "UPDATE bench{} SET value = value + 1, sent_at_us = {SENT_AT_US} WHERE id = {}",
+                n % sources,
+                1 + (n / sources) % p.rows as usize
+            );
+            let writer = &writer;
+            async move { writer.batch_execute(&statement).await }
+        });
+        for result in futures::future::join_all(batch).await {
+            result.context("write")?;
+        }
+        changes += per_tick;
+    }
+    let load = meter.read();
+    // Every change reaches its source.
+    let deadline = Instant::now() + Duration::from_secs(p.flags.converge_timeout);
+    let received = loop {
+        let received = rows_received(server.addr).await - received_before;
+        if received >= changes as u64 || Instant::now() > deadline {
+            break received;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let walsender = load
+        .pg
+        .iter()
+        .find(|r| r.0 == "walsender")
+        .map_or(0.0, |r| r.1);
+    let pct = |s: f64| s / load.secs.max(1e-9) * 100.0;
+    println!("\n== viewcast-bench slots ==");
+    println!("  sources             {sources}, {} rows each", p.rows);
+    println!("  PostgreSQL holds    {slots} replication slots, {senders} WAL senders");
+    println!(
+        "  load                {changes} changes over {:.1} s ({:.0}/s); {received} received by the server",
+        load.secs,
+        changes as f64 / load.secs
+    );
+    println!(
+        "  WAL decoding        walsender {:.1} % of a core ({:.2} ms per change)",
+        pct(walsender),
+        walsender * 1000.0 / changes.max(1) as f64
+    );
+    println!("  CPU                 {}", load.describe());
+    println!(
+        "{}",
+        serde_json::json!({
+            "sources": sources, "slots": slots, "wal_senders": senders, "changes": changes,
+            "received": received, "walsender_pct": pct(walsender), "cost": load.json(),
+        })
+    );
+    Ok(received >= changes as u64)
+}
+
+/// Rows received by the server, all sources together.
+async fn rows_received(addr: SocketAddr) -> u64 {
+    let Ok((_, body)) = http_get(addr, "/metrics").await else {
+        return 0;
+    };
+    body.lines()
+        .filter(|l| l.starts_with("viewcast_source_changes_received_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<u64>().ok())
+        .sum()
 }

@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the data flow and the code map.
 
 pub mod auth;
+pub mod change;
 pub mod cli;
 pub mod config;
 pub mod demo;

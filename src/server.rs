@@ -8,10 +8,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::change::FeedEvent;
 use crate::config::{Backend, Config};
-use crate::feed::FeedEvent;
 use crate::feed::materialize::MzFeedSettings;
-use crate::feed::postgres::PgFeedSettings;
+use crate::feed::postgres::{PgFeed, PgFeedSettings};
 use crate::feed::risingwave::RwFeedSettings;
 use crate::http::{AppState, HttpSettings, WsSettings};
 use crate::hub::{Hub, HubLimits, Hubs, Starter};
@@ -400,18 +400,24 @@ fn feed_starter(
         .materialize_url
         .as_ref()
         .map(|url| Arc::new(MzFeedSettings { url: url.clone() }));
+    // One feed for every postgres source: started with the first of them.
+    let pg_feed: std::sync::Mutex<Option<PgFeed>> = std::sync::Mutex::new(None);
     Arc::new(move |hub: Arc<Hub>| {
         let source = hub.source().clone();
         let span =
             tracing::info_span!("feed", source = %source.name, backend = source.backend.as_str());
         match (source.backend, &pg) {
             (Backend::Postgres, Some(settings)) => {
-                runtime.spawn(
-                    tasks.track_future(
-                        crate::feed::postgres::run(hub, settings.clone(), shutdown.clone())
-                            .instrument(span),
-                    ),
-                );
+                let mut feed = pg_feed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let feed = feed.get_or_insert_with(|| {
+                    let (feed, task) = PgFeed::new(settings.clone(), shutdown.clone());
+                    let span = tracing::info_span!("feed", backend = "postgres");
+                    runtime.spawn(tasks.track_future(task.instrument(span)));
+                    feed
+                });
+                feed.add(hub);
             }
             (Backend::Postgres, None) => hub.apply(FeedEvent::Down {
                 reason: "no PostgreSQL URL: set DATABASE_URL or pass --database-url".into(),

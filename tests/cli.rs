@@ -101,7 +101,7 @@ fn check_prints_setup_sql() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains(r#"CREATE PUBLICATION "viewcast_trades" FOR TABLE "trades" WITH (publish_via_partition_root = true);"#),
+        out.contains(r#"CREATE PUBLICATION "viewcast" FOR TABLE "instruments", "positions", "trades" WITH (publish_via_partition_root = true);"#),
         "{out}"
     );
 }

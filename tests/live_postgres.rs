@@ -299,7 +299,7 @@ async fn instances_that_read_alike_keep_slots_of_their_own() {
     }
     let slots: i64 = sql
         .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE active AND slot_name LIKE 'viewcast_eu_1_items_%'",
+            "SELECT count(*) FROM pg_replication_slots WHERE active AND slot_name LIKE 'viewcast_eu_1_%'",
             &[],
         )
         .await

@@ -11,65 +11,18 @@ pub mod materialize;
 pub mod postgres;
 pub mod risingwave;
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::value::{Key, Row};
+use tokio_util::sync::CancellationToken;
 
-/// An upstream position: a PostgreSQL commit LSN, a Materialize `mz_timestamp`, a RisingWave
-/// `rw_timestamp`. Totally ordered within one feed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Position(pub u64);
-
-impl Position {
-    /// As a PostgreSQL `bigint` (the bits of the `u64`; every upstream's positions fit).
-    #[allow(clippy::cast_possible_wrap)]
-    pub fn to_stored(self) -> i64 {
-        self.0 as i64
-    }
-
-    #[allow(clippy::cast_sign_loss)]
-    pub fn from_stored(stored: i64) -> Position {
-        Position(stored as u64)
-    }
-}
-
-/// One change to one key, as the upstream reports it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Change {
-    /// The key now has this row. `unchanged[i]` marks column `i` as "same as before" (PostgreSQL
-    /// sends unchanged TOASTed values that way); the hub takes those from its cache.
-    Upsert {
-        row: Row,
-        unchanged: Option<Box<[bool]>>,
-    },
-    /// The key no longer exists.
-    Delete { key: Key },
-    /// Every key is gone (PostgreSQL `TRUNCATE`).
-    Truncate,
-}
-
-/// All changes of one closed upstream timestamp (one transaction), in upstream order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Batch {
-    pub position: Position,
-    pub changes: Vec<Change>,
-}
-
-/// What a feed tells its hub.
-#[derive(Debug)]
-pub enum FeedEvent {
-    /// The complete contents of the relation as of `position`. The hub replaces its cache with
-    /// it, publishing only the difference, so a re-snapshot after a reconnect is invisible to
-    /// clients.
-    Snapshot { position: Position, rows: Vec<Row> },
-    /// Changes after the previous snapshot or batch.
-    Batch(Batch),
-    /// The feed is (re)connecting or has lost its connection; `reason` says why.
-    Down { reason: String, permanent: bool },
-}
+pub use crate::change::{Batch, Change, FeedEvent, Position};
+use crate::hub::Hub;
+use crate::value::Row;
 
 /// Why a session ended.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum FeedError {
     /// The database is unreachable or the connection broke: retry soon.
     #[error("{0}")]
@@ -156,6 +109,86 @@ impl Backoff {
 
     pub(crate) fn reset(&mut self) {
         self.current = Duration::from_millis(100);
+    }
+}
+
+/// A feed as [`supervise`] runs it: sessions that connect, snapshot or resume, and stream until
+/// an error.
+pub(crate) trait Sessions: Send {
+    /// The upstream, for the logs.
+    const BACKEND: &'static str;
+
+    /// Runs one session; `Ok` only when cancelled. A session stops its stream itself on
+    /// cancellation; while it is still connecting or reading a snapshot, shutdown drops it.
+    fn session(
+        &mut self,
+        cancel: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> impl Future<Output = Result<(), FeedError>> + Send;
+
+    /// Forgets the position to resume from (the upstream compacted it); whether there was one.
+    fn forget_position(&mut self) -> bool;
+
+    /// The hubs a lost session takes down.
+    fn hubs(&self) -> Vec<Arc<Hub>>;
+
+    /// Work between sessions, while the backoff runs out (the PostgreSQL feed takes in
+    /// sources that join); returns after each piece of it.
+    fn between_sessions(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
+}
+
+/// Runs `feed`'s sessions until `cancel` fires: after a lost session every hub reports `Down`
+/// (and counts a reconnect), and the next session starts after a backoff — 100 ms doubling to
+/// 30 s with jitter, 30 s for an operator's problem. A resume point the upstream compacted
+/// means a fresh snapshot at once.
+pub(crate) async fn supervise<S: Sessions>(feed: &mut S, cancel: &CancellationToken) {
+    let mut backoff = Backoff::new();
+    loop {
+        let result = tokio::select! {
+            biased;
+            result = feed.session(cancel, &mut backoff) => result,
+            () = cancel.cancelled() => Ok(()),
+        };
+        if cancel.is_cancelled() {
+            return;
+        }
+        let err = match result {
+            Ok(()) => FeedError::Connection("the stream ended".into()),
+            Err(err) => err,
+        };
+        let err = match err {
+            // Only when resuming; a fresh snapshot failing so is an ordinary error.
+            FeedError::Compacted(message) if feed.forget_position() => {
+                tracing::info!(backend = S::BACKEND, error = %message, "resume point no longer readable; taking a fresh snapshot");
+                continue;
+            }
+            FeedError::Compacted(message) => FeedError::Connection(message),
+            other => other,
+        };
+        let delay = if err.is_permanent() {
+            backoff.max
+        } else {
+            backoff.next()
+        };
+        tracing::warn!(backend = S::BACKEND, error = %err, retry_in_ms = delay.as_millis() as u64, "feed lost");
+        for hub in feed.hubs() {
+            hub.metrics().reconnects.inc();
+            hub.apply(FeedEvent::Down {
+                reason: err.to_string(),
+                permanent: err.is_permanent(),
+            });
+        }
+        let retry = tokio::time::sleep(delay);
+        tokio::pin!(retry);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = &mut retry => break,
+                () = feed.between_sessions() => {}
+            }
+        }
     }
 }
 

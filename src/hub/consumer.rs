@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::view::{Snapshot, View, ViewState};
 use super::{AppliedBatch, Hub, HubStatus, RowChange, diff};
-use crate::feed::Position;
+use crate::change::Position;
 use crate::filter::Filter;
 use crate::value::{Key, Row};
 

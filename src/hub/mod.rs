@@ -14,14 +14,14 @@ mod consumer;
 mod registry;
 mod view;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
 use tokio::sync::watch;
 
+use crate::change::{Change, FeedEvent, Position};
 use crate::config::SourceDef;
-use crate::feed::{Change, FeedEvent, Position};
 use crate::telemetry::SourceMetrics;
 use crate::value::{Key, Row};
 
@@ -107,7 +107,8 @@ impl Default for HubLimits {
 type ViewIndex = HashMap<(String, String), std::sync::Weak<dyn std::any::Any + Send + Sync>>;
 
 struct State {
-    cache: HashMap<Key, Arc<Row>>,
+    /// The current rows, in key order (so a query without `order_by` stops at its limit).
+    cache: BTreeMap<Key, Arc<Row>>,
     /// Live views (weak: a view goes with its last reader), by the equality they require.
     views: ViewSet,
     view_index: ViewIndex,
@@ -196,7 +197,7 @@ impl Hub {
             limits,
             epoch: rand::random::<u64>() >> 12,
             state: Mutex::new(State {
-                cache: HashMap::new(),
+                cache: BTreeMap::new(),
                 views: ViewSet::default(),
                 view_index: HashMap::new(),
                 log: VecDeque::new(),
@@ -327,25 +328,38 @@ impl Hub {
         })
     }
 
-    /// The current rows `filter` matches (at one batch boundary), or `None` before the first
-    /// snapshot. Only the matching rows are copied; an equality on the key is a lookup.
-    pub fn rows_matching(&self, filter: &crate::filter::Filter) -> Option<Vec<Arc<Row>>> {
+    /// The first `first` current rows `filter` matches, picked as `pick` says (at one batch
+    /// boundary), or `None` before the first snapshot. Only the rows picked are copied; an
+    /// equality on the key is a lookup.
+    pub fn rows_matching(
+        &self,
+        filter: &crate::filter::Filter,
+        first: usize,
+        pick: Pick<'_>,
+    ) -> Option<Vec<Arc<Row>>> {
         let only = self.only_key(filter);
         let state = self.lock();
-        state.status.is_synced().then(|| match &only {
-            Some(key) => state
-                .cache
-                .get(key)
-                .filter(|row| filter.matches(row))
-                .cloned()
-                .into_iter()
-                .collect(),
-            None => state
-                .cache
-                .values()
-                .filter(|row| filter.matches(row))
-                .cloned()
-                .collect(),
+        if !state.status.is_synced() {
+            return None;
+        }
+        if first == 0 {
+            return Some(Vec::new());
+        }
+        if let Some(key) = &only {
+            return Some(
+                state
+                    .cache
+                    .get(key)
+                    .filter(|row| filter.matches(row))
+                    .cloned()
+                    .into_iter()
+                    .collect(),
+            );
+        }
+        let matching = state.cache.values().filter(|row| filter.matches(row));
+        Some(match pick {
+            Pick::KeyOrder => matching.take(first).cloned().collect(),
+            Pick::By(order) => smallest(matching, first, order),
         })
     }
 
@@ -429,7 +443,7 @@ impl Hub {
                 Change::Upsert { row, unchanged } => {
                     let key = row.key(key_columns);
                     let row = match (unchanged, state.cache.get(&key)) {
-                        (Some(mask), Some(old)) => merge_unchanged(row, &mask, old),
+                        (Some(mask), Some(old)) => row.with_unchanged_from(&mask, old),
                         (Some(_), None) => {
                             // PostgreSQL only omits TOASTed values for rows that exist; a
                             // missing row here means the cache and the table disagree.
@@ -502,14 +516,47 @@ impl Hub {
     }
 }
 
-fn merge_unchanged(row: Row, unchanged: &[bool], old: &Row) -> Row {
-    let mut values = row.0.into_vec();
-    for (i, value) in values.iter_mut().enumerate() {
-        if unchanged.get(i).copied().unwrap_or(false) {
-            *value = old.get(i).clone();
+/// How [`Hub::rows_matching`] picks its rows.
+#[derive(Clone, Copy)]
+pub enum Pick<'a> {
+    /// The first in key order (the cache's order): the scan stops once it has enough.
+    KeyOrder,
+    /// The smallest by this order.
+    By(&'a (dyn Fn(&Row, &Row) -> std::cmp::Ordering + Sync)),
+}
+
+/// The `first` smallest of `rows` by `order`, in no particular order: a partial selection as
+/// the scan goes, holding at most twice `first` rows, and copying only rows smaller than the
+/// largest kept so far — linear in the rows for a small `first`, with no full copy or sort.
+fn smallest<'r>(
+    rows: impl Iterator<Item = &'r Arc<Row>>,
+    first: usize,
+    order: &(dyn Fn(&Row, &Row) -> std::cmp::Ordering + Sync),
+) -> Vec<Arc<Row>> {
+    let bound = first.saturating_mul(2).max(64);
+    let mut kept: Vec<Arc<Row>> = Vec::new();
+    // The largest of the `first` kept at the last selection: nothing at or above it can be
+    // among the smallest.
+    let mut worst: Option<Arc<Row>> = None;
+    for row in rows {
+        if worst
+            .as_ref()
+            .is_some_and(|w| order(row, w) != std::cmp::Ordering::Less)
+        {
+            continue;
+        }
+        kept.push(row.clone());
+        if kept.len() > bound {
+            kept.select_nth_unstable_by(first - 1, |a, b| order(a, b));
+            kept.truncate(first);
+            worst = kept.get(first - 1).cloned();
         }
     }
-    Row::new(values)
+    if kept.len() > first {
+        kept.select_nth_unstable_by(first - 1, |a, b| order(a, b));
+        kept.truncate(first);
+    }
+    kept
 }
 
 /// Records, per key touched in one batch, the row before the batch, so that the batch's net
@@ -521,7 +568,7 @@ struct Tracker {
 }
 
 impl Tracker {
-    fn set(&mut self, cache: &mut HashMap<Key, Arc<Row>>, key: Key, row: Option<Arc<Row>>) {
+    fn set(&mut self, cache: &mut BTreeMap<Key, Arc<Row>>, key: Key, row: Option<Arc<Row>>) {
         let previous = match row {
             Some(row) => cache.insert(key.clone(), row),
             None => cache.remove(&key),
@@ -532,7 +579,7 @@ impl Tracker {
         }
     }
 
-    fn finish(mut self, cache: &HashMap<Key, Arc<Row>>, source: &SourceDef) -> Vec<RowChange> {
+    fn finish(mut self, cache: &BTreeMap<Key, Arc<Row>>, source: &SourceDef) -> Vec<RowChange> {
         let mut changes = Vec::with_capacity(self.order.len());
         for key in self.order {
             let before = self.before.remove(&key).flatten();

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::change::{Batch, Change, FeedEvent, Position};
 use crate::config::{Backend, ColumnDef, ColumnType, QualifiedName, SourceDef, StartMode};
-use crate::feed::{Batch, Change, FeedEvent, Position};
 use crate::filter::Filter;
 use crate::value::{Key, Row, Value};
 
@@ -501,7 +501,7 @@ fn an_equality_on_the_key_is_a_lookup_with_the_same_answer_as_a_scan() {
     let hub = hub(HubLimits::default());
     let rows = |f: serde_json::Value| {
         let mut rows: Vec<Row> = hub
-            .rows_matching(&filter(f))
+            .rows_matching(&filter(f), usize::MAX, super::Pick::KeyOrder)
             .unwrap()
             .iter()
             .map(|r| (**r).clone())
@@ -549,4 +549,61 @@ async fn by_default_single_row_commits_do_not_shorten_the_history() {
         ]
     );
     no_more(&mut reader);
+}
+
+#[test]
+fn key_order_stops_at_the_first_rows_and_a_pick_by_order_finds_the_smallest() {
+    let hub = hub(HubLimits::default());
+    // Keys inserted out of order: the cache keeps key order, negative and large ones too.
+    let ids: Vec<i64> = (0..500).map(|i| (i * 7_919) % 1_000 - 300).collect();
+    hub.apply(FeedEvent::Snapshot {
+        position: Position(1),
+        rows: ids
+            .iter()
+            .map(|&id| row(id, (id * 31).rem_euclid(97)))
+            .collect(),
+    });
+    let all = filter(serde_json::json!({}));
+    let id = |r: &Arc<Row>| match r.get(0) {
+        Value::Int(i) => *i,
+        _ => unreachable!(),
+    };
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    let first: Vec<i64> = hub
+        .rows_matching(&all, 10, super::Pick::KeyOrder)
+        .unwrap()
+        .iter()
+        .map(id)
+        .collect();
+    assert_eq!(first, sorted[..10]);
+
+    // The 25 smallest by (score desc, id): the same as sorting everything, for a first
+    // larger and smaller than the selection's working set.
+    let int = |r: &Row, column: usize| match r.get(column) {
+        Value::Int(i) => *i,
+        _ => unreachable!(),
+    };
+    let by_score_desc =
+        |a: &Row, b: &Row| int(b, 1).cmp(&int(a, 1)).then(int(a, 0).cmp(&int(b, 0)));
+    let mut everything: Vec<Row> = ids
+        .iter()
+        .map(|&i| row(i, (i * 31).rem_euclid(97)))
+        .collect();
+    everything.sort_by(by_score_desc);
+    for first in [1, 25, 64, 200, 499, 500, 800] {
+        let mut picked: Vec<Row> = hub
+            .rows_matching(&all, first, super::Pick::By(&by_score_desc))
+            .unwrap()
+            .iter()
+            .map(|r| (**r).clone())
+            .collect();
+        picked.sort_by(by_score_desc);
+        assert_eq!(picked, everything[..first.min(500)], "first {first}");
+    }
+    assert!(
+        hub.rows_matching(&all, 0, super::Pick::KeyOrder)
+            .unwrap()
+            .is_empty()
+    );
 }

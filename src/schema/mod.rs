@@ -813,7 +813,14 @@ fn query_field(source: &Arc<SourceDef>, select: &Arc<Select>, limits: &GraphqlLi
             let hub = hubs(ctx.ctx)?
                 .get(&source.name)
                 .ok_or_else(|| user_error("unknown source", "INTERNAL_SERVER_ERROR"))?;
-            let Some(rows) = hub.rows_matching(&filter) else {
+            let first = offset.saturating_add(limit);
+            let order_of = output::comparator(&source, &order);
+            let pick = if output::is_key_order(&source, &order) {
+                crate::hub::Pick::KeyOrder
+            } else {
+                crate::hub::Pick::By(&order_of)
+            };
+            let Some(rows) = hub.rows_matching(&filter, first, pick) else {
                 let reason = match hub.status() {
                     crate::hub::HubStatus::Down { reason, .. } => reason,
                     _ => "its feed is still starting".into(),

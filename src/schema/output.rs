@@ -131,20 +131,14 @@ pub(super) fn parse_order_by(
     Ok(terms)
 }
 
-/// Sorts by the `order_by` terms, then by primary key so results are deterministic.
-/// The rows `offset` to `offset + limit` of `rows` in the order `terms` give (then by primary
-/// key, so the order is total): only those rows are sorted (a selection finds them in linear
-/// time), not the whole set.
-pub(super) fn window(
-    source: &SourceDef,
+/// The order `terms` give, then by primary key, so the order is total.
+pub(super) fn comparator<'a>(
+    source: &'a SourceDef,
     terms: &[OrderTerm],
-    mut rows: Vec<Arc<Row>>,
-    offset: usize,
-    limit: usize,
-) -> Vec<Arc<Row>> {
+) -> impl Fn(&Row, &Row) -> Ordering + Send + Sync + use<'a> {
     let key_terms = source.primary_key.iter().map(|&i| (i, false, false));
     let terms: Vec<OrderTerm> = terms.iter().copied().chain(key_terms).collect();
-    let compare = |a: &Arc<Row>, b: &Arc<Row>| {
+    move |a: &Row, b: &Row| {
         for &(column, descending, nulls_first) in &terms {
             let ordering = match (a.get(column), b.get(column)) {
                 (Value::Null, Value::Null) => Ordering::Equal,
@@ -172,7 +166,31 @@ pub(super) fn window(
             }
         }
         Ordering::Equal
-    };
+    }
+}
+
+/// Whether the cache's key order ([`Value`]'s `Ord`) is the order `terms` give: no terms, and
+/// no key column whose values sort otherwise (`Numeric` compares decimals, not text).
+pub(super) fn is_key_order(source: &SourceDef, terms: &[OrderTerm]) -> bool {
+    terms.is_empty()
+        && source
+            .primary_key
+            .iter()
+            .all(|&i| source.columns[i].ty != ColumnType::Numeric)
+}
+
+/// The rows `offset` to `offset + limit` of `rows` in the order `terms` give (then by primary
+/// key, so the order is total): only those rows are sorted (a selection finds them in linear
+/// time), not the whole set.
+pub(super) fn window(
+    source: &SourceDef,
+    terms: &[OrderTerm],
+    mut rows: Vec<Arc<Row>>,
+    offset: usize,
+    limit: usize,
+) -> Vec<Arc<Row>> {
+    let order = comparator(source, terms);
+    let compare = |a: &Arc<Row>, b: &Arc<Row>| order(a, b);
     let end = offset.saturating_add(limit);
     if end == 0 || offset >= rows.len() {
         return Vec::new();
@@ -240,5 +258,66 @@ mod tests {
             let got = window(&source, &terms, rows, offset, limit);
             prop_assert_eq!(got, expected);
         }
+
+        /// The cache's key order is the results' order for every type but `Numeric`, so a
+        /// query without `order_by` may stop at its limit.
+        #[test]
+        fn the_key_order_is_the_result_order(
+            ints in proptest::collection::vec(proptest::option::of(any::<i64>()), 2),
+            floats in proptest::collection::vec(proptest::option::of(any::<f64>()), 2),
+            texts in proptest::collection::vec(proptest::option::of(".{0,3}"), 2),
+            enums in proptest::collection::vec(proptest::option::of(0..3u32), 2),
+            flags in proptest::collection::vec(proptest::option::of(any::<bool>()), 2),
+        ) {
+            let cases: Vec<(ColumnType, Vec<Value>)> = vec![
+                (ColumnType::Integer, ints.iter().map(|v| v.map_or(Value::Null, Value::Int)).collect()),
+                (ColumnType::Float, floats.iter().map(|v| v.map_or(Value::Null, Value::Float)).collect()),
+                (ColumnType::String, texts.iter().map(|v| v.as_deref().map_or(Value::Null, |t| Value::Text(t.into()))).collect()),
+                (ColumnType::Boolean, flags.iter().map(|v| v.map_or(Value::Null, Value::Bool)).collect()),
+                // An enum column: declared labels by ordinal, an undeclared one as text.
+                (ColumnType::Integer, enums.iter().map(|v| match v {
+                    Some(2) => Value::Text("undeclared".into()),
+                    Some(o) => Value::Enum(*o),
+                    None => Value::Null,
+                }).collect()),
+            ];
+            for (ty, values) in cases {
+                let yaml = format!("backend: postgres\nsources:\n  t:\n    primary_key: k\n    columns:\n      k: {}\n", ty_name(&ty));
+                let source = crate::config::load_str(std::path::Path::new("t.yaml"), &yaml).expect("config").sources[0].clone();
+                prop_assert!(is_key_order(&source, &[]));
+                let order = comparator(&source, &[]);
+                let (a, b) = (Row::new(vec![values[0].clone()]), Row::new(vec![values[1].clone()]));
+                prop_assert_eq!(order(&a, &b), values[0].cmp(&values[1]), "{:?}", values);
+            }
+        }
+    }
+
+    fn ty_name(ty: &ColumnType) -> &'static str {
+        match ty {
+            ColumnType::Float => "Float",
+            ColumnType::String => "String",
+            ColumnType::Boolean => "Boolean",
+            _ => "Integer",
+        }
+    }
+
+    #[test]
+    fn a_numeric_key_is_not_in_result_order() {
+        let yaml = "backend: postgres\nsources:\n  t:\n    primary_key: k\n    columns:\n      k: Numeric\n";
+        let source = crate::config::load_str(std::path::Path::new("t.yaml"), yaml)
+            .expect("config")
+            .sources[0]
+            .clone();
+        assert!(!is_key_order(&source, &[]));
+        // "10" sorts before "9" as text, after it as a decimal.
+        let (ten, nine) = (Value::Text("10".into()), Value::Text("9".into()));
+        assert_eq!(ten.cmp(&nine), Ordering::Less);
+        let order = comparator(&source, &[]);
+        assert_eq!(
+            order(&Row::new(vec![ten]), &Row::new(vec![nine])),
+            Ordering::Greater
+        );
+        // An order_by is never the key order.
+        assert!(!is_key_order(&self::source(), &[(1, false, false)]));
     }
 }

@@ -22,8 +22,8 @@ pub use model::{PayloadFormat, RetryPolicy, Trigger, TriggerRecord, TriggerSpec,
 pub use payload::Secret;
 pub use target::{TargetError, check_target, parse as parse_target};
 
+use crate::change::Position;
 use crate::config::{Config, SourceDef};
-use crate::feed::Position;
 use crate::hub::Hubs;
 use crate::store::{Connector, Store, StoreError, StoreState, rfc3339};
 

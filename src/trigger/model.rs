@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::TriggerError;
+use crate::change::Position;
 use crate::config::SourceDef;
-use crate::feed::Position;
 use crate::filter::{self, Filter};
 
 /// How a delivery is retried.

@@ -10,8 +10,8 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use super::model::{PayloadFormat, Trigger};
+use crate::change::Position;
 use crate::config::SourceDef;
-use crate::feed::Position;
 use crate::value::Row;
 
 /// FIRE (a row entered the condition) or CLEAR (it left).

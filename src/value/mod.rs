@@ -56,6 +56,39 @@ impl PartialEq for Value {
 
 impl Eq for Value {}
 
+/// A total order consistent with equality, and with the order query results are sorted in
+/// for every column type but `Numeric` (decimal text): booleans, integers, floats (IEEE total
+/// order), declared enum labels by ordinal before undeclared ones, text by bytes, and NULL
+/// last. The cache keeps rows in this order of their keys.
+impl Ord for Value {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        fn rank(value: &Value) -> u8 {
+            match value {
+                Value::Bool(_) => 0,
+                Value::Int(_) => 1,
+                Value::Float(_) => 2,
+                Value::Enum(_) => 3,
+                Value::Text(_) => 4,
+                Value::Null => 5,
+            }
+        }
+        match (self, other) {
+            (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
+            (Value::Int(a), Value::Int(b)) => a.cmp(b),
+            (Value::Float(a), Value::Float(b)) => a.total_cmp(b),
+            (Value::Enum(a), Value::Enum(b)) => a.cmp(b),
+            (Value::Text(a), Value::Text(b)) => a.cmp(b),
+            (a, b) => rank(a).cmp(&rank(b)),
+        }
+    }
+}
+
+impl PartialOrd for Value {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 impl Hash for Value {
     fn hash<H: Hasher>(&self, state: &mut H) {
         std::mem::discriminant(self).hash(state);
@@ -87,14 +120,27 @@ impl Row {
         &self.0
     }
 
+    /// This row with the columns `unchanged` marks taken from `old` (PostgreSQL sends an
+    /// unchanged TOASTed value as "same as before").
+    #[must_use]
+    pub fn with_unchanged_from(self, unchanged: &[bool], old: &Row) -> Row {
+        let mut values = self.0.into_vec();
+        for (i, value) in values.iter_mut().enumerate() {
+            if unchanged.get(i).copied().unwrap_or(false) {
+                *value = old.get(i).clone();
+            }
+        }
+        Row::new(values)
+    }
+
     /// The primary key of this row, given the key's column indices.
     pub fn key(&self, key_columns: &[usize]) -> Key {
         Key(key_columns.iter().map(|&i| self.0[i].clone()).collect())
     }
 }
 
-/// A primary key value (one value per key column).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// A primary key value (one value per key column), ordered column by column.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key(pub Box<[Value]>);
 
 /// Why a text value could not be read as its column's type.

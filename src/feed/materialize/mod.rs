@@ -77,45 +77,37 @@ pub fn subscribe_sql(source: &SourceDef, resume_from: Option<u64>) -> String {
 
 /// Runs the feed of `hub` until `cancel` fires.
 pub async fn run(hub: Arc<Hub>, settings: Arc<MzFeedSettings>, cancel: CancellationToken) {
-    let source = hub.source().name.clone();
-    let mut resume_from: Option<u64> = None;
-    let mut backoff = Backoff::new();
-    loop {
-        let result = tokio::select! {
-            biased;
-            result = session(&hub, &settings, &mut resume_from, &mut backoff) => result,
-            () = cancel.cancelled() => break,
-        };
-        let err = match result {
-            Ok(()) => FeedError::Connection("the subscribe ended".into()),
-            Err(err) => err,
-        };
-        // A compacted resume point: a fresh snapshot at once (only when resuming; a fresh
-        // subscribe failing so is an ordinary error).
-        let err = match err {
-            FeedError::Compacted(message) if resume_from.is_some() => {
-                tracing::info!(source = %source, error = %message, "resume point compacted; taking a fresh snapshot");
-                resume_from = None;
-                continue;
-            }
-            FeedError::Compacted(message) => FeedError::Connection(message),
-            other => other,
-        };
-        let delay = if err.is_permanent() {
-            backoff.max
-        } else {
-            backoff.next()
-        };
-        tracing::warn!(source = %source, error = %err, retry_in_ms = delay.as_millis() as u64, "materialize feed lost");
-        hub.metrics().reconnects.inc();
-        hub.apply(FeedEvent::Down {
-            reason: err.to_string(),
-            permanent: err.is_permanent(),
-        });
-        tokio::select! {
-            () = cancel.cancelled() => break,
-            () = tokio::time::sleep(delay) => {}
-        }
+    let mut feed = MzFeed {
+        hub,
+        settings,
+        resume_from: None,
+    };
+    super::supervise(&mut feed, &cancel).await;
+}
+
+struct MzFeed {
+    hub: Arc<Hub>,
+    settings: Arc<MzFeedSettings>,
+    resume_from: Option<u64>,
+}
+
+impl super::Sessions for MzFeed {
+    const BACKEND: &'static str = "materialize";
+
+    async fn session(
+        &mut self,
+        _cancel: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> Result<(), FeedError> {
+        session(&self.hub, &self.settings, &mut self.resume_from, backoff).await
+    }
+
+    fn forget_position(&mut self) -> bool {
+        self.resume_from.take().is_some()
+    }
+
+    fn hubs(&self) -> Vec<Arc<Hub>> {
+        vec![self.hub.clone()]
     }
 }
 

@@ -8,7 +8,7 @@ use super::{FeedError, PgFeedSettings};
 use crate::config::{Backend, Config, SourceDef, quote_ident};
 
 /// The resolved table of a source.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Table {
     pub schema: String,
     pub name: String,
@@ -31,24 +31,80 @@ pub fn setup_sql(config: &Config, settings: &PgFeedSettings) -> String {
         "-- viewcast: setup for PostgreSQL sources (run as the tables' owner).\n\
          -- The role viewcast connects as needs the REPLICATION attribute and SELECT on each table:\n\
          --   ALTER ROLE <role> REPLICATION;  GRANT SELECT ON <table> TO <role>;\n\
-         -- The server needs wal_level = logical and one free replication slot per source and server.\n",
+         -- The server needs wal_level = logical and, per viewcast server, one replication slot\n\
+         -- and one WAL sender (max_replication_slots, max_wal_senders), however many sources.\n",
     );
-    for source in config
+    let sources: Vec<&std::sync::Arc<SourceDef>> = config
         .sources
         .iter()
         .filter(|s| s.backend == Backend::Postgres)
-    {
-        let publication = quote_ident(&settings.publication(&source.name));
-        let table = source.relation.sql();
-        let key = key_names(source).join(", ");
+        .collect();
+    let mut tables: Vec<String> = sources.iter().map(|s| s.relation.sql()).collect();
+    tables.sort();
+    tables.dedup();
+    let publication = quote_ident(&settings.publication());
+    if tables.is_empty() {
+        let _ = writeln!(
+            sql,
+            "\n-- no postgres sources\nCREATE PUBLICATION {publication} WITH (publish_via_partition_root = true);"
+        );
+        return sql;
+    }
+    let _ = writeln!(
+        sql,
+        "\n-- one publication for every source (other viewcast servers on this database add their tables to it)\n\
+         CREATE PUBLICATION {publication} FOR TABLE {} WITH (publish_via_partition_root = true);\n\
+         -- or, if it exists: ALTER PUBLICATION {publication} ADD TABLE <table>;",
+        tables.join(", ")
+    );
+    for source in sources {
         let _ = write!(
             sql,
-            "\n-- source {name}\nCREATE PUBLICATION {publication} FOR TABLE {table} WITH (publish_via_partition_root = true);\n\
-             -- only if the table's primary key is not ({key}):\n-- ALTER TABLE {table} REPLICA IDENTITY FULL;\n",
+            "\n-- source {name}: only if the primary key of {table} is not ({key}):\n-- ALTER TABLE {table} REPLICA IDENTITY FULL;\n",
             name = source.name,
+            table = source.relation.sql(),
+            key = key_names(source).join(", "),
         );
     }
     sql
+}
+
+/// Makes sure the shared publication exists (creating it empty with `apply_setup`): the
+/// replication stream names it from the start, and tables join it one by one.
+pub(super) async fn ensure_publication(
+    client: &tokio_postgres::Client,
+    settings: &PgFeedSettings,
+) -> Result<(), FeedError> {
+    let publication = settings.publication();
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(|e| FeedError::from_db("cannot read publications", &e))?
+        .is_some();
+    if exists {
+        return Ok(());
+    }
+    if !settings.apply_setup {
+        return Err(FeedError::Setup(format!(
+            "publication {publication} does not exist; run the SQL from `viewcast check --setup-sql` or start the server with --apply-setup"
+        )));
+    }
+    let sql = format!(
+        "CREATE PUBLICATION {} WITH (publish_via_partition_root = true)",
+        quote_ident(&publication)
+    );
+    match client.batch_execute(&sql).await {
+        Ok(()) => {
+            tracing::info!(publication = %publication, "publication created");
+            Ok(())
+        }
+        // Another server created it in the meantime.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => Ok(()),
+        Err(e) => Err(FeedError::from_db("cannot create the publication", &e)),
+    }
 }
 
 fn key_names(source: &SourceDef) -> Vec<String> {
@@ -107,7 +163,7 @@ pub(super) async fn check(
         )));
     }
 
-    let publication = settings.publication(&source.name);
+    let publication = settings.publication();
     let published = client
         .query_opt(
             "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
@@ -123,32 +179,25 @@ pub(super) async fn check(
                 table.qualified()
             )));
         }
-        let exists = client
-            .query_opt(
-                "SELECT 1 FROM pg_publication WHERE pubname = $1",
-                &[&publication],
-            )
-            .await
-            .map_err(|e| FeedError::from_db("cannot read publications", &e))?
-            .is_some();
-        let sql = if exists {
-            format!(
-                "ALTER PUBLICATION {} ADD TABLE {}",
-                quote_ident(&publication),
-                table.qualified()
-            )
-        } else {
-            format!(
-                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)",
-                quote_ident(&publication),
-                table.qualified()
-            )
-        };
-        client
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| FeedError::from_db("cannot create the publication", &e))?;
-        tracing::info!(source = %source.name, publication = %publication, "publication created");
+        ensure_publication(client, settings).await?;
+        let sql = format!(
+            "ALTER PUBLICATION {} ADD TABLE {}",
+            quote_ident(&publication),
+            table.qualified()
+        );
+        match client.batch_execute(&sql).await {
+            Ok(()) => {
+                tracing::info!(source = %source.name, publication = %publication, "table added to the publication");
+            }
+            // Another server (or another source on the same table) added it meanwhile.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {}
+            Err(e) => {
+                return Err(FeedError::from_db(
+                    "cannot add the table to the publication",
+                    &e,
+                ));
+            }
+        }
     }
 
     ensure_replica_identity(client, source, settings, &table, &identity).await?;

@@ -72,45 +72,37 @@ pub fn subscription_name(source: &SourceDef) -> String {
 
 /// Runs the feed of `hub` until `cancel` fires.
 pub async fn run(hub: Arc<Hub>, settings: Arc<RwFeedSettings>, cancel: CancellationToken) {
-    let source = hub.source().name.clone();
-    let mut resume: Option<u64> = None;
-    let mut backoff = Backoff::new();
-    loop {
-        let result = tokio::select! {
-            biased;
-            result = session(&hub, &settings, &mut resume, &mut backoff) => result,
-            () = cancel.cancelled() => break,
-        };
-        let err = match result {
-            Ok(()) => FeedError::Connection("the cursor ended".into()),
-            Err(err) => err,
-        };
-        // Past the retention: a fresh FULL cursor at once (only when resuming; a fresh
-        // cursor failing so is an ordinary error).
-        let err = match err {
-            FeedError::Compacted(message) if resume.is_some() => {
-                tracing::info!(source = %source, error = %message, "resume point past the retention; taking a fresh snapshot");
-                resume = None;
-                continue;
-            }
-            FeedError::Compacted(message) => FeedError::Connection(message),
-            other => other,
-        };
-        let delay = if err.is_permanent() {
-            backoff.max
-        } else {
-            backoff.next()
-        };
-        tracing::warn!(source = %source, error = %err, retry_in_ms = delay.as_millis() as u64, "risingwave feed lost");
-        hub.metrics().reconnects.inc();
-        hub.apply(FeedEvent::Down {
-            reason: err.to_string(),
-            permanent: err.is_permanent(),
-        });
-        tokio::select! {
-            () = cancel.cancelled() => break,
-            () = tokio::time::sleep(delay) => {}
-        }
+    let mut feed = RwFeed {
+        hub,
+        settings,
+        resume: None,
+    };
+    super::supervise(&mut feed, &cancel).await;
+}
+
+struct RwFeed {
+    hub: Arc<Hub>,
+    settings: Arc<RwFeedSettings>,
+    resume: Option<u64>,
+}
+
+impl super::Sessions for RwFeed {
+    const BACKEND: &'static str = "risingwave";
+
+    async fn session(
+        &mut self,
+        _cancel: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> Result<(), FeedError> {
+        session(&self.hub, &self.settings, &mut self.resume, backoff).await
+    }
+
+    fn forget_position(&mut self) -> bool {
+        self.resume.take().is_some()
+    }
+
+    fn hubs(&self) -> Vec<Arc<Hub>> {
+        vec![self.hub.clone()]
     }
 }
 
