@@ -308,3 +308,58 @@ async fn served_converges(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A source that starts while the feed waits out a failure hears why at once, not after the
+/// next attempt (30 s away for an operator's problem such as a missing publication).
+#[tokio::test]
+async fn a_source_that_joins_while_the_feed_is_down_says_why() {
+    let db = stock_db().await;
+    let sql = db.client().await;
+    sql.batch_execute(ITEMS).await.unwrap();
+    let config = viewcast::config::load_str(std::path::Path::new("t.yaml"), &lazy_yaml(1)).unwrap();
+    // Without --apply-setup and without the publication: the feed cannot stream.
+    let server = viewcast::server::Server::start(
+        config,
+        viewcast::server::ServeOptions {
+            host: "127.0.0.1".into(),
+            port: 0,
+            database_url: Some(db.url.clone()),
+            instance: "down".into(),
+            apply_setup: false,
+            ..viewcast::server::ServeOptions::default()
+        },
+    )
+    .await
+    .expect("server starts");
+    let addr = server.addr();
+    let missing = "publication viewcast does not exist";
+    let reason = |body: &str, source: &str| -> Option<String> {
+        let body: Value = serde_json::from_str(body).ok()?;
+        body["sources"][source]["reason"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    common::eventually(
+        || async move { common::http_get(addr, "/ready").await.unwrap() },
+        |(_, body)| reason(body, "other").is_some_and(|r| r.contains(missing)),
+    )
+    .await;
+    // The lazy source starts with its first consumer, while the feed waits.
+    let mut ws = Ws::connect(addr, "graphql-transport-ws").await;
+    ws.subscribe("1", "subscription { items0 { operation } }")
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, body) = common::http_get(addr, "/ready").await.unwrap();
+        if reason(&body, "items0").is_some_and(|r| r.contains(missing)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the joining source does not say why: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.shutdown().await;
+    db.stop().await;
+}
