@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::change::{Batch, Change, FeedEvent, Position};
 use crate::hub::Hub;
-use crate::value::Row;
+use crate::value::{Key, Row};
 
 /// Why a session ended.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -190,6 +190,32 @@ pub(crate) async fn supervise<S: Sessions>(feed: &mut S, cancel: &CancellationTo
             }
         }
     }
+}
+
+/// One timestamp's rows of the diff envelope grouped by key, keys in first-seen order.
+pub(crate) fn group_by_key(
+    rows: Vec<(Row, i64)>,
+    key_columns: &[usize],
+) -> Vec<(Key, Vec<(Row, i64)>)> {
+    let mut order: Vec<Key> = Vec::new();
+    let mut grouped: std::collections::HashMap<Key, Vec<(Row, i64)>> =
+        std::collections::HashMap::new();
+    for (row, diff) in rows {
+        grouped
+            .entry(row.key(key_columns))
+            .or_insert_with_key(|k| {
+                order.push(k.clone());
+                Vec::new()
+            })
+            .push((row, diff));
+    }
+    order
+        .into_iter()
+        .map(|key| {
+            let rows = grouped.remove(&key).unwrap_or_default();
+            (key, rows)
+        })
+        .collect()
 }
 
 /// What one key's changes at one upstream timestamp amount to.

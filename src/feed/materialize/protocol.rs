@@ -9,7 +9,6 @@
 //! split. The frontier (every timestamp before it applied) is where a new session resumes:
 //! `AS OF frontier - 1` with `SNAPSHOT = false`, which is exclusive.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::super::copytext::{CopyError, Fields};
@@ -253,22 +252,9 @@ impl Decoder {
                 })
                 .collect();
         }
-        let mut order: Vec<Key> = Vec::new();
-        let mut per_key: HashMap<Key, Vec<(Row, i64)>> = HashMap::new();
-        for (row, diff) in rows {
-            let key = row.key(key_columns);
-            per_key
-                .entry(key)
-                .or_insert_with_key(|k| {
-                    order.push(k.clone());
-                    Vec::new()
-                })
-                .push((row, diff));
-        }
-        order
+        super::super::group_by_key(rows, key_columns)
             .into_iter()
-            .map(|key| {
-                let rows = per_key.remove(&key).unwrap_or_default();
+            .map(|(key, rows)| {
                 let net = match self.envelope {
                     Envelope::Upsert => match rows.as_slice() {
                         [(row, 1)] => Net::Upsert(row.clone()),

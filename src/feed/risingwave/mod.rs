@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_postgres::{SimpleQueryMessage, SimpleQueryRow};
 use tokio_util::sync::CancellationToken;
 
-use super::{Backoff, Batch, Change, FeedError, FeedEvent, Net, Position, net_diff};
+use super::{Backoff, Batch, Change, FeedError, FeedEvent, Net, Position, group_by_key, net_diff};
 use crate::config::{SourceDef, quote_ident};
 use crate::hub::Hub;
 use crate::value::{Key, Row, Value, parse_text};
@@ -439,24 +439,9 @@ fn layout_of(source: &SourceDef, names: &[&str]) -> Result<Layout, FeedError> {
 
 /// One epoch's rows, consolidated per key, in first-seen order.
 fn per_key(source: &SourceDef, rows: Vec<(Row, i64)>) -> Vec<(Key, Net)> {
-    let mut order: Vec<Key> = Vec::new();
-    let mut grouped: HashMap<Key, Vec<(Row, i64)>> = HashMap::new();
-    for (row, diff) in rows {
-        let key = row.key(&source.primary_key);
-        grouped
-            .entry(key)
-            .or_insert_with_key(|k| {
-                order.push(k.clone());
-                Vec::new()
-            })
-            .push((row, diff));
-    }
-    order
+    group_by_key(rows, &source.primary_key)
         .into_iter()
-        .map(|key| {
-            let rows = grouped.remove(&key).unwrap_or_default();
-            (key, net_diff(rows))
-        })
+        .map(|(key, rows)| (key, net_diff(rows)))
         .collect()
 }
 
