@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use common::{TestDb, Ws};
 use serde_json::{Value, json};
-use viewcast::pgcluster::{ClusterOptions, PgCluster};
+use viewcast::pgcluster::ClusterOptions;
 
 /// A private cluster with PostgreSQL's stock replication limits (10 WAL senders, 10 slots).
 async fn stock_db() -> TestDb {
-    let cluster = PgCluster::start(ClusterOptions {
+    TestDb::private_with(ClusterOptions {
         settings: vec![
             ("max_wal_senders".into(), "10".into()),
             ("max_replication_slots".into(), "10".into()),
@@ -23,12 +23,6 @@ async fn stock_db() -> TestDb {
         ..ClusterOptions::default()
     })
     .await
-    .expect("start postgres");
-    let url = cluster.url("postgres");
-    TestDb {
-        cluster: Some(cluster),
-        url,
-    }
 }
 
 async fn count(sql: &tokio_postgres::Client, query: &str) -> i64 {

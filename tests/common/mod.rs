@@ -31,7 +31,12 @@ pub struct TestDb {
 impl TestDb {
     /// A private cluster, whatever `TEST_DATABASE_URL` says (for tests that restart it).
     pub async fn private() -> TestDb {
-        let cluster = PgCluster::start(ClusterOptions::default())
+        TestDb::private_with(ClusterOptions::default()).await
+    }
+
+    /// A private cluster started with `options` (e.g. stock server settings).
+    pub async fn private_with(options: ClusterOptions) -> TestDb {
+        let cluster = PgCluster::start(options)
             .await
             .expect("start private postgres");
         let url = cluster.url("postgres");

@@ -358,11 +358,20 @@ impl Session<'_> {
         let mut failed = Vec::new();
         for (index, source) in self.feed.sources.iter().enumerate() {
             let Some(map) = &source.map else { continue };
-            let changes = transaction.changes.entry(index).or_default();
-            match map.map(message, changes) {
+            // Most sources' maps answer `Unrelated`: only a source the message concerns gets
+            // an entry in the transaction.
+            let mut changes = Vec::new();
+            match map.map(message, &mut changes) {
                 Ok(Mapped::Truncated) => changes.push(Change::Truncate),
                 Ok(Mapped::Changes | Mapped::Unrelated) => {}
                 Err(err) => failed.push((index, err)),
+            }
+            if !changes.is_empty() {
+                transaction
+                    .changes
+                    .entry(index)
+                    .or_default()
+                    .append(&mut changes);
             }
         }
         // A change this source cannot take (a value that does not parse) stops this source
@@ -379,9 +388,6 @@ impl Session<'_> {
     fn on_commit(&mut self, transaction: &mut Transaction, end_lsn: Lsn, commit_time: i64) {
         let lag = lag(commit_time);
         for (index, changes) in transaction.changes.drain() {
-            if changes.is_empty() {
-                continue;
-            }
             let source = &mut self.feed.sources[index];
             match &mut source.state {
                 State::Live => {
