@@ -100,9 +100,10 @@ enum Scenario {
     /// 1,000 runs x 100 events appended one per request at 5,000/s by 64 writers, each run
     /// followed by 2 consumers (SSE, and GraphQL over 100 connections x 10 subscriptions).
     Runs(Flags),
-    /// One-shot queries on a large source (2,000,000 rows): by key, `limit: 10`, and the top
-    /// 10 by a column, each timed over HTTP.
-    Queries(Flags),
+    /// A large source (2,000,000 rows): server RSS beside the table's size on disk, one
+    /// subscriber's snapshot (first row, whole snapshot) and one-shot queries (by key,
+    /// `limit: 10`, the top 10 by a column), each timed over HTTP.
+    Large(Flags),
     /// 30 PostgreSQL sources (`--sources`), 100 rows each, 1,000 changes/s spread over them,
     /// 20 s: the WAL decoding cost (walsender CPU) and the slots and WAL senders used.
     Slots(Flags),
@@ -300,7 +301,7 @@ impl Params {
             Scenario::Triggers(f) => ("triggers", f, (0, 1, 1_000, false, 10_000, 10_000, 20.0, 0)),
             // The source is only there because a config needs one; connections follow --runs.
             Scenario::Runs(f) => ("runs", f, (0, 10, 0, false, 100, 5_000, 0.0, 0)),
-            Scenario::Queries(f) => ("queries", f, (0, 1, 0, false, 2_000_000, 0, 0.0, 0)),
+            Scenario::Large(f) => ("large", f, (0, 1, 0, false, 2_000_000, 0, 0.0, 0)),
             Scenario::Slots(f) => ("slots", f, (0, 1, 0, false, 100, 1_000, 20.0, 0)),
         };
         let runs = f.runs.unwrap_or(1_000).max(1);
@@ -451,8 +452,8 @@ async fn run(p: &Params) -> anyhow::Result<bool> {
                 triggers_scenario(p, &server, &upstream).await
             } else if runs {
                 runs_scenario(p, &server, &upstream).await
-            } else if p.name == "queries" {
-                queries_scenario(p, &server).await
+            } else if p.name == "large" {
+                large_scenario(p, &server, &upstream).await
             } else if p.name == "slots" {
                 slots_scenario(p, &server, &upstream).await
             } else {
@@ -3116,29 +3117,18 @@ struct RunsRun {
     statements: Vec<Statement>,
 }
 
-/// Times one-shot queries on the source once it is live: each query `repeat` times, one at a
-/// time, over HTTP.
-async fn queries_scenario(p: &Params, server: &ServerProc) -> anyhow::Result<bool> {
+/// Once the source is live: the table's size on disk, one subscriber's snapshot (first row,
+/// whole snapshot, the server's RSS meanwhile), then one-shot queries, each `repeat` times,
+/// one at a time, over HTTP.
+async fn large_scenario(
+    p: &Params,
+    server: &ServerProc,
+    upstream: &Upstream,
+) -> anyhow::Result<bool> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder().no_proxy().build()?;
     let url = format!("http://{}/graphql", server.addr);
-    let ask = |query: String| {
-        let http = http.clone();
-        let url = url.clone();
-        async move {
-            let started = Instant::now();
-            let body = http
-                .post(&url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(serde_json::json!({ "query": query }).to_string())
-                .send()
-                .await?
-                .bytes()
-                .await?;
-            let reply: serde_json::Value = serde_json::from_slice(&body)?;
-            anyhow::Ok((started.elapsed(), reply))
-        }
-    };
+    let ask = |query: String| timed_query(&http, &url, query);
     let rss_ready = status_mb(server.pid, "VmRSS");
     eprintln!(
         "[{}] waiting for the source ({} rows) to be live …",
@@ -3157,6 +3147,15 @@ async fn queries_scenario(p: &Params, server: &ServerProc) -> anyhow::Result<boo
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let live_secs = started.elapsed().as_secs_f64();
+    let disk_mb = table_mb(upstream).await?;
+    let mut snapshots = Vec::new();
+    for field in [
+        "bench(snapshot_end)",
+        "bench_batches(snapshot_end, max_rows: 10000)",
+    ] {
+        let times = subscriber_snapshot(server, p.rows, field).await?;
+        snapshots.push((field, times));
+    }
     let rows = i64::from(p.rows);
     let mut lines = Vec::new();
     let mut json = serde_json::Map::new();
@@ -3195,20 +3194,24 @@ async fn queries_scenario(p: &Params, server: &ServerProc) -> anyhow::Result<boo
         );
     }
     let rss_end = status_mb(server.pid, "VmRSS");
-    println!("\n== viewcast-bench queries ==");
+    println!("\n== viewcast-bench large ==");
     println!(
-        "  source              {} rows, {} B payload each",
-        p.rows, p.flags.payload_bytes
+        "  source              {} rows, {} B payload each{}",
+        p.rows,
+        p.flags.payload_bytes,
+        disk_mb.map_or(String::new(), |mb| format!(", {mb:.1} MB on disk"))
     );
     let ready = server.ready_secs;
     println!("  ready after         {ready:.1} s (server start → /ready: the source's snapshot)");
     println!("  first answer after  {live_secs:.1} s more");
+    report_snapshots(p.rows, &snapshots, &mut json);
     for line in &lines {
         println!("{line}");
     }
     println!("  server RSS (MB)     ready {rss_ready:.1}  after the queries {rss_end:.1}");
     json.insert("rows".into(), p.rows.into());
     json.insert("live_secs".into(), live_secs.into());
+    json.insert("disk_mb".into(), disk_mb.into());
     json.insert("ready_secs".into(), ready.into());
     json.insert(
         "rss_mb".into(),
@@ -3216,6 +3219,138 @@ async fn queries_scenario(p: &Params, server: &ServerProc) -> anyhow::Result<boo
     );
     println!("{}", serde_json::Value::Object(json));
     Ok(true)
+}
+
+/// Posts one GraphQL query; its reply and how long it took.
+async fn timed_query(
+    http: &reqwest::Client,
+    url: &str,
+    query: String,
+) -> anyhow::Result<(Duration, serde_json::Value)> {
+    let started = Instant::now();
+    let body = http
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(serde_json::json!({ "query": query }).to_string())
+        .send()
+        .await?
+        .bytes()
+        .await?;
+    let reply: serde_json::Value = serde_json::from_slice(&body)?;
+    Ok((started.elapsed(), reply))
+}
+
+/// The `bench` table's size on disk (MB), unless it lives in the stand-in.
+async fn table_mb(upstream: &Upstream) -> anyhow::Result<Option<f64>> {
+    if upstream.standin.is_some() {
+        return Ok(None);
+    }
+    let size: i64 = pg(&upstream.url)
+        .await?
+        .query_one("SELECT pg_total_relation_size('bench')", &[])
+        .await?
+        .get(0);
+    #[allow(clippy::cast_precision_loss)]
+    Ok(Some(size as f64 / 1e6))
+}
+
+/// Prints each subscriber snapshot's times and adds them to the JSON line.
+fn report_snapshots(
+    rows: u32,
+    snapshots: &[(&str, Option<SnapshotTimes>)],
+    json: &mut serde_json::Map<String, serde_json::Value>,
+) {
+    for (field, times) in snapshots {
+        match times {
+            Some(t) => println!(
+                "  subscriber snapshot, {field}: first row {:.1} ms, all {rows} rows {:.2} s ({:.0} rows/s); server RSS peak meanwhile {:.1} MB",
+                t.first_ms,
+                t.all_secs,
+                f64::from(rows) / t.all_secs,
+                t.rss_peak_mb
+            ),
+            None => println!("  subscriber snapshot, {field}: not served by this binary"),
+        }
+        json.insert(
+            format!("snapshot {field}"),
+            times.as_ref().map_or(serde_json::Value::Null, |t| {
+                serde_json::json!({
+                    "first_row_ms": t.first_ms,
+                    "all_secs": t.all_secs,
+                    "rss_peak_mb": t.rss_peak_mb,
+                })
+            }),
+        );
+    }
+}
+
+/// One subscriber's snapshot of a large source, as timed by `large`.
+struct SnapshotTimes {
+    /// Subscribe sent → first row received.
+    first_ms: f64,
+    /// Subscribe sent → `SNAPSHOT_END` received.
+    all_secs: f64,
+    /// The server's largest RSS sampled (every 50 ms) meanwhile.
+    rss_peak_mb: f64,
+}
+
+/// Subscribes to the whole source (`field`: `bench`, or `bench_batches(…)` for windows) and
+/// reads its snapshot as fast as it comes, counting INSERTs in the frames without parsing them,
+/// until `SNAPSHOT_END`. `None` if the server refuses the subscription (a binary without
+/// `bench_batches`).
+async fn subscriber_snapshot(
+    server: &ServerProc,
+    rows: u32,
+    field: &str,
+) -> anyhow::Result<Option<SnapshotTimes>> {
+    let mut ws = open(server.addr, false).await?;
+    let selection = if field.starts_with("bench_batches") {
+        format!("updates {{ {SELECTION} }}")
+    } else {
+        SELECTION.to_owned()
+    };
+    let field = field.replace("snapshot_end", "snapshot_end: true");
+    let query = format!("subscription {{ {field} {{ {selection} }} }}");
+    let message = serde_json::json!({"type": "subscribe", "id": "1", "payload": {"query": query}});
+    let started = Instant::now();
+    ws.send(Message::Text(message.to_string().into())).await?;
+    let mut sample = tokio::time::interval(Duration::from_millis(50));
+    let (mut first_ms, mut received, mut rss_peak_mb) = (None, 0usize, 0f64);
+    loop {
+        tokio::select! {
+            _ = sample.tick() => rss_peak_mb = rss_peak_mb.max(status_mb(server.pid, "VmRSS")),
+            message = ws.next() => match message {
+                Some(Ok(Message::Text(text))) if text.starts_with(r#"{"id":"1","type":"next""#) => {
+                    let inserts = text.matches(r#""INSERT""#).count();
+                    if inserts > 0 {
+                        first_ms.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    received += inserts;
+                    if text.contains("SNAPSHOT_END") {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Text(text))) if text.contains(r#""type":"error""#) => {
+                    eprintln!("  {field}: refused ({text})");
+                    return Ok(None);
+                }
+                Some(Ok(Message::Text(text))) => bail!("unexpected: {text}"),
+                Some(Ok(_)) => {}
+                Some(Err(err)) => return Err(err.into()),
+                None => bail!("connection lost"),
+            },
+        }
+    }
+    let all_secs = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        received == rows as usize,
+        "{received} snapshot rows, expected {rows}"
+    );
+    Ok(Some(SnapshotTimes {
+        first_ms: first_ms.context("no snapshot row")?,
+        all_secs,
+        rss_peak_mb: rss_peak_mb.max(status_mb(server.pid, "VmRSS")),
+    }))
 }
 
 async fn runs_scenario(

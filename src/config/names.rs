@@ -96,6 +96,11 @@ pub fn source_update_type(source: &str) -> String {
     format!("{source}Update")
 }
 
+/// The batched subscription payload type: `SBatch`.
+pub fn source_batch_type(source: &str) -> String {
+    format!("{source}Batch")
+}
+
 /// The `where` input type: `SExpression`.
 pub fn source_expression_type(source: &str) -> String {
     format!("{source}Expression")
@@ -116,6 +121,7 @@ pub fn source_type_names(source: &str) -> Vec<String> {
     vec![
         source_object_type(source),
         source_update_type(source),
+        source_batch_type(source),
         source_expression_type(source),
         source_order_by_type(source),
         source_trigger_input_type(source),
@@ -172,6 +178,11 @@ pub fn source_subscription_field(source: &str) -> String {
     source.to_owned()
 }
 
+/// `Subscription.S_batches`: the live view, one result per window of updates.
+pub fn source_batches_subscription_field(source: &str) -> String {
+    format!("{source}_batches")
+}
+
 /// The `Query` fields generated for a source.
 pub fn source_query_fields(source: &str) -> Vec<String> {
     vec![
@@ -195,7 +206,10 @@ pub fn source_mutation_fields(source: &str) -> Vec<String> {
 
 /// The `Subscription` fields generated for a source.
 pub fn source_subscription_fields(source: &str) -> Vec<String> {
-    vec![source_subscription_field(source)]
+    vec![
+        source_subscription_field(source),
+        source_batches_subscription_field(source),
+    ]
 }
 
 /// The fields a source adds to `root`.
@@ -268,6 +282,7 @@ mod tests {
             [
                 "user_scores",
                 "user_scoresUpdate",
+                "user_scoresBatch",
                 "user_scoresExpression",
                 "user_scores_order_by",
                 "user_scoresTriggerInput"
@@ -287,7 +302,10 @@ mod tests {
                 "redeliver_user_scores_trigger"
             ]
         );
-        assert_eq!(source_root_fields(RootType::Subscription, "t"), ["t"]);
+        assert_eq!(
+            source_root_fields(RootType::Subscription, "t"),
+            ["t", "t_batches"]
+        );
         assert_eq!(enum_type_names("side"), ["side", "sideComparison"]);
     }
 

@@ -29,9 +29,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
-use crate::hub::{CursorError, Reader};
+use crate::hub::{CursorError, Reader, Window};
 use crate::limits::Limit;
-use crate::schema::{JsonEncoder, PlanSlot};
+use crate::schema::{BatchEncoder, Encoding, JsonEncoder, PlanSlot};
 use crate::telemetry::SourceMetrics;
 
 const MODERN: &str = "graphql-transport-ws";
@@ -706,16 +706,28 @@ async fn run_operation(
     let root = plan.hub.source().name.clone();
     let metrics = plan.hub.metrics().clone();
     let ticket = plan.ticket;
-    let reader = match Reader::open_encoded(
-        plan.hub,
-        plan.filter,
-        plan.encoder,
-        plan.after,
-        plan.snapshot_end,
-    )
-    .await
-    {
-        Ok(reader) => reader,
+    let opened = match plan.encoding {
+        Encoding::Updates(encoder) => Reader::open_encoded(
+            plan.hub,
+            plan.filter,
+            encoder,
+            plan.after,
+            plan.snapshot_end,
+        )
+        .await
+        .map(Step::Read),
+        Encoding::Batches(encoder, window) => Reader::open_encoded(
+            plan.hub,
+            plan.filter,
+            encoder.clone(),
+            plan.after,
+            plan.snapshot_end,
+        )
+        .await
+        .map(|reader| Step::ReadBatches(reader, encoder, window)),
+    };
+    let step = match opened {
+        Ok(step) => step,
         Err(err) => {
             if err.is_view_limit() {
                 op.metrics.limits.count(Limit::Views);
@@ -728,7 +740,7 @@ async fn run_operation(
             return Ended::Errored;
         }
     };
-    let frames = subscription_frames(op, reader, root, metrics, ticket);
+    let frames = subscription_frames(op, step, root, metrics, ticket);
     if op.out.send(Out::Frames(frames)).await.is_err() {
         return Ended::Errored;
     }
@@ -738,6 +750,8 @@ async fn run_operation(
 /// What a fast-path subscription's frame stream does next.
 enum Step {
     Read(Reader<JsonEncoder>),
+    /// A batched subscription: one frame per window.
+    ReadBatches(Reader<BatchEncoder>, Arc<BatchEncoder>, Window),
     /// The reader ended with an error (already sent): send `complete`.
     Complete,
     Done,
@@ -759,25 +773,45 @@ struct Subscription {
 }
 
 impl Subscription {
+    /// A result in the protocol's envelope.
+    fn frame(&self, body: &str, applied: Option<std::time::Instant>) -> Frame {
+        let mut message = String::with_capacity(self.prefix.len() + body.len() + 1);
+        message.push_str(&self.prefix);
+        message.push_str(body);
+        message.push('}');
+        Frame {
+            message: Message::Text(message.into()),
+            timing: applied.map(|at| (at, self.metrics.clone())),
+        }
+    }
+
     async fn next_frame(mut self) -> Option<(Frame, Subscription)> {
         let frame = match std::mem::replace(&mut self.step, Step::Done) {
             Step::Read(mut reader) => match reader.next_timed().await {
                 Ok((body, applied)) => {
-                    let mut message = String::with_capacity(self.prefix.len() + body.len() + 1);
-                    message.push_str(&self.prefix);
-                    message.push_str(&body);
-                    message.push('}');
                     self.step = Step::Read(reader);
-                    Frame {
-                        message: Message::Text(message.into()),
-                        timing: applied.map(|at| (at, self.metrics.clone())),
-                    }
+                    self.frame(&body, applied)
                 }
                 Err(err) => {
                     self.step = Step::Complete;
                     ended_frame(&self.id, self.data_kind, &self.root, &err)
                 }
             },
+            Step::ReadBatches(mut reader, encoder, window) => {
+                match reader.next_window(window).await {
+                    Ok(items) => {
+                        // A window's delay is that of its oldest change.
+                        let applied = items.iter().filter_map(|(_, at)| *at).min();
+                        let body = encoder.payload(items.iter().map(|(item, _)| item));
+                        self.step = Step::ReadBatches(reader, encoder, window);
+                        self.frame(&body, applied)
+                    }
+                    Err(err) => {
+                        self.step = Step::Complete;
+                        ended_frame(&self.id, self.data_kind, &self.root, &err)
+                    }
+                }
+            }
             Step::Complete => {
                 let _ = self.done.send((self.id.clone(), self.generation));
                 Frame {
@@ -797,13 +831,13 @@ impl Subscription {
 /// so a client reusing the id after `complete` is never taken for a duplicate.
 fn subscription_frames(
     op: &OperationContext,
-    reader: Reader<JsonEncoder>,
+    step: Step,
     root: String,
     metrics: Arc<SourceMetrics>,
     ticket: Option<crate::limits::FilterTicket>,
 ) -> FrameStream {
     let subscription = Subscription {
-        step: Step::Read(reader),
+        step,
         prefix: format!(
             "{{\"id\":{},\"type\":\"{}\",\"payload\":",
             serde_json::to_string(&op.id).unwrap_or_default(),

@@ -2,9 +2,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::view::{Snapshot, View, ViewState};
+use super::view::{Chunk, Snapshot, View, ViewState};
 use super::{AppliedBatch, Hub, HubStatus, RowChange, diff};
 use crate::change::Position;
 use crate::filter::Filter;
@@ -157,10 +157,22 @@ impl Encoder for Events {
     }
 }
 
+/// How a batched subscriber's updates are grouped: one result per window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// How long a window stays open after its first update.
+    pub max_wait: Duration,
+    /// The most updates in one window.
+    pub max_items: usize,
+}
+
 /// Batches a reader takes from its view at once before it prefers to conflate from the log.
 // Half the view's recent window: a client that missed a few milliseconds of scheduling still
 // reads every change; one that stopped reading gets the net change per key.
 const CONFLATE_AFTER: usize = 128;
+
+/// An item and, for a live change, when the hub applied its batch.
+pub type Timed<T> = (T, Option<Instant>);
 
 /// A subscriber's cursor into a hub, reading through a view shared by readers with the same
 /// filter and encoding.
@@ -170,8 +182,21 @@ pub struct Reader<E: Encoder = Events> {
     seq: u64,
     /// Items to hand out, each with when the hub applied the batch it comes from (none for
     /// snapshot rows and markers).
-    pending: VecDeque<(E::Item, Option<Instant>)>,
+    pending: VecDeque<Timed<E::Item>>,
+    /// The snapshot still being streamed, before anything after it.
+    streaming: Option<Streaming<E::Item>>,
+    snapshot_end: bool,
     output_rx: tokio::sync::watch::Receiver<u64>,
+}
+
+/// A reader's progress through its snapshot.
+struct Streaming<T> {
+    snapshot: Arc<Snapshot<T>>,
+    next_chunk: usize,
+    /// The last chunk with items: its last item is not queued yet, as the snapshot's last row
+    /// may have to carry the cursor. Holding it also lets readers streaming alongside share
+    /// its encoding.
+    held_back: Option<Arc<Chunk<T>>>,
 }
 
 impl Reader<Events> {
@@ -197,9 +222,10 @@ impl<E: Encoder> Reader<E> {
         snapshot_end: bool,
     ) -> Result<Reader<E>, CursorError> {
         wait_until_synced(&hub).await?;
-        // Under the hub's lock: the boundary (head), and the rows at it unless the view already
-        // holds its snapshot at this head (then nothing is copied per subscriber).
-        let (view, start, head, position) = {
+        // Under the hub's lock: the boundary (head), and references to the rows at it unless
+        // the view already holds its snapshot at this head (then nothing is copied per
+        // subscriber). The rows are filtered and encoded later, a chunk at a time.
+        let (view, snapshot, head, position) = {
             let mut state = hub.lock();
             let view = Hub::view(&mut state, filter, encoder, &hub.limits).map_err(|full| {
                 let name = hub.source.name.clone();
@@ -215,69 +241,110 @@ impl<E: Encoder> Reader<E> {
                 }
             })?;
             let oldest = state.log.front().map_or(state.head + 1, |b| b.seq);
-            let start = match after {
+            match after {
                 Some(c) if c.epoch == hub.epoch && c.seq <= state.head && c.seq + 1 >= oldest => {
-                    Start::Resume(c.seq)
+                    (view, None, c.seq, state.position)
                 }
-                _ => match view.cached_snapshot(state.head) {
-                    Some(snapshot) => Start::Snapshot(snapshot),
-                    None => Start::Rows(state.cache.values().cloned().collect()),
-                },
-            };
-            let head = match start {
-                Start::Resume(seq) => seq,
-                _ => state.head,
-            };
-            (view, start, head, state.position)
-        };
-        let cursor = Cursor {
-            epoch: hub.epoch,
-            seq: head,
-        };
-        let mut pending: VecDeque<(E::Item, Option<Instant>)> = VecDeque::new();
-        let snapshot = match start {
-            Start::Resume(_) => None,
-            Start::Snapshot(snapshot) => Some(snapshot),
-            Start::Rows(rows) => Some(build_snapshot(&view, rows, head, position)),
-        };
-        if let Some(Snapshot { rows, items, .. }) = snapshot {
-            if after.is_some() {
-                pending.push_back((
-                    view.encoder
-                        .encode(&marker(EventKind::Reset, None, position)),
-                    None,
-                ));
+                _ => {
+                    let snapshot = view.snapshot_at(state.head, state.position, || {
+                        state.cache.values().cloned().collect()
+                    });
+                    (view, Some(snapshot), state.head, state.position)
+                }
             }
-            pending.extend(items.iter().map(|item| (item.clone(), None)));
-            if let (false, Some(last)) = (snapshot_end, rows.last()) {
-                // The last snapshot row carries the cursor: encode it again with it.
-                pending.pop_back();
-                let last = Event {
-                    kind: EventKind::Insert,
-                    row: Some(last.clone()),
-                    columns: None,
-                    cursor: Some(cursor),
-                    position,
-                };
-                pending.push_back((view.encoder.encode(&last), None));
-            }
-        }
-        if snapshot_end {
+        };
+        let mut pending: VecDeque<Timed<E::Item>> = VecDeque::new();
+        if snapshot.is_some() && after.is_some() {
             pending.push_back((
                 view.encoder
-                    .encode(&marker(EventKind::SnapshotEnd, Some(cursor), position)),
+                    .encode(&marker(EventKind::Reset, None, position)),
                 None,
             ));
         }
-        hub.metrics.subscriptions.add(1);
         let output_rx = view.subscribe();
-        Ok(Reader {
+        let streaming = snapshot.map(|snapshot| Streaming {
+            snapshot,
+            next_chunk: 0,
+            held_back: None,
+        });
+        let mut reader = Reader {
             hub,
             view,
             seq: head,
             pending,
+            streaming,
+            snapshot_end,
             output_rx,
-        })
+        };
+        if reader.streaming.is_none() {
+            reader.end_snapshot(None, position);
+        }
+        reader.hub.metrics.subscriptions.add(1);
+        Ok(reader)
+    }
+
+    /// Queues the next chunk of the snapshot being streamed, or what follows its last row.
+    fn stream_snapshot(&mut self) {
+        let Some(streaming) = self.streaming.as_mut() else {
+            return;
+        };
+        if streaming.next_chunk == streaming.snapshot.chunks() {
+            let held_back = streaming.held_back.take();
+            let position = streaming.snapshot.position;
+            self.streaming = None;
+            self.end_snapshot(held_back.as_deref(), position);
+            return;
+        }
+        let chunk = self
+            .view
+            .snapshot_chunk(&streaming.snapshot, streaming.next_chunk);
+        streaming.next_chunk += 1;
+        if !chunk.items.is_empty() {
+            if let Some(before) = streaming.held_back.replace(chunk.clone()) {
+                self.pending
+                    .push_back((before.items[before.items.len() - 1].clone(), None));
+            }
+            self.pending.extend(
+                chunk.items[..chunk.items.len() - 1]
+                    .iter()
+                    .map(|i| (i.clone(), None)),
+            );
+        }
+    }
+
+    /// Queues the end of the snapshot: its last row (carrying the cursor unless `SNAPSHOT_END`
+    /// does) and the `SNAPSHOT_END` marker when asked for.
+    fn end_snapshot(&mut self, last: Option<&Chunk<E::Item>>, position: Position) {
+        let cursor = Cursor {
+            epoch: self.hub.epoch,
+            seq: self.seq,
+        };
+        match last {
+            Some(Chunk { items, .. }) if self.snapshot_end => {
+                self.pending
+                    .push_back((items[items.len() - 1].clone(), None));
+            }
+            Some(Chunk { last: row, .. }) => {
+                let last = Event {
+                    kind: EventKind::Insert,
+                    row: row.clone(),
+                    columns: None,
+                    cursor: Some(cursor),
+                    position,
+                };
+                self.pending
+                    .push_back((self.view.encoder.encode(&last), None));
+            }
+            None => {}
+        }
+        if self.snapshot_end {
+            self.pending.push_back((
+                self.view
+                    .encoder
+                    .encode(&marker(EventKind::SnapshotEnd, Some(cursor), position)),
+                None,
+            ));
+        }
     }
 
     /// The next item; waits for the hub when there is none.
@@ -287,22 +354,63 @@ impl<E: Encoder> Reader<E> {
 
     /// The next item and, for a live change, when the hub applied its batch (the newest of the
     /// batches a conflated item merges).
-    pub async fn next_timed(&mut self) -> Result<(E::Item, Option<Instant>), CursorError> {
+    pub async fn next_timed(&mut self) -> Result<Timed<E::Item>, CursorError> {
         loop {
-            if let Some(item) = self.pending.pop_front() {
+            if let Some(item) = self.next_ready()? {
                 return Ok(item);
             }
-            self.output_rx.borrow_and_update();
-            if self.catch_up()? {
-                continue;
-            }
-            if self.output_rx.changed().await.is_err() {
-                return Err(CursorError::Unavailable {
-                    name: self.hub.source.name.clone(),
-                    reason: "the server is shutting down".into(),
-                });
+            self.changed().await?;
+        }
+    }
+
+    /// The next window of items for a batched subscriber: waits for one item, then takes those
+    /// that follow until `max_items` or until `max_wait` after the first. An error after the
+    /// first item ends the window early; the next call reports it.
+    pub async fn next_window(
+        &mut self,
+        window: Window,
+    ) -> Result<Vec<Timed<E::Item>>, CursorError> {
+        let mut items = vec![self.next_timed().await?];
+        let deadline = tokio::time::Instant::now() + window.max_wait;
+        while items.len() < window.max_items {
+            match self.next_ready() {
+                Ok(Some(item)) => items.push(item),
+                Ok(None) => match tokio::time::timeout_at(deadline, self.changed()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) | Err(_) => break,
+                },
+                Err(_) => break,
             }
         }
+        Ok(items)
+    }
+
+    /// The next item if one is ready without waiting for the hub.
+    fn next_ready(&mut self) -> Result<Option<Timed<E::Item>>, CursorError> {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                return Ok(Some(item));
+            }
+            if self.streaming.is_some() {
+                self.stream_snapshot();
+                continue;
+            }
+            self.output_rx.borrow_and_update();
+            if !self.catch_up()? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Waits until the view has new output.
+    async fn changed(&mut self) -> Result<(), CursorError> {
+        self.output_rx
+            .changed()
+            .await
+            .map_err(|_| CursorError::Unavailable {
+                name: self.hub.source.name.clone(),
+                reason: "the server is shutting down".into(),
+            })
     }
 
     /// Queues what the view produced after this reader's cursor; conflates from the hub's
@@ -415,47 +523,6 @@ async fn wait_until_synced(hub: &Hub) -> Result<(), CursorError> {
             });
         }
     }
-}
-
-/// Where a new reader starts.
-enum Start<T> {
-    /// After a cursor: no snapshot.
-    Resume(u64),
-    /// The view's snapshot at the current head, already built by an earlier reader.
-    Snapshot(Snapshot<T>),
-    /// The cache's rows at the current head, to filter and encode.
-    Rows(Vec<Arc<Row>>),
-}
-
-/// Filters and encodes the rows at `head` for a view, and keeps the result for readers opening
-/// at the same head.
-fn build_snapshot<E: Encoder>(
-    view: &View<E>,
-    rows: Vec<Arc<Row>>,
-    head: u64,
-    position: Position,
-) -> Snapshot<E::Item> {
-    let rows: Arc<[Arc<Row>]> = rows
-        .into_iter()
-        .filter(|r| view.filter.matches(r))
-        .collect();
-    let events: Vec<Event> = rows
-        .iter()
-        .map(|row| Event {
-            kind: EventKind::Insert,
-            row: Some(row.clone()),
-            columns: None,
-            cursor: None,
-            position,
-        })
-        .collect();
-    let items: Arc<[E::Item]> = view.encode_all(&events).into();
-    view.lock().snapshot = Some(Snapshot {
-        head,
-        rows: rows.clone(),
-        items: items.clone(),
-    });
-    Snapshot { head, rows, items }
 }
 
 /// Applies a filter to changes: rows entering it arrive as INSERT, rows leaving it as DELETE

@@ -25,7 +25,7 @@ use crate::config::SourceDef;
 use crate::telemetry::SourceMetrics;
 use crate::value::{Key, Row};
 
-pub use consumer::{Cursor, CursorError, Encoder, Event, EventKind, Events, Reader};
+pub use consumer::{Cursor, CursorError, Encoder, Event, EventKind, Events, Reader, Window};
 pub use registry::{Hubs, Starter};
 use view::{Full, View, ViewSet};
 

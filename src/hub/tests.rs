@@ -69,7 +69,10 @@ fn filter(json: serde_json::Value) -> Filter {
 }
 
 /// (operation, id, score) of the next `n` events.
-async fn take(reader: &mut Reader, n: usize) -> Vec<(EventKind, i64, i64)> {
+async fn take<E: Encoder<Item = Event>>(
+    reader: &mut Reader<E>,
+    n: usize,
+) -> Vec<(EventKind, i64, i64)> {
     let mut out = Vec::new();
     for _ in 0..n {
         let event = reader.next().await.unwrap();
@@ -94,7 +97,7 @@ async fn past_snapshot(hub: &Arc<Hub>) -> Reader {
     reader
 }
 
-fn no_more(reader: &mut Reader) {
+fn no_more<E: Encoder>(reader: &mut Reader<E>) {
     let next = reader.next();
     futures::pin_mut!(next);
     let waker = futures::task::noop_waker();
@@ -605,5 +608,152 @@ fn key_order_stops_at_the_first_rows_and_a_pick_by_order_finds_the_smallest() {
         hub.rows_matching(&all, 0, super::Pick::KeyOrder)
             .unwrap()
             .is_empty()
+    );
+}
+
+/// Events, counting how many it encoded.
+#[derive(Default)]
+struct Counting(std::sync::atomic::AtomicUsize);
+
+impl Encoder for Counting {
+    type Item = Event;
+
+    fn key(&self) -> &'static str {
+        "counting"
+    }
+
+    fn encode(&self, event: &Event) -> Event {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        event.clone()
+    }
+}
+
+fn hub_of(rows: i64) -> Arc<Hub> {
+    let hub = Hub::new(source(), HubLimits::default(), Arc::default());
+    hub.apply(FeedEvent::Snapshot {
+        position: Position(1),
+        rows: (1..=rows).map(|id| row(id, id % 3)).collect(),
+    });
+    hub
+}
+
+fn id_of(event: &Event) -> i64 {
+    match event.row.as_ref().map(|r| r.get(0)) {
+        Some(Value::Int(id)) => *id,
+        _ => 0,
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_streams_a_chunk_at_a_time_and_its_last_row_carries_the_cursor() {
+    let chunk = super::view::SNAPSHOT_CHUNK;
+    let rows = i64::try_from(3 * chunk + 7).unwrap();
+    let hub = hub_of(rows);
+    let mut position = 1;
+    for (json, snapshot_end) in [
+        (serde_json::json!({}), false),
+        (serde_json::json!({"score": {"_eq": 1}}), true),
+        // Only the first chunk matches: the cursor still rides on its last row.
+        (serde_json::json!({"id": {"_lte": 10}}), false),
+    ] {
+        let encoder = Arc::new(Counting::default());
+        let mut reader = Reader::open_encoded(
+            hub.clone(),
+            filter(json.clone()),
+            encoder.clone(),
+            None,
+            snapshot_end,
+        )
+        .await
+        .unwrap();
+        let first = reader.next().await.unwrap();
+        assert_eq!(first.kind, EventKind::Insert);
+        assert!(
+            encoder.0.load(std::sync::atomic::Ordering::Relaxed) <= chunk,
+            "{json}: the first row waits for one chunk's encoding, not the snapshot's"
+        );
+        let expected: Vec<i64> = (1..=rows)
+            .filter(|id| filter(json.clone()).matches(&row(*id, id % 3)))
+            .collect();
+        let mut got = vec![first];
+        while got.len() < expected.len() + usize::from(snapshot_end) {
+            got.push(reader.next().await.unwrap());
+        }
+        no_more(&mut reader);
+        let (rows_got, end) = got.split_at(expected.len());
+        assert_eq!(
+            rows_got.iter().map(id_of).collect::<Vec<_>>(),
+            expected,
+            "{json}"
+        );
+        let with_cursor: Vec<usize> = got
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.cursor.map(|_| i))
+            .collect();
+        assert_eq!(
+            with_cursor,
+            vec![got.len() - 1],
+            "{json}: one cursor, at the end"
+        );
+        if snapshot_end {
+            assert_eq!(end[0].kind, EventKind::SnapshotEnd);
+        }
+        // Then exactly what follows: a row that enters every filter, and leaves.
+        batch(&hub, position + 1, vec![upsert(0, 1)]);
+        batch(&hub, position + 2, vec![delete(0)]);
+        position += 2;
+        let next = take(&mut reader, 2).await;
+        assert_eq!(
+            next,
+            [(EventKind::Insert, 0, 1), (EventKind::Delete, 0, 1)],
+            "{json}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn readers_at_one_head_share_a_small_snapshot_and_a_large_one_is_let_go_once_streamed() {
+    let hub = hub_of(100);
+    let encoder = Arc::new(Counting::default());
+    let count = || encoder.0.load(std::sync::atomic::Ordering::Relaxed);
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let mut reader =
+            Reader::open_encoded(hub.clone(), Filter::always(), encoder.clone(), None, true)
+                .await
+                .unwrap();
+        for _ in 0..101 {
+            reader.next().await.unwrap();
+        }
+        readers.push(reader);
+    }
+    assert_eq!(
+        count(),
+        100 + 2,
+        "the second reader encoded only its SNAPSHOT_END"
+    );
+
+    let rows = i64::try_from(super::view::KEEP_ENCODED_UP_TO + 1).unwrap();
+    let hub = hub_of(rows);
+    let held = |hub: &Hub| {
+        let state = hub.lock();
+        let first = state.cache.values().next().unwrap();
+        Arc::strong_count(first)
+    };
+    let before = held(&hub);
+    let mut reader = Reader::open(hub.clone(), Filter::always(), None, true)
+        .await
+        .unwrap();
+    reader.next().await.unwrap();
+    assert!(
+        held(&hub) > before,
+        "a reader streaming the snapshot holds its rows"
+    );
+    while reader.next().await.unwrap().kind != EventKind::SnapshotEnd {}
+    assert_eq!(
+        held(&hub),
+        before,
+        "nothing holds a large snapshot once its reader has streamed it"
     );
 }

@@ -12,8 +12,9 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-use super::consumer::{Encoder, Event, filter_changes};
+use super::consumer::{Encoder, Event, EventKind, filter_changes};
 use super::{AppliedBatch, Cursor, RowChange};
+use crate::change::Position;
 use crate::filter::{EqKey, Filter, eq_key};
 use crate::value::Row;
 
@@ -28,11 +29,51 @@ pub(super) trait ViewSink: Send + Sync {
     fn on_batch(&self, batch: &AppliedBatch, changes: &[RowChange], cursor: Cursor);
 }
 
-/// A view's snapshot at one head: the filtered rows and their encoding.
+/// Rows a reader filters and encodes at a time while it streams a snapshot: its first rows go
+/// out after one chunk's work, however large the source.
+pub(super) const SNAPSHOT_CHUNK: usize = 1024;
+
+/// Snapshots of at most this many rows are kept, with their encoded chunks, for every reader
+/// opening at the same head; larger ones are shared only among the readers streaming them,
+/// and a chunk's encoding only among readers streaming it at the same time, so no copy of a
+/// large source stays in memory when its readers are done with it.
+pub(super) const KEEP_ENCODED_UP_TO: usize = 65_536;
+
+/// A view's snapshot at one head: references to the source's rows at that head, in key order,
+/// filtered and encoded a chunk at a time as readers stream it.
 pub(super) struct Snapshot<T> {
     pub head: u64,
-    pub rows: Arc<[Arc<Row>]>,
-    pub items: Arc<[T]>,
+    pub position: Position,
+    rows: Arc<[Arc<Row>]>,
+    chunks: Box<[Mutex<Weak<Chunk<T>>>]>,
+    /// The chunks encoded so far when the snapshot is small enough to keep them.
+    kept: Mutex<Vec<Arc<Chunk<T>>>>,
+}
+
+/// One chunk of a snapshot: the rows of it the view's filter matches, encoded.
+pub(super) struct Chunk<T> {
+    pub items: Vec<T>,
+    /// The last matching row (the last item's).
+    pub last: Option<Arc<Row>>,
+}
+
+impl<T> Snapshot<T> {
+    pub(super) fn new(head: u64, position: Position, rows: Arc<[Arc<Row>]>) -> Snapshot<T> {
+        Snapshot {
+            head,
+            position,
+            chunks: (0..rows.len().div_ceil(SNAPSHOT_CHUNK))
+                .map(|_| Mutex::new(Weak::new()))
+                .collect(),
+            rows,
+            kept: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// How many chunks it has.
+    pub(super) fn chunks(&self) -> usize {
+        self.chunks.len()
+    }
 }
 
 /// What one batch produced for a view.
@@ -54,9 +95,12 @@ pub(super) struct ViewState<T> {
     /// The last batch evaluated. A batch that cannot concern the view is not evaluated: the
     /// hub's `evaluated` head says how far every view is.
     pub evaluated_through: u64,
-    /// The filtered snapshot rows at a head and their encoding, for readers opening at the
-    /// same boundary.
-    pub snapshot: Option<Snapshot<T>>,
+    /// The snapshot at a head, for readers opening at the same boundary while any reader
+    /// streams it.
+    pub snapshot: Weak<Snapshot<T>>,
+    /// The same, kept after its readers are done when it is small, until a batch moves the
+    /// head past it.
+    pub kept_snapshot: Option<Arc<Snapshot<T>>>,
 }
 
 /// A filter and an encoding shared by readers.
@@ -79,7 +123,8 @@ impl<E: Encoder> View<E> {
                 recent_items: 0,
                 complete_since: head + 1,
                 evaluated_through: head,
-                snapshot: None,
+                snapshot: Weak::new(),
+                kept_snapshot: None,
             }),
             output_tx: watch::channel(head).0,
         }
@@ -95,22 +140,71 @@ impl<E: Encoder> View<E> {
         self.output_tx.subscribe()
     }
 
-    /// The snapshot an earlier reader built at `head`, if any (one from an earlier head is
-    /// dropped: a view a batch did not concern was not told to drop it).
-    pub(super) fn cached_snapshot(&self, head: u64) -> Option<Snapshot<E::Item>> {
+    /// The snapshot at `head`: the one an earlier reader opened at the same head, or a new
+    /// one of the rows `at_head` gives (called under the hub's lock). One from an earlier head
+    /// is dropped: a view a batch did not concern was not told to drop it.
+    pub(super) fn snapshot_at(
+        &self,
+        head: u64,
+        position: Position,
+        at_head: impl FnOnce() -> Arc<[Arc<Row>]>,
+    ) -> Arc<Snapshot<E::Item>> {
         let mut state = self.lock();
-        if state.snapshot.as_ref().is_some_and(|s| s.head < head) {
-            state.snapshot = None;
+        if state.kept_snapshot.as_ref().is_some_and(|s| s.head < head) {
+            state.kept_snapshot = None;
         }
-        state
-            .snapshot
-            .as_ref()
-            .filter(|s| s.head == head)
-            .map(|s| Snapshot {
-                head,
-                rows: s.rows.clone(),
-                items: s.items.clone(),
+        if let Some(snapshot) = state.snapshot.upgrade().filter(|s| s.head == head) {
+            return snapshot;
+        }
+        let snapshot = Arc::new(Snapshot::new(head, position, at_head()));
+        state.snapshot = Arc::downgrade(&snapshot);
+        if snapshot.rows.len() <= KEEP_ENCODED_UP_TO {
+            state.kept_snapshot = Some(snapshot.clone());
+        }
+        snapshot
+    }
+
+    /// Chunk `index` of a snapshot of this view, filtered and encoded by the first reader that
+    /// needs it while another holds it.
+    pub(super) fn snapshot_chunk(
+        &self,
+        snapshot: &Snapshot<E::Item>,
+        index: usize,
+    ) -> Arc<Chunk<E::Item>> {
+        let mut slot = snapshot.chunks[index]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(chunk) = slot.upgrade() {
+            return chunk;
+        }
+        let start = index * SNAPSHOT_CHUNK;
+        let rows = &snapshot.rows[start..(start + SNAPSHOT_CHUNK).min(snapshot.rows.len())];
+        let mut last = None;
+        let items = rows
+            .iter()
+            .filter(|row| self.filter.matches(row))
+            .map(|row| {
+                last = Some(row.clone());
+                self.encoder.encode(&Event {
+                    kind: EventKind::Insert,
+                    row: Some(row.clone()),
+                    columns: None,
+                    cursor: None,
+                    position: snapshot.position,
+                })
             })
+            .collect();
+        let chunk = Arc::new(Chunk { items, last });
+        *slot = Arc::downgrade(&chunk);
+        drop(slot);
+        if snapshot.rows.len() <= KEEP_ENCODED_UP_TO {
+            snapshot
+                .kept
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(chunk.clone());
+        }
+        chunk
     }
 
     pub(super) fn encode_all(&self, events: &[Event]) -> Vec<E::Item> {
@@ -129,10 +223,14 @@ impl<E: Encoder> ViewSink for View<E> {
         );
         let mut state = self.lock();
         state.evaluated_through = batch.seq;
-        // The cached snapshot serves readers opening at its head only: past it, it is dead
-        // weight (a second copy of the view's rows).
-        if state.snapshot.as_ref().is_some_and(|s| s.head < batch.seq) {
-            state.snapshot = None;
+        // The kept snapshot serves readers opening at its head only: past it, it is dead
+        // weight (it holds rows the cache has replaced).
+        if state
+            .kept_snapshot
+            .as_ref()
+            .is_some_and(|s| s.head < batch.seq)
+        {
+            state.kept_snapshot = None;
         }
         if events.is_empty() {
             return;

@@ -16,7 +16,7 @@ use async_graphql::SelectionField;
 use super::output::to_graphql;
 use crate::config::SourceDef;
 use crate::filter::Filter;
-use crate::hub::{Cursor, Encoder, Event, EventKind, Hub};
+use crate::hub::{Cursor, Encoder, Event, EventKind, Hub, Window};
 
 /// Where the subscription resolver leaves its plan when the request asks for one.
 #[derive(Clone, Default)]
@@ -44,9 +44,17 @@ pub struct SubscriptionPlan {
     pub filter: Filter,
     pub after: Option<Cursor>,
     pub snapshot_end: bool,
-    pub encoder: Arc<JsonEncoder>,
+    pub encoding: Encoding,
     /// The connection's use of the filter, held while the subscription runs.
     pub ticket: Option<crate::limits::FilterTicket>,
+}
+
+/// How a planned subscription's results are encoded.
+pub enum Encoding {
+    /// One result per update (`S`).
+    Updates(Arc<JsonEncoder>),
+    /// One result per window of updates (`S_batches`).
+    Batches(Arc<BatchEncoder>, Window),
 }
 
 #[derive(Debug)]
@@ -85,27 +93,23 @@ fn data_columns(
     Some(columns)
 }
 
-/// Serializes events as `{"data":{"<field>":{…}}}` for one selection set.
-pub struct JsonEncoder {
-    key: String,
+/// A compiled `SUpdate` selection: writes one event as the JSON object the selection asks for.
+struct UpdateSelection {
     source: Arc<SourceDef>,
     /// The columns the subscriber's role sees (`None`: all).
     visible: Option<Arc<[usize]>>,
-    root: String,
     fields: Vec<(String, UpdateField)>,
 }
 
-impl JsonEncoder {
-    /// Compiles the selection of a source's subscription field. `None` if it selects something
-    /// the encoder does not know (the executor then serves the subscription).
-    pub(super) fn compile(
+impl UpdateSelection {
+    /// `None` if the selection asks for something the encoder does not know.
+    fn compile<'a>(
         source: &Arc<SourceDef>,
-        field: &SelectionField<'_>,
+        selection: impl Iterator<Item = SelectionField<'a>>,
         visible: Option<Arc<[usize]>>,
-    ) -> Option<JsonEncoder> {
-        let root = field.alias().unwrap_or(field.name()).to_owned();
+    ) -> Option<UpdateSelection> {
         let mut fields: Vec<(String, UpdateField)> = Vec::new();
-        for selection in field.selection_set() {
+        for selection in selection {
             let alias = selection.alias().unwrap_or(selection.name()).to_owned();
             let kind = match selection.name() {
                 "operation" => UpdateField::Operation,
@@ -130,21 +134,70 @@ impl JsonEncoder {
                 (None, kind) => fields.push((alias, kind)),
             }
         }
-        let key = format!("{root}{fields:?}{visible:?}");
-        Some(JsonEncoder {
-            key,
+        Some(UpdateSelection {
             source: source.clone(),
             visible,
-            root,
             fields,
         })
+    }
+
+    /// What identifies the encoding (equal keys encode every event identically).
+    fn key(&self) -> String {
+        format!("{:?}{:?}", self.fields, self.visible)
+    }
+
+    /// Writes the update object; field errors go to `errors` with paths from `path` on.
+    fn write(
+        &self,
+        out: &mut String,
+        errors: &mut Vec<serde_json::Value>,
+        path: &[&str],
+        event: &Event,
+    ) {
+        out.push('{');
+        for (i, (alias, field)) in self.fields.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_string(out, alias);
+            out.push(':');
+            match field {
+                UpdateField::Operation => push_json_string(out, operation_name(event.kind)),
+                UpdateField::Typename => push_json_string(
+                    out,
+                    &crate::config::names::source_update_type(&self.source.name),
+                ),
+                UpdateField::Cursor => match event.cursor {
+                    Some(cursor) => push_json_string(out, &cursor.to_string()),
+                    None => out.push_str("null"),
+                },
+                UpdateField::Timestamp => {
+                    let _ = write!(out, "\"{}\"", event.position.0);
+                }
+                UpdateField::Fields => {
+                    out.push('[');
+                    let names = event_field_names(&self.source, event, self.visible.as_deref());
+                    for (n, name) in names.enumerate() {
+                        if n > 0 {
+                            out.push(',');
+                        }
+                        push_json_string(out, name);
+                    }
+                    out.push(']');
+                }
+                UpdateField::Data(columns) => {
+                    self.write_data(out, errors, &joined(path, alias), columns, event);
+                }
+            }
+        }
+        out.push('}');
     }
 
     fn write_data(
         &self,
         out: &mut String,
         errors: &mut Vec<serde_json::Value>,
-        alias: &str,
+        path: &[&str],
         columns: &[(String, DataField)],
         event: &Event,
     ) {
@@ -178,7 +231,7 @@ impl JsonEncoder {
                             // like the executor, null the nearest nullable parent.
                             errors.push(field_error(
                                 "key column is null",
-                                &[&self.root, alias, column_alias],
+                                &joined(path, column_alias),
                                 None,
                             ));
                             out.push_str("null");
@@ -192,7 +245,7 @@ impl JsonEncoder {
                                 .map(ToString::to_string);
                             errors.push(field_error(
                                 &err.message,
-                                &[&self.root, alias, column_alias],
+                                &joined(path, column_alias),
                                 code,
                             ));
                             if self.source.is_key_column(*index) {
@@ -210,6 +263,31 @@ impl JsonEncoder {
     }
 }
 
+/// Serializes events as `{"data":{"<field>":{…}}}` for one selection set.
+pub struct JsonEncoder {
+    key: String,
+    root: String,
+    update: UpdateSelection,
+}
+
+impl JsonEncoder {
+    /// Compiles the selection of a source's subscription field. `None` if it selects something
+    /// the encoder does not know (the executor then serves the subscription).
+    pub(super) fn compile(
+        source: &Arc<SourceDef>,
+        field: &SelectionField<'_>,
+        visible: Option<Arc<[usize]>>,
+    ) -> Option<JsonEncoder> {
+        let root = field.alias().unwrap_or(field.name()).to_owned();
+        let update = UpdateSelection::compile(source, field.selection_set(), visible)?;
+        Some(JsonEncoder {
+            key: format!("{root}{}", update.key()),
+            root,
+            update,
+        })
+    }
+}
+
 impl Encoder for JsonEncoder {
     type Item = Arc<str>;
 
@@ -222,43 +300,10 @@ impl Encoder for JsonEncoder {
         let mut errors = Vec::new();
         out.push_str("{\"data\":{");
         push_json_string(&mut out, &self.root);
-        out.push_str(":{");
-        for (i, (alias, field)) in self.fields.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            push_json_string(&mut out, alias);
-            out.push(':');
-            match field {
-                UpdateField::Operation => push_json_string(&mut out, operation_name(event.kind)),
-                UpdateField::Typename => push_json_string(
-                    &mut out,
-                    &crate::config::names::source_update_type(&self.source.name),
-                ),
-                UpdateField::Cursor => match event.cursor {
-                    Some(cursor) => push_json_string(&mut out, &cursor.to_string()),
-                    None => out.push_str("null"),
-                },
-                UpdateField::Timestamp => {
-                    let _ = write!(out, "\"{}\"", event.position.0);
-                }
-                UpdateField::Fields => {
-                    out.push('[');
-                    let names = event_field_names(&self.source, event, self.visible.as_deref());
-                    for (n, name) in names.enumerate() {
-                        if n > 0 {
-                            out.push(',');
-                        }
-                        push_json_string(&mut out, name);
-                    }
-                    out.push(']');
-                }
-                UpdateField::Data(columns) => {
-                    self.write_data(&mut out, &mut errors, alias, columns, event);
-                }
-            }
-        }
-        out.push_str("}}");
+        out.push(':');
+        self.update
+            .write(&mut out, &mut errors, &[&self.root], event);
+        out.push('}');
         if !errors.is_empty() {
             out.push_str(",\"errors\":");
             out.push_str(&serde_json::Value::Array(errors).to_string());
@@ -268,7 +313,179 @@ impl Encoder for JsonEncoder {
     }
 
     fn visible(&self) -> Option<&[usize]> {
-        self.visible.as_deref()
+        self.update.visible.as_deref()
+    }
+}
+
+/// One update of a batched subscription, encoded once per view: its element of `updates`, the
+/// field errors it raised (paths from inside the element) and the cursor it carries.
+pub struct BatchItem {
+    update: Box<str>,
+    errors: Vec<serde_json::Value>,
+    cursor: Option<Cursor>,
+}
+
+/// A field of an `SBatch` selection.
+#[derive(Debug)]
+enum BatchField {
+    Updates,
+    Cursor,
+    Typename,
+}
+
+/// Serializes a batched subscription (`S_batches`): each event once per view as an element of
+/// `updates`; [`BatchEncoder::payload`] joins a window's elements into one result.
+pub struct BatchEncoder {
+    key: String,
+    root: String,
+    source: Arc<SourceDef>,
+    fields: Vec<(String, BatchField)>,
+    update: UpdateSelection,
+}
+
+impl BatchEncoder {
+    /// Compiles the selection of a source's batches field. `None` if it selects something the
+    /// encoder does not know, or `updates` under two names (the executor then serves it).
+    pub(super) fn compile(
+        source: &Arc<SourceDef>,
+        field: &SelectionField<'_>,
+        visible: Option<Arc<[usize]>>,
+    ) -> Option<BatchEncoder> {
+        let root = field.alias().unwrap_or(field.name()).to_owned();
+        let mut fields: Vec<(String, BatchField)> = Vec::new();
+        let mut updates = Vec::new();
+        for selection in field.selection_set() {
+            let alias = selection.alias().unwrap_or(selection.name()).to_owned();
+            let kind = match selection.name() {
+                "updates" => {
+                    updates.push(selection);
+                    BatchField::Updates
+                }
+                "cursor" => BatchField::Cursor,
+                "__typename" => BatchField::Typename,
+                _ => return None,
+            };
+            if !fields.iter().any(|(a, _)| *a == alias) {
+                fields.push((alias, kind));
+            }
+        }
+        let updates_fields = fields
+            .iter()
+            .filter(|(_, kind)| matches!(kind, BatchField::Updates))
+            .count();
+        if updates_fields > 1 {
+            return None;
+        }
+        let update = UpdateSelection::compile(
+            source,
+            updates.iter().flat_map(SelectionField::selection_set),
+            visible,
+        )?;
+        Some(BatchEncoder {
+            key: format!("{root}{fields:?}{}", update.key()),
+            root,
+            source: source.clone(),
+            fields,
+            update,
+        })
+    }
+
+    /// One window's result: `{"data":{"<field>":{"updates":[…],"cursor":…}}}`, with the errors
+    /// of its updates at their places in the list. The cursor is the last one the window's
+    /// updates carry.
+    pub fn payload<'a>(&self, items: impl Iterator<Item = &'a Arc<BatchItem>>) -> String {
+        let items: Vec<&Arc<BatchItem>> = items.collect();
+        let mut out = String::with_capacity(
+            64 + items
+                .iter()
+                .map(|item| item.update.len() + 1)
+                .sum::<usize>(),
+        );
+        let mut errors = Vec::new();
+        out.push_str("{\"data\":{");
+        push_json_string(&mut out, &self.root);
+        out.push_str(":{");
+        for (i, (alias, field)) in self.fields.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_string(&mut out, alias);
+            out.push(':');
+            match field {
+                BatchField::Updates => {
+                    out.push('[');
+                    for (n, item) in items.iter().enumerate() {
+                        if n > 0 {
+                            out.push(',');
+                        }
+                        out.push_str(&item.update);
+                        errors.extend(
+                            item.errors
+                                .iter()
+                                .map(|error| at_element(error.clone(), &self.root, alias, n)),
+                        );
+                    }
+                    out.push(']');
+                }
+                BatchField::Cursor => match items.iter().rev().find_map(|item| item.cursor) {
+                    Some(cursor) => push_json_string(&mut out, &cursor.to_string()),
+                    None => out.push_str("null"),
+                },
+                BatchField::Typename => push_json_string(
+                    &mut out,
+                    &crate::config::names::source_batch_type(&self.source.name),
+                ),
+            }
+        }
+        out.push_str("}}");
+        if !errors.is_empty() {
+            out.push_str(",\"errors\":");
+            out.push_str(&serde_json::Value::Array(errors).to_string());
+        }
+        out.push('}');
+        out
+    }
+}
+
+/// An update's field error with its path from the result's root: `[root, updates, n, …]`.
+fn at_element(
+    mut error: serde_json::Value,
+    root: &str,
+    updates: &str,
+    n: usize,
+) -> serde_json::Value {
+    let inner = match error.get_mut("path").map(serde_json::Value::take) {
+        Some(serde_json::Value::Array(inner)) => inner,
+        _ => Vec::new(),
+    };
+    let path: Vec<serde_json::Value> = [root.into(), updates.into(), n.into()]
+        .into_iter()
+        .chain(inner)
+        .collect();
+    error["path"] = path.into();
+    error
+}
+
+impl Encoder for BatchEncoder {
+    type Item = Arc<BatchItem>;
+
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn encode(&self, event: &Event) -> Arc<BatchItem> {
+        let mut update = String::with_capacity(128);
+        let mut errors = Vec::new();
+        self.update.write(&mut update, &mut errors, &[], event);
+        Arc::new(BatchItem {
+            update: update.into(),
+            errors,
+            cursor: event.cursor,
+        })
+    }
+
+    fn visible(&self) -> Option<&[usize]> {
+        self.update.visible.as_deref()
     }
 }
 
@@ -299,6 +516,11 @@ pub(super) fn event_field_names<'a>(
     indices
         .filter(move |i| visible.is_none_or(|v| v.contains(i)))
         .map(|i| source.columns[i].name.as_str())
+}
+
+/// `path` with `last` after it.
+fn joined<'a>(path: &[&'a str], last: &'a str) -> Vec<&'a str> {
+    path.iter().copied().chain([last]).collect()
 }
 
 fn field_error(message: &str, path: &[&str], code: Option<String>) -> serde_json::Value {

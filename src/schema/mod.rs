@@ -25,9 +25,9 @@ use futures::StreamExt;
 use crate::auth::{Grants, Select};
 use crate::config::{ColumnType, Config, Kinds, Scope, SourceDef, TriggerAction, names};
 use crate::filter::{self, Filter};
-use crate::hub::{Cursor, Event, Events, Hubs, Reader};
+use crate::hub::{Cursor, Event, Events, Hub, Hubs, Reader, Window};
 use crate::limits::{CostModel, FilterBudget, GraphqlLimits, Limit, Rejections};
-pub use encode::{JsonEncoder, PlanSlot, SubscriptionPlan};
+pub use encode::{BatchEncoder, Encoding, JsonEncoder, PlanSlot, SubscriptionPlan};
 pub use output::{RowView, to_graphql};
 
 /// The schema each caller sees: the whole of it for the admin (and everyone when auth is
@@ -433,6 +433,7 @@ impl Roots {
         self.types.extend(source_types(source, select));
         self.query(query_field(source, select, limits));
         self.subscription(subscription_field(source, select));
+        self.subscription(batches_field(source, select));
     }
 
     /// The trigger fields of a source that `may` allows; whether there was any.
@@ -700,7 +701,40 @@ fn source_types(
         expression.into(),
         order_by.into(),
         update.into(),
+        batch_type(name).into(),
     ]
+}
+
+/// `SBatch`: a window of a batched subscription (the events it holds as `Vec<Event>`).
+fn batch_type(name: &str) -> Object {
+    Object::new(names::source_batch_type(name))
+        .field(Field::new(
+            "updates",
+            TypeRef::named_nn_list_nn(names::source_update_type(name)),
+            |ctx| {
+                let events = ctx.parent_value.try_downcast_ref::<Vec<Event>>();
+                FieldFuture::new(async move {
+                    Ok(Some(FieldValue::list(
+                        events?.iter().map(|e| FieldValue::owned_any(e.clone())),
+                    )))
+                })
+            },
+        ))
+        .field(
+            Field::new("cursor", TypeRef::named(TypeRef::STRING), |ctx| {
+                let events = ctx.parent_value.try_downcast_ref::<Vec<Event>>();
+                FieldFuture::new(async move {
+                    Ok(events?
+                        .iter()
+                        .rev()
+                        .find_map(|e| e.cursor)
+                        .map(|c| GqlValue::String(c.to_string())))
+                })
+            })
+            .description(
+                "The last cursor the window's updates carry: pass it as `after` to resume there.",
+            ),
+        )
 }
 
 /// A GraphQL error with a machine-readable `extensions.code`.
@@ -889,76 +923,251 @@ fn query_window(
     Ok((limit, offset))
 }
 
+/// What a source's subscription fields share once their arguments are checked.
+struct Opening {
+    hub: Arc<Hub>,
+    filter: Filter,
+    after: Option<Cursor>,
+    snapshot_end: bool,
+    /// The connection's use of the filter, held while the subscription runs.
+    ticket: Option<crate::limits::FilterTicket>,
+}
+
+impl Opening {
+    fn new(
+        ctx: &ResolverContext<'_>,
+        source: &Arc<SourceDef>,
+        select: &Arc<Select>,
+    ) -> async_graphql::Result<Opening> {
+        let filter = compile_where(ctx.ctx, source, select, ctx.args.get("where"))?;
+        let after = match ctx.args.get("after") {
+            Some(v) if !v.is_null() => Some(
+                v.string()?
+                    .parse::<Cursor>()
+                    .map_err(|e| user_error(e.to_string(), "BAD_USER_INPUT"))?,
+            ),
+            _ => None,
+        };
+        let snapshot_end = match ctx.args.get("snapshot_end") {
+            Some(v) if !v.is_null() => v.boolean()?,
+            _ => false,
+        };
+        let hub = hubs(ctx.ctx)?
+            .get(&source.name)
+            .ok_or_else(|| user_error("unknown source", "INTERNAL_SERVER_ERROR"))?;
+        // A WebSocket connection's budget of distinct filters (session data).
+        let ticket = match ctx.ctx.data_opt::<Arc<FilterBudget>>() {
+            Some(budget) => Some(budget.acquire(&source.name, filter.canonical()).ok_or_else(|| {
+                ctx.ctx.data_unchecked::<Arc<Rejections>>().count(Limit::ConnectionFilters);
+                user_error(
+                    format!("this connection's subscriptions use {} different filters already (--ws-max-filters); reuse one or open another connection", budget.max()),
+                    "TOO_MANY_FILTERS",
+                )
+            })?),
+            None => None,
+        };
+        Ok(Opening {
+            hub,
+            filter,
+            after,
+            snapshot_end,
+            ticket,
+        })
+    }
+
+    /// Leaves a plan for the caller to run on the fast path, when it asked for one and the
+    /// selection compiles to an encoding; gives the opening back otherwise.
+    fn plan(
+        self,
+        ctx: &ResolverContext<'_>,
+        encoding: impl FnOnce() -> Option<Encoding>,
+    ) -> Result<(), Opening> {
+        let Some(slot) = ctx.ctx.data_opt::<PlanSlot>() else {
+            return Err(self);
+        };
+        let Some(encoding) = encoding() else {
+            return Err(self);
+        };
+        slot.put(SubscriptionPlan {
+            hub: self.hub,
+            filter: self.filter,
+            after: self.after,
+            snapshot_end: self.snapshot_end,
+            encoding,
+            ticket: self.ticket,
+        });
+        Ok(())
+    }
+
+    /// A reader of events for the executor.
+    async fn reader(
+        self,
+        ctx: &ResolverContext<'_>,
+        select: &Select,
+    ) -> async_graphql::Result<(Reader, Option<crate::limits::FilterTicket>)> {
+        let events = match &select.visible {
+            Some(visible) => Events::of_columns(visible.clone()),
+            None => Events::all(),
+        };
+        let reader = Reader::open_encoded(
+            self.hub,
+            self.filter,
+            Arc::new(events),
+            self.after,
+            self.snapshot_end,
+        )
+        .await
+        .map_err(|e| {
+            if e.is_view_limit() {
+                ctx.ctx
+                    .data_unchecked::<Arc<Rejections>>()
+                    .count(Limit::Views);
+            }
+            user_error(e.to_string(), e.code())
+        })?;
+        Ok((reader, self.ticket))
+    }
+}
+
 fn subscription_field(source: &Arc<SourceDef>, select: &Arc<Select>) -> SubscriptionField {
     let name = source.name.clone();
     let field_source = source.clone();
     let field_select = select.clone();
-    SubscriptionField::new(&name, TypeRef::named_nn(names::source_update_type(&name)), move |ctx| {
-        let source = field_source.clone();
-        let select = field_select.clone();
-        SubscriptionFieldFuture::new(async move {
-            let filter = compile_where(ctx.ctx, &source, &select, ctx.args.get("where"))?;
-            let after = match ctx.args.get("after") {
-                Some(v) if !v.is_null() => Some(
-                    v.string()?
-                        .parse::<Cursor>()
-                        .map_err(|e| user_error(e.to_string(), "BAD_USER_INPUT"))?,
-                ),
-                _ => None,
-            };
-            let snapshot_end = match ctx.args.get("snapshot_end") {
-                Some(v) if !v.is_null() => v.boolean()?,
-                _ => false,
-            };
-            let hub = hubs(ctx.ctx)?.get(&source.name).ok_or_else(|| user_error("unknown source", "INTERNAL_SERVER_ERROR"))?;
-            // A WebSocket connection's budget of distinct filters (session data).
-            let ticket = match ctx.ctx.data_opt::<Arc<FilterBudget>>() {
-                Some(budget) => Some(budget.acquire(&source.name, filter.canonical()).ok_or_else(|| {
-                    ctx.ctx.data_unchecked::<Arc<Rejections>>().count(Limit::ConnectionFilters);
-                    user_error(
-                        format!("this connection's subscriptions use {} different filters already (--ws-max-filters); reuse one or open another connection", budget.max()),
-                        "TOO_MANY_FILTERS",
-                    )
-                })?),
-                None => None,
-            };
-            if let Some(slot) = ctx.ctx.data_opt::<PlanSlot>()
-                && let Some(encoder) = JsonEncoder::compile(&source, &ctx.ctx.field(), select.visible.clone())
-            {
+    let field = SubscriptionField::new(
+        &name,
+        TypeRef::named_nn(names::source_update_type(&name)),
+        move |ctx| {
+            let source = field_source.clone();
+            let select = field_select.clone();
+            SubscriptionFieldFuture::new(async move {
+                let opening = Opening::new(&ctx, &source, &select)?;
+                let Err(opening) = opening.plan(&ctx, || {
+                    JsonEncoder::compile(&source, &ctx.ctx.field(), select.visible.clone())
+                        .map(|e| Encoding::Updates(Arc::new(e)))
+                }) else {
                     // Validated and coerced: the caller runs the plan on the fast path.
-                    slot.put(SubscriptionPlan { hub, filter, after, snapshot_end, encoder: Arc::new(encoder), ticket });
                     return Ok(futures::stream::empty().boxed());
-            }
-            let events = match &select.visible {
-                Some(visible) => Events::of_columns(visible.clone()),
-                None => Events::all(),
-            };
-            let reader = Reader::open_encoded(hub, filter, Arc::new(events), after, snapshot_end)
-                .await
-                .map_err(|e| {
-                    if e.is_view_limit() {
-                        ctx.ctx.data_unchecked::<Arc<Rejections>>().count(Limit::Views);
+                };
+                let reader = opening.reader(&ctx, &select).await?;
+                Ok(futures::stream::unfold(Some(reader), |state| async move {
+                    let (mut reader, ticket) = state?;
+                    match reader.next().await {
+                        Ok(event) => {
+                            Some((Ok(FieldValue::owned_any(event)), Some((reader, ticket))))
+                        }
+                        Err(err) => {
+                            Some((Err(user_error(err.to_string(), "SUBSCRIPTION_ENDED")), None))
+                        }
                     }
-                    user_error(e.to_string(), e.code())
-                })?;
-            Ok(futures::stream::unfold(Some((reader, ticket)), |state| async move {
-                let (mut reader, ticket) = state?;
-                match reader.next().await {
-                    Ok(event) => Some((Ok(FieldValue::owned_any(event)), Some((reader, ticket)))),
-                    Err(err) => Some((Err(user_error(err.to_string(), "SUBSCRIPTION_ENDED")), None)),
-                }
+                })
+                .boxed())
             })
-            .boxed())
-        })
+        },
+    )
+    .description(format!(
+        "Rows of {name}: a snapshot as INSERTs, then live changes."
+    ));
+    with_opening_arguments(field, &name)
+}
+
+/// Updates a batched subscriber waits for at most after the first of a window, by default.
+const DEFAULT_BATCH_MS: i64 = 100;
+/// Updates in one window at most, by default, and the largest `max_rows` accepted.
+const DEFAULT_BATCH_ROWS: i64 = 1_000;
+const MAX_BATCH_ROWS: i64 = 100_000;
+const MAX_BATCH_MS: i64 = 60_000;
+
+fn batches_field(source: &Arc<SourceDef>, select: &Arc<Select>) -> SubscriptionField {
+    let name = source.name.clone();
+    let field_source = source.clone();
+    let field_select = select.clone();
+    let field = SubscriptionField::new(
+        names::source_batches_subscription_field(&name),
+        TypeRef::named_nn(names::source_batch_type(&name)),
+        move |ctx| {
+            let source = field_source.clone();
+            let select = field_select.clone();
+            SubscriptionFieldFuture::new(async move {
+                let window = batch_window(&ctx)?;
+                let opening = Opening::new(&ctx, &source, &select)?;
+                let Err(opening) = opening.plan(&ctx, || {
+                    BatchEncoder::compile(&source, &ctx.ctx.field(), select.visible.clone())
+                        .map(|e| Encoding::Batches(Arc::new(e), window))
+                }) else {
+                    return Ok(futures::stream::empty().boxed());
+                };
+                let reader = opening.reader(&ctx, &select).await?;
+                Ok(futures::stream::unfold(Some(reader), move |state| async move {
+                    let (mut reader, ticket) = state?;
+                    match reader.next_window(window).await {
+                        Ok(items) => {
+                            let events: Vec<Event> = items.into_iter().map(|(event, _)| event).collect();
+                            Some((Ok(FieldValue::owned_any(events)), Some((reader, ticket))))
+                        }
+                        Err(err) => Some((Err(user_error(err.to_string(), "SUBSCRIPTION_ENDED")), None)),
+                    }
+                })
+                .boxed())
+            })
+        },
+    )
+    .description(format!(
+        "Rows of {name} like `{name}`, in batches: one result per window of updates (the snapshot's rows, then live changes), for clients that want throughput over a frame per change."
+    ));
+    with_opening_arguments(field, &name)
+        .argument(
+            InputValue::new("max_ms", TypeRef::named(TypeRef::INT))
+                .default_value(DEFAULT_BATCH_MS)
+                .description(format!("How long a window stays open after its first update, in milliseconds (0 to {MAX_BATCH_MS}): updates already waiting are never held back.")),
+        )
+        .argument(
+            InputValue::new("max_rows", TypeRef::named(TypeRef::INT))
+                .default_value(DEFAULT_BATCH_ROWS)
+                .description(format!("The most updates in one window (1 to {MAX_BATCH_ROWS}).")),
+        )
+}
+
+/// The window `max_ms` and `max_rows` ask for.
+fn batch_window(ctx: &ResolverContext<'_>) -> async_graphql::Result<Window> {
+    let int = |name: &str,
+               default: i64,
+               range: std::ops::RangeInclusive<i64>|
+     -> async_graphql::Result<i64> {
+        let value = match ctx.args.get(name) {
+            Some(v) if !v.is_null() => v.i64()?,
+            _ => default,
+        };
+        if range.contains(&value) {
+            Ok(value)
+        } else {
+            Err(user_error(
+                format!(
+                    "{name} must be between {} and {}, got {value}",
+                    range.start(),
+                    range.end()
+                ),
+                "BAD_USER_INPUT",
+            ))
+        }
+    };
+    let max_ms = int("max_ms", DEFAULT_BATCH_MS, 0..=MAX_BATCH_MS)?;
+    let max_rows = int("max_rows", DEFAULT_BATCH_ROWS, 1..=MAX_BATCH_ROWS)?;
+    Ok(Window {
+        max_wait: std::time::Duration::from_millis(max_ms.unsigned_abs()),
+        max_items: usize::try_from(max_rows).unwrap_or(1),
     })
-    .description(format!("Rows of {name}: a snapshot as INSERTs, then live changes."))
-    .argument(InputValue::new("where", TypeRef::named(names::source_expression_type(&name))))
-    .argument(
-        InputValue::new("after", TypeRef::named(TypeRef::STRING))
-            .description("Resume after this cursor (from a previous update's `cursor`) instead of taking a snapshot."),
-    )
-    .argument(
-        InputValue::new("snapshot_end", TypeRef::named(TypeRef::BOOLEAN))
-            .description("Send one SNAPSHOT_END update once the snapshot is complete."),
-    )
+}
+
+/// The arguments both subscription fields of a source take.
+fn with_opening_arguments(field: SubscriptionField, name: &str) -> SubscriptionField {
+    field
+        .argument(InputValue::new("where", TypeRef::named(names::source_expression_type(name))))
+        .argument(
+            InputValue::new("after", TypeRef::named(TypeRef::STRING))
+                .description("Resume after this cursor (from a previous update's `cursor`) instead of taking a snapshot."),
+        )
+        .argument(
+            InputValue::new("snapshot_end", TypeRef::named(TypeRef::BOOLEAN))
+                .description("Send one SNAPSHOT_END update once the snapshot is complete."),
+        )
 }

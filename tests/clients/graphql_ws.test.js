@@ -6,7 +6,9 @@ import { after, before, describe, test } from 'node:test';
 import { createClient } from 'graphql-ws';
 
 import {
+  FILTER,
   Inbox,
+  SELECTION,
   WS_URL,
   assertArgumentErrors,
   connectDb,
@@ -100,5 +102,42 @@ describe('graphql-ws createClient', () => {
     await execute(finalQuery(TABLE));
     assert.deepEqual(tap.serverTypesFor(query), ['error']);
     assert.deepEqual(closes, [], 'an operation error does not close the socket');
+  });
+
+  test('a batched subscription: one result per window of updates', async () => {
+    const query = `subscription { ${TABLE}_batches(${FILTER}, max_ms: 0, max_rows: 100) { updates { ${SELECTION} } cursor } }`;
+    const inbox = new Inbox();
+    const stop = client.subscribe({ query }, {
+      next: (result) => inbox.push(result.errors ? new Error(JSON.stringify(result.errors)) : result.data[`${TABLE}_batches`]),
+      error: (error) => inbox.push(new Error(`subscription failed: ${JSON.stringify(error)}`)),
+      complete: () => inbox.push(new Error('subscription completed unexpectedly')),
+    });
+    try {
+      const next = async (what) => {
+        const window = await inbox.next(what);
+        if (window instanceof Error) {
+          throw window;
+        }
+        return window;
+      };
+      // The snapshot in one window: the rows the scenario left that match, in key order.
+      const snapshot = await next('the snapshot window');
+      assert.deepEqual(
+        snapshot.updates.map((u) => [u.operation, u.data.id]),
+        [['INSERT', 1], ['INSERT', 2]],
+      );
+      assert.equal(typeof snapshot.cursor, 'string', 'the last snapshot row carries the cursor');
+      // One transaction of two matching rows: one window, with the transaction's cursor.
+      await db.query(`INSERT INTO ${TABLE} VALUES (6, 'f', 80, true, 'gold'), (7, 'g', 90, true, 'gold')`);
+      const window = await next('the window of the insert');
+      assert.deepEqual(
+        window.updates.map((u) => [u.operation, u.data.id, u.data.name]),
+        [['INSERT', 6, 'f'], ['INSERT', 7, 'g']],
+      );
+      assert.notEqual(window.cursor, snapshot.cursor);
+      assert.deepEqual(inbox.pending, [], 'nothing beyond the two windows');
+    } finally {
+      stop();
+    }
   });
 });
