@@ -107,6 +107,11 @@ enum Scenario {
     /// 30 PostgreSQL sources (`--sources`), 100 rows each, 1,000 changes/s spread over them,
     /// 20 s: the WAL decoding cost (walsender CPU) and the slots and WAL senders used.
     Slots(Flags),
+    /// Materialize (stand-in), 10,000 rows, unfiltered subscriptions: for 100 and 1,000
+    /// clients (or --clients), each a frame per change and in windows (`bench_batches`), the
+    /// load doubles every --duration seconds (default 5) until end-to-end p99 passes 100 ms;
+    /// then five times the last load that stayed under it.
+    Saturate(Flags),
 }
 
 /// Where the changes come from.
@@ -303,6 +308,7 @@ impl Params {
             Scenario::Runs(f) => ("runs", f, (0, 10, 0, false, 100, 5_000, 0.0, 0)),
             Scenario::Large(f) => ("large", f, (0, 1, 0, false, 2_000_000, 0, 0.0, 0)),
             Scenario::Slots(f) => ("slots", f, (0, 1, 0, false, 100, 1_000, 20.0, 0)),
+            Scenario::Saturate(f) => ("saturate", f, (0, 1, 0, false, 10_000, 0, 5.0, 0)),
         };
         let runs = f.runs.unwrap_or(1_000).max(1);
         let subs_per_conn = f.subs_per_conn.unwrap_or(d.1).max(1);
@@ -311,7 +317,7 @@ impl Params {
             ("runs", None) => (runs as usize).div_ceil(subs_per_conn),
             (_, None) => d.0,
         };
-        let default_backend = if name == "streaming" {
+        let default_backend = if name == "streaming" || name == "saturate" {
             BackendKind::Materialize
         } else {
             BackendKind::Postgres
@@ -367,7 +373,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
             eprintln!(
-                "FAILED: the final state (or, for triggers and runs, the correctness) check failed"
+                "FAILED: the final state (or, for triggers and runs, the correctness) check failed; for saturate, a subscription was ended"
             );
             ExitCode::from(1)
         }
@@ -456,6 +462,8 @@ async fn run(p: &Params) -> anyhow::Result<bool> {
                 large_scenario(p, &server, &upstream).await
             } else if p.name == "slots" {
                 slots_scenario(p, &server, &upstream).await
+            } else if p.name == "saturate" {
+                saturate_scenario(p, &server, &upstream).await
             } else {
                 scenario(p, &server, &upstream).await
             }
@@ -808,7 +816,7 @@ struct Load {
 /// `rate` updates per second for `duration`, over `writers` pipelined connections.
 async fn generate(upstream: &Upstream, p: &Params) -> anyhow::Result<Load> {
     if let Some(standin) = &upstream.standin {
-        return Ok(generate_direct(standin, p).await);
+        return Ok(generate_direct(standin, p, p.rate, &mut DirectRows::new(p.rows)).await);
     }
     let url = &upstream.url;
     let writers = p.writers;
@@ -912,16 +920,32 @@ fn bench_row(
     ]
 }
 
+/// The stand-in's `bench` rows as the direct load generator wrote them (it must retract
+/// exactly the row the stand-in holds).
+struct DirectRows {
+    values: Vec<i64>,
+    sent: Vec<i64>,
+    next_value: AtomicI64,
+}
+
+impl DirectRows {
+    /// The rows `create_table` wrote: every value and `sent_at_us` 0.
+    fn new(rows: u32) -> DirectRows {
+        DirectRows {
+            values: vec![0; rows as usize + 1],
+            sent: vec![0; rows as usize + 1],
+            next_value: AtomicI64::new(1),
+        }
+    }
+}
+
 /// The stand-in's load: `rate` single-row update commits per second for `duration`, each
 /// stamped with its commit time, written directly (no SQL to parse).
-async fn generate_direct(standin: &StandIn, p: &Params) -> Load {
+async fn generate_direct(standin: &StandIn, p: &Params, rate: u32, rows: &mut DirectRows) -> Load {
     let (payload, groups) = (p.flags.payload_bytes, p.groups());
-    let mut values = vec![0i64; p.rows as usize + 1];
-    let mut sent = vec![0i64; p.rows as usize + 1];
     let (mut done, mut per_group) = (0u64, vec![0u64; groups as usize]);
-    let rate = f64::from(p.rate);
+    let rate = f64::from(rate);
     let start = Instant::now();
-    let next_value = AtomicI64::new(1);
     while start.elapsed() < p.duration {
         let due = (start.elapsed().as_secs_f64() * rate) as u64;
         if due <= done {
@@ -930,11 +954,12 @@ async fn generate_direct(standin: &StandIn, p: &Params) -> Load {
         }
         for _ in done..due {
             let id = rand::rng().random_range(1..=p.rows);
-            let old = bench_row(id, values[id as usize], payload, groups, sent[id as usize]);
+            let i = id as usize;
+            let old = bench_row(id, rows.values[i], payload, groups, rows.sent[i]);
             let now = now_us();
-            values[id as usize] = p.values.next(&next_value);
-            sent[id as usize] = now;
-            let new = bench_row(id, values[id as usize], payload, groups, now);
+            rows.values[i] = p.values.next(&rows.next_value);
+            rows.sent[i] = now;
+            let new = bench_row(id, rows.values[i], payload, groups, now);
             standin.write("bench", vec![(old, -1), (new, 1)]);
             per_group[(id % groups) as usize] += 1;
         }
@@ -3872,4 +3897,293 @@ async fn rows_received(addr: SocketAddr) -> u64 {
         .filter(|l| l.starts_with("viewcast_source_changes_received_total{"))
         .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<u64>().ok())
         .sum()
+}
+
+// ------------------------------------------------------------------------------- saturation
+
+/// End-to-end latency above which a load counts as past saturation.
+const SATURATED_P99_MS: f64 = 100.0;
+/// The window a batched client asks for.
+const SATURATE_WINDOW: &str = "max_ms: 50, max_rows: 1000";
+/// Latency histogram: one bucket per millisecond up to this, then one for everything above.
+const LATENCY_BUCKETS: usize = 10_000;
+
+/// What the saturation clients count, shared by all of them.
+struct Tally {
+    /// Live updates received (UPDATE rows, in frames or windows).
+    updates: AtomicU64,
+    /// Frames received after the snapshot.
+    frames: AtomicU64,
+    /// Clients whose snapshot is complete.
+    live: AtomicUsize,
+    /// Subscriptions the server ended (`SUBSCRIPTION_ENDED`).
+    ended: AtomicU64,
+    /// Commit → received, per millisecond.
+    latency: Vec<AtomicU64>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            updates: AtomicU64::new(0),
+            frames: AtomicU64::new(0),
+            live: AtomicUsize::new(0),
+            ended: AtomicU64::new(0),
+            latency: (0..=LATENCY_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// The latency counts so far.
+    fn histogram(&self) -> Vec<u64> {
+        self.latency.iter().map(|b| b.load(Relaxed)).collect()
+    }
+}
+
+/// The `q` quantile (ms) of the latencies counted between two histograms.
+fn quantile_between(before: &[u64], after: &[u64], q: f64) -> f64 {
+    let counts: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return 0.0;
+    }
+    let rank = (q * total as f64).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (ms, n) in counts.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            return ms as f64;
+        }
+    }
+    LATENCY_BUCKETS as f64
+}
+
+/// What precedes a commit time in a frame.
+const SENT: &str = r#""sent_at_us":""#;
+
+/// A light client: one unfiltered subscription; it counts the updates in each frame and their
+/// latency from the `sent_at_us` each carries, without parsing the JSON.
+async fn saturation_client(
+    addr: SocketAddr,
+    batched: bool,
+    tally: Arc<Tally>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut ws = open(addr, false).await?;
+    let query = if batched {
+        format!(
+            "subscription {{ bench_batches(snapshot_end: true, {SATURATE_WINDOW}) {{ updates {{ {SELECTION} }} }} }}"
+        )
+    } else {
+        format!("subscription {{ bench(snapshot_end: true) {{ {SELECTION} }} }}")
+    };
+    let message = serde_json::json!({"type": "subscribe", "id": "1", "payload": {"query": query}});
+    ws.send(Message::Text(message.to_string().into())).await?;
+    let mut live = false;
+    loop {
+        let text = tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            message = ws.next() => match message {
+                Some(Ok(Message::Text(text))) => text,
+                Some(Ok(_)) => continue,
+                Some(Err(err)) => return Err(err.into()),
+                None => bail!("connection lost"),
+            },
+        };
+        let text = text.as_str();
+        if text.contains("SUBSCRIPTION_ENDED") {
+            tally.ended.fetch_add(1, Relaxed);
+            return Ok(());
+        }
+        if !live {
+            if text.contains("SNAPSHOT_END") {
+                live = true;
+                tally.live.fetch_add(1, Relaxed);
+            }
+            continue;
+        }
+        tally.frames.fetch_add(1, Relaxed);
+        let now = now_us();
+        let mut updates = 0;
+        for (at, _) in text.match_indices(SENT) {
+            let digits = &text[at + SENT.len()..];
+            let end = digits.find('"').unwrap_or(0);
+            if let Ok(sent) = digits[..end].parse::<i64>() {
+                let ms = usize::try_from((now - sent).max(0) / 1000).unwrap_or(usize::MAX);
+                tally.latency[ms.min(LATENCY_BUCKETS)].fetch_add(1, Relaxed);
+                updates += 1;
+            }
+        }
+        tally.updates.fetch_add(updates, Relaxed);
+    }
+}
+
+/// One load step's figures.
+struct LoadStep {
+    rate: u32,
+    delivered_per_s: f64,
+    frames_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    server_cpu: f64,
+}
+
+/// Writes `rate` changes/s for `duration`, measuring what the clients receive meanwhile; then
+/// waits until they have taken everything still in flight.
+async fn load_step(
+    standin: &StandIn,
+    rows: &mut DirectRows,
+    p: &Params,
+    server: &ServerProc,
+    tally: &Tally,
+    rate: u32,
+) -> LoadStep {
+    let (updates, frames, hist) = (
+        tally.updates.load(Relaxed),
+        tally.frames.load(Relaxed),
+        tally.histogram(),
+    );
+    let cpu = cpu_seconds(server.pid);
+    let load = generate_direct(standin, p, rate, rows).await;
+    let secs = load.elapsed.as_secs_f64();
+    let step = LoadStep {
+        rate,
+        delivered_per_s: (tally.updates.load(Relaxed) - updates) as f64 / secs,
+        frames_per_s: (tally.frames.load(Relaxed) - frames) as f64 / secs,
+        p50_ms: quantile_between(&hist, &tally.histogram(), 0.5),
+        p99_ms: quantile_between(&hist, &tally.histogram(), 0.99),
+        server_cpu: (cpu_seconds(server.pid) - cpu) / secs,
+    };
+    // Drained: nothing more arrived for half a second (or 60 s passed).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = tally.updates.load(Relaxed);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = tally.updates.load(Relaxed);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    step
+}
+
+/// Starts `clients` saturation clients and waits until each has its snapshot.
+async fn start_clients(
+    addr: SocketAddr,
+    clients: usize,
+    batched: bool,
+    tally: &Arc<Tally>,
+    stop: &CancellationToken,
+) -> anyhow::Result<Vec<JoinHandle<anyhow::Result<()>>>> {
+    let tasks = (0..clients)
+        .map(|_| {
+            tokio::spawn(saturation_client(
+                addr,
+                batched,
+                tally.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    let started = Instant::now();
+    while tally.live.load(Relaxed) < clients {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "only {} of {clients} clients got their snapshot",
+            tally.live.load(Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(tasks)
+}
+
+/// For each client count and delivery mode: the load doubles until p99 passes 100 ms, then
+/// five times the last load under it. Prints a table per configuration and one JSON line.
+async fn saturate_scenario(
+    p: &Params,
+    server: &ServerProc,
+    upstream: &Upstream,
+) -> anyhow::Result<bool> {
+    let standin = upstream
+        .standin
+        .as_ref()
+        .context("saturate runs on a stand-in (--backend materialize or risingwave)")?;
+    let counts = p.flags.connections.map_or(vec![100, 1_000], |n| vec![n]);
+    let mut rows = DirectRows::new(p.rows);
+    let mut json = Vec::new();
+    let mut ok = true;
+    println!("\n== viewcast-bench saturate ==");
+    for clients in counts {
+        for batched in [false, true] {
+            let tally = Arc::new(Tally::new());
+            let stop = CancellationToken::new();
+            let tasks = start_clients(server.addr, clients, batched, &tally, &stop).await?;
+            let mode = if batched {
+                "batched"
+            } else {
+                "a frame per change"
+            };
+            println!("  {clients} clients, {mode}:");
+            println!(
+                "    {:>12} {:>14} {:>12} {:>9} {:>9} {:>11}",
+                "changes/s", "delivered/s", "frames/s", "p50 ms", "p99 ms", "server CPU"
+            );
+            let print = |label: &str, s: &LoadStep| {
+                println!(
+                    "    {:>12} {:>14.0} {:>12.0} {:>9.0} {:>9.0} {:>10.0}%  {label}",
+                    s.rate,
+                    s.delivered_per_s,
+                    s.frames_per_s,
+                    s.p50_ms,
+                    s.p99_ms,
+                    s.server_cpu * 100.0
+                );
+            };
+            // Start at 100,000 deliveries a second and double.
+            let mut rate = (100_000 / clients).max(1) as u32;
+            let mut best: Option<LoadStep> = None;
+            loop {
+                let measured = load_step(standin, &mut rows, p, server, &tally, rate).await;
+                let under = measured.p99_ms < SATURATED_P99_MS;
+                print(if under { "" } else { "past saturation" }, &measured);
+                if !under || rate >= 1_000_000 {
+                    break;
+                }
+                best = Some(measured);
+                rate *= 2;
+            }
+            let Some(peak) = best else {
+                println!("    saturated at the first load");
+                stop.cancel();
+                continue;
+            };
+            let overload = load_step(standin, &mut rows, p, server, &tally, peak.rate * 5).await;
+            print("5x the peak's load", &overload);
+            let ratio = overload.delivered_per_s / peak.delivered_per_s;
+            let ended = tally.ended.load(Relaxed);
+            println!(
+                "    peak {:.0} updates/s at p99 {:.0} ms; at 5x its load {:.0}% of it; subscriptions ended: {ended}",
+                peak.delivered_per_s,
+                peak.p99_ms,
+                ratio * 100.0
+            );
+            ok &= ended == 0;
+            json.push(serde_json::json!({
+                "clients": clients,
+                "batched": batched,
+                "peak_rate": peak.rate,
+                "peak_delivered_per_s": peak.delivered_per_s,
+                "peak_p99_ms": peak.p99_ms,
+                "overload_delivered_per_s": overload.delivered_per_s,
+                "overload_ratio": ratio,
+                "ended": ended,
+            }));
+            stop.cancel();
+            for task in tasks {
+                let _ = task.await;
+            }
+        }
+    }
+    println!("{}", serde_json::Value::Array(json));
+    Ok(ok)
 }

@@ -1,6 +1,6 @@
 //! Reading a hub: snapshot at a batch boundary, then the following batches through a filter.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -8,7 +8,7 @@ use super::view::{Chunk, Snapshot, View, ViewState};
 use super::{AppliedBatch, Hub, HubStatus, RowChange, diff};
 use crate::change::Position;
 use crate::filter::Filter;
-use crate::value::{Key, Row};
+use crate::value::Row;
 
 /// A resumable position in one hub's log, as clients see it (`"<epoch>.<seq>"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,10 +166,13 @@ pub struct Window {
     pub max_items: usize,
 }
 
+/// Changes a conflating reader scans per step.
+pub(super) const CONFLATE_SCAN: usize = 4_096;
+
 /// Batches a reader takes from its view at once before it prefers to conflate from the log.
 // Half the view's recent window: a client that missed a few milliseconds of scheduling still
 // reads every change; one that stopped reading gets the net change per key.
-const CONFLATE_AFTER: usize = 128;
+pub(super) const CONFLATE_AFTER: usize = 8_192;
 
 /// An item and, for a live change, when the hub applied its batch.
 pub type Timed<T> = (T, Option<Instant>);
@@ -185,8 +188,24 @@ pub struct Reader<E: Encoder = Events> {
     pending: VecDeque<Timed<E::Item>>,
     /// The snapshot still being streamed, before anything after it.
     streaming: Option<Streaming<E::Item>>,
+    /// A conflation under way, before anything after it.
+    conflation: Option<Conflation>,
     snapshot_end: bool,
     output_rx: tokio::sync::watch::Receiver<u64>,
+}
+
+/// A far-behind reader's conflation: the net change per key from `from` to `through`, queued
+/// a slice of the log at a time.
+#[derive(Clone, Copy)]
+struct Conflation {
+    from: u64,
+    through: u64,
+    /// The hub's position and the last batch's application at `through`.
+    position: Position,
+    applied_at: Option<Instant>,
+    /// The next change to scan: batch sequence number and index in it.
+    seq: u64,
+    index: usize,
 }
 
 /// A reader's progress through its snapshot.
@@ -273,6 +292,7 @@ impl<E: Encoder> Reader<E> {
             seq: head,
             pending,
             streaming,
+            conflation: None,
             snapshot_end,
             output_rx,
         };
@@ -347,6 +367,12 @@ impl<E: Encoder> Reader<E> {
         }
     }
 
+    /// Items queued and not yet handed out.
+    #[cfg(test)]
+    pub(super) fn queued(&self) -> usize {
+        self.pending.len()
+    }
+
     /// The next item; waits for the hub when there is none.
     pub async fn next(&mut self) -> Result<E::Item, CursorError> {
         self.next_timed().await.map(|(item, _)| item)
@@ -416,6 +442,9 @@ impl<E: Encoder> Reader<E> {
     /// Queues what the view produced after this reader's cursor; conflates from the hub's
     /// log instead when the reader is far behind. `true` if anything was queued.
     fn catch_up(&mut self) -> Result<bool, CursorError> {
+        if self.conflation.is_some() {
+            return self.conflate_step();
+        }
         let view = self.view.clone();
         let far_behind = {
             let state = view.lock();
@@ -430,7 +459,7 @@ impl<E: Encoder> Reader<E> {
                 false
             }
         };
-        match self.conflate_from_log() {
+        match self.conflate_step() {
             // The log was trimmed by its change limit but the view still covers the reader.
             Err(CursorError::Behind { .. }) if far_behind => {
                 let state = view.lock();
@@ -457,44 +486,99 @@ impl<E: Encoder> Reader<E> {
         start < state.recent.len()
     }
 
-    /// Reads every batch after the cursor from the hub's log and queues their net effect.
-    fn conflate_from_log(&mut self) -> Result<bool, CursorError> {
-        let batches: Vec<Arc<AppliedBatch>> = {
+    /// Queues the next slice of the net change per key from the cursor to the head the
+    /// conflation started at, scanning at most `CONFLATE_SCAN` changes of the log (each key's
+    /// first change after the cursor is followed along its links to its last through that
+    /// head: no hashing, nothing held per key). `true` if anything was queued or is left.
+    fn conflate_step(&mut self) -> Result<bool, CursorError> {
+        let behind = || CursorError::Behind {
+            name: self.hub.source.name.clone(),
+        };
+        let (conflation, slice) = {
             let state = self.hub.lock();
+            let conflation = match self.conflation.take() {
+                Some(conflation) => conflation,
+                None if self.seq >= state.head => return Ok(false),
+                None => Conflation {
+                    from: self.seq,
+                    through: state.head,
+                    position: state.position,
+                    applied_at: state.log.back().map(|b| b.applied_at),
+                    seq: self.seq + 1,
+                    index: 0,
+                },
+            };
             let oldest = state.log.front().map_or(state.head + 1, |b| b.seq);
-            if self.seq + 1 < oldest {
-                return Err(CursorError::Behind {
-                    name: self.hub.source.name.clone(),
-                });
+            if conflation.seq < oldest {
+                return Err(behind());
             }
-            let skip = (self.seq + 1 - oldest) as usize;
-            state.log.iter().skip(skip).cloned().collect()
+            let mut budget = CONFLATE_SCAN + conflation.index;
+            let mut slice = Vec::new();
+            for batch in state.log.range((conflation.seq - oldest) as usize..) {
+                if batch.seq > conflation.through || budget == 0 {
+                    break;
+                }
+                budget = budget.saturating_sub(batch.changes.len());
+                slice.push(batch.clone());
+            }
+            (conflation, slice)
         };
-        let Some(last) = batches.last() else {
-            return Ok(false);
-        };
-        self.seq = last.seq;
-        let merged = conflate(&batches, &self.hub.source);
-        let received: usize = batches.iter().map(|b| b.changes.len()).sum();
+        let (mut seq, mut index, mut scanned) = (conflation.seq, conflation.index, 0);
+        let mut merged = Vec::new();
+        for batch in &slice {
+            let end = (index + CONFLATE_SCAN - scanned).min(batch.changes.len());
+            for i in index..end {
+                if batch.prev[i] > conflation.from {
+                    continue;
+                }
+                let (last, j) = last_through(batch, i, conflation.through);
+                let net = diff(
+                    batch.changes[i].before(),
+                    last.changes[j].after(),
+                    &self.hub.source,
+                );
+                merged.extend(net);
+            }
+            scanned += end - index;
+            if end < batch.changes.len() {
+                index = end;
+                break;
+            }
+            (seq, index) = (batch.seq + 1, 0);
+        }
         self.hub
             .metrics
             .conflated
-            .add((received - merged.len()) as u64);
+            .add((scanned - merged.len()) as u64);
+        let done = seq > conflation.through;
         let cursor = Cursor {
             epoch: self.hub.epoch,
-            seq: last.seq,
+            seq: conflation.through,
         };
-        let events = filter_changes(
+        let mut events = filter_changes(
             &self.view.filter,
             self.view.encoder.visible(),
             &merged,
-            last.position,
+            conflation.position,
             cursor,
         );
-        let at = Some(last.applied_at);
+        if done {
+            self.seq = conflation.through;
+        } else {
+            // The cursor goes on the conflation's last event only.
+            if let Some(last) = events.last_mut() {
+                last.cursor = None;
+            }
+            self.conflation = Some(Conflation {
+                seq,
+                index,
+                ..conflation
+            });
+        }
+        let at = conflation.applied_at;
         self.pending
             .extend(events.iter().map(|e| (self.view.encoder.encode(e), at)));
-        Ok(!events.is_empty())
+        Ok(!events.is_empty() || !done)
     }
 }
 
@@ -588,39 +672,15 @@ fn marker(kind: EventKind, cursor: Option<Cursor>, position: Position) -> Event 
     }
 }
 
-/// A key's row before the first and after the last of several batches.
-type BeforeAfter = (Option<Arc<Row>>, Option<Arc<Row>>);
-
-/// The net change per key over several consecutive batches.
-fn conflate(batches: &[Arc<AppliedBatch>], source: &crate::config::SourceDef) -> Vec<RowChange> {
-    let mut order: Vec<Key> = Vec::new();
-    let mut states: HashMap<Key, BeforeAfter> = HashMap::new();
-    for batch in batches {
-        for change in &batch.changes {
-            let (old, new) = match change {
-                RowChange::Insert(new) => (None, Some(new.clone())),
-                RowChange::Update { old, new, .. } => (Some(old.clone()), Some(new.clone())),
-                RowChange::Delete(old) => (Some(old.clone()), None),
-            };
-            let key = old
-                .as_ref()
-                .or(new.as_ref())
-                .expect("a change has a row")
-                .key(&source.primary_key);
-            states
-                .entry(key)
-                .and_modify(|entry| entry.1.clone_from(&new))
-                .or_insert_with_key(|key| {
-                    order.push(key.clone());
-                    (old, new)
-                });
+/// The last change of the key of `batch.changes[i]` in batches through `through`, along the
+/// links from it.
+fn last_through(batch: &AppliedBatch, i: usize, through: u64) -> (&AppliedBatch, usize) {
+    let (mut batch, mut i) = (batch, i);
+    while let Some((next, j)) = batch.next[i].get() {
+        if next.seq > through {
+            break;
         }
+        (batch, i) = (&**next, *j as usize);
     }
-    order
-        .into_iter()
-        .filter_map(|key| {
-            let (before, after) = states.remove(&key)?;
-            diff(before, after, source)
-        })
-        .collect()
+    (batch, i)
 }

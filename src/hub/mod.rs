@@ -15,7 +15,7 @@ mod registry;
 mod view;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use tokio::sync::watch;
@@ -54,6 +54,66 @@ pub struct AppliedBatch {
     /// When the hub applied it (the feed applies a batch as soon as its commit arrives): the
     /// start of the delay the WebSocket layer reports per delivered frame.
     pub applied_at: Instant,
+    /// Per change: the sequence number of the batch with the same key's previous change, when
+    /// that was logged after the first snapshot (0: none). A change is its key's first after
+    /// a cursor `c` exactly when this is at most `c`.
+    pub(crate) prev: Box<[u64]>,
+    /// Per change: the same key's next change, set when it is applied. A conflating reader
+    /// follows these by reference: no reference counts touched on the way.
+    pub(crate) next: Box<[OnceLock<Link>]>,
+}
+
+/// A change's place in the log: its batch and its index there.
+pub(crate) type Link = (Arc<AppliedBatch>, u32);
+
+impl Drop for AppliedBatch {
+    /// Iteratively: batches held only through each other's links (a reader holding an old
+    /// batch while the log moves on) would otherwise be dropped by recursion along the chain.
+    fn drop(&mut self) {
+        let mut owned = Vec::new();
+        take_links(self, &mut owned);
+        while let Some(mut batch) = owned.pop() {
+            take_links(&mut batch, &mut owned);
+        }
+    }
+}
+
+/// Moves out the batches that only `batch`'s links held.
+fn take_links(batch: &mut AppliedBatch, owned: &mut Vec<AppliedBatch>) {
+    for link in &mut batch.next {
+        if let Some((next, _)) = link.take()
+            && let Some(next) = Arc::into_inner(next)
+        {
+            owned.push(next);
+        }
+    }
+}
+
+impl RowChange {
+    /// The row before the change (`None` for an insert).
+    pub(crate) fn before(&self) -> Option<Arc<Row>> {
+        match self {
+            RowChange::Insert(_) => None,
+            RowChange::Update { old, .. } | RowChange::Delete(old) => Some(old.clone()),
+        }
+    }
+
+    /// The row after the change (`None` for a delete).
+    pub(crate) fn after(&self) -> Option<Arc<Row>> {
+        match self {
+            RowChange::Delete(_) => None,
+            RowChange::Insert(new) | RowChange::Update { new, .. } => Some(new.clone()),
+        }
+    }
+
+    /// A row with the change's key.
+    fn keyed_row(&self) -> &Row {
+        match self {
+            RowChange::Insert(row)
+            | RowChange::Delete(row)
+            | RowChange::Update { new: row, .. } => row,
+        }
+    }
 }
 
 /// Whether the hub can serve, and if not, why.
@@ -114,6 +174,10 @@ struct State {
     view_index: ViewIndex,
     log: VecDeque<Arc<AppliedBatch>>,
     logged_changes: usize,
+    /// Where each key's last logged change is (batch sequence number, index), for the keys
+    /// the log holds a change of since the first snapshot: how a change finds its key's
+    /// previous one to link them.
+    last_change: HashMap<Key, (u64, u32)>,
     /// Sequence number of the last applied batch (0 before the first).
     head: u64,
     position: Position,
@@ -202,6 +266,7 @@ impl Hub {
                 view_index: HashMap::new(),
                 log: VecDeque::new(),
                 logged_changes: 0,
+                last_change: HashMap::new(),
                 head: 0,
                 position: Position::default(),
                 status: HubStatus::Starting,
@@ -413,6 +478,7 @@ impl Hub {
     fn apply_snapshot(&self, position: Position, rows: Vec<Row>) {
         let key_columns = self.source.primary_key.clone();
         let mut state = self.lock();
+        let first = state.head == 0;
         let mut tracker = Tracker::default();
         let mut seen = std::collections::HashSet::with_capacity(rows.len());
         for row in rows {
@@ -429,7 +495,7 @@ impl Hub {
         for key in gone {
             tracker.set(&mut state.cache, key, None);
         }
-        self.commit(&mut state, position, tracker);
+        self.commit(&mut state, position, tracker, first);
         self.metrics.snapshots.inc();
     }
 
@@ -465,25 +531,48 @@ impl Hub {
             }
         }
         self.metrics.rows_received.add(received as u64);
-        self.commit(&mut state, position, tracker);
+        self.commit(&mut state, position, tracker, false);
     }
 
     /// Turns the tracked before/after states into an [`AppliedBatch`], logs it and wakes readers.
-    fn commit(&self, state: &mut State, position: Position, tracker: Tracker) {
-        let changes = tracker.finish(&state.cache, &self.source);
+    /// Logs and publishes what `tracker` changed; `first_snapshot`: the hub's first rows,
+    /// every key's first change (no reader starts before them, so they are not linked, and a
+    /// large source's keys are not indexed for them).
+    fn commit(
+        &self,
+        state: &mut State,
+        position: Position,
+        tracker: Tracker,
+        first_snapshot: bool,
+    ) {
+        let keyed = tracker.finish(&state.cache, &self.source);
         // Never backwards (a RisingWave snapshot is stamped with the clock, its next epochs
         // may be a little older).
         state.position = state.position.max(position);
-        if !changes.is_empty() {
+        if !keyed.is_empty() {
             let second = self.born.elapsed().as_secs();
-            state.rate.add(second, changes.len() as u64);
+            state.rate.add(second, keyed.len() as u64);
             state.head += 1;
+            let link = !first_snapshot;
+            let prev = keyed
+                .iter()
+                .map(|(key, _)| match state.last_change.get(key) {
+                    Some((seq, _)) if link => *seq,
+                    _ => 0,
+                })
+                .collect();
+            let (keys, changes): (Vec<Key>, Vec<RowChange>) = keyed.into_iter().unzip();
             let batch = Arc::new(AppliedBatch {
                 seq: state.head,
                 position,
+                next: changes.iter().map(|_| OnceLock::new()).collect(),
+                prev,
                 changes,
                 applied_at: Instant::now(),
             });
+            if link {
+                link_changes(state, &batch, keys);
+            }
             state.logged_changes += batch.changes.len();
             self.metrics.batches.inc();
             self.metrics.rows_published.add(batch.changes.len() as u64);
@@ -502,6 +591,12 @@ impl Hub {
             {
                 if let Some(old) = state.log.pop_front() {
                     state.logged_changes -= old.changes.len();
+                    for (i, change) in old.changes.iter().enumerate() {
+                        let key = change.keyed_row().key(&self.source.primary_key);
+                        if state.last_change.get(&key) == Some(&(old.seq, i as u32)) {
+                            state.last_change.remove(&key);
+                        }
+                    }
                 }
             }
         }
@@ -512,6 +607,22 @@ impl Hub {
         self.metrics.cached_rows.set(state.cache.len() as i64);
         if let Ok(now) = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
             self.metrics.last_batch_unix_ms.set(now.as_millis() as i64);
+        }
+    }
+}
+
+/// Links each change of a batch about to be logged to its key's previous logged change, and
+/// records it as the key's last.
+fn link_changes(state: &mut State, batch: &Arc<AppliedBatch>, keys: Vec<Key>) {
+    let oldest = state.log.front().map_or(batch.seq, |b| b.seq);
+    for (i, key) in keys.into_iter().enumerate() {
+        let here = (batch.seq, i as u32);
+        if let Some((seq, index)) = state.last_change.insert(key, here)
+            && let Some(previous) = seq
+                .checked_sub(oldest)
+                .and_then(|k| state.log.get(k as usize))
+        {
+            let _ = previous.next[index as usize].set((batch.clone(), here.1));
         }
     }
 }
@@ -579,13 +690,18 @@ impl Tracker {
         }
     }
 
-    fn finish(mut self, cache: &BTreeMap<Key, Arc<Row>>, source: &SourceDef) -> Vec<RowChange> {
+    /// The net change per key touched, in first-touched order.
+    fn finish(
+        mut self,
+        cache: &BTreeMap<Key, Arc<Row>>,
+        source: &SourceDef,
+    ) -> Vec<(Key, RowChange)> {
         let mut changes = Vec::with_capacity(self.order.len());
         for key in self.order {
             let before = self.before.remove(&key).flatten();
             let after = cache.get(&key).cloned();
             if let Some(change) = diff(before, after, source) {
-                changes.push(change);
+                changes.push((key, change));
             }
         }
         changes

@@ -159,7 +159,8 @@ async fn a_reader_far_behind_conflates_per_key() {
     let hub = hub(HubLimits::default());
     let mut reader = past_snapshot(&hub).await;
     // More outputs than a reader takes from its view before it conflates from the log.
-    for n in 0..100 {
+    let rounds = super::consumer::CONFLATE_AFTER as u64 / 2 + 1;
+    for n in 0..rounds {
         batch(
             &hub,
             10 + 2 * n,
@@ -168,7 +169,10 @@ async fn a_reader_far_behind_conflates_per_key() {
         batch(&hub, 11 + 2 * n, vec![delete(9)]);
     }
     // Key 9 came and went: nothing. Key 1: one UPDATE to its last value.
-    assert_eq!(take(&mut reader, 1).await, [(EventKind::Update, 1, 199)]);
+    assert_eq!(
+        take(&mut reader, 1).await,
+        [(EventKind::Update, 1, 100 + rounds as i64 - 1)]
+    );
     no_more(&mut reader);
     assert!(hub.metrics().conflated.get() > 0);
 }
@@ -230,7 +234,8 @@ async fn a_reader_behind_the_whole_log_is_told_to_resubscribe() {
         ..HubLimits::default()
     });
     let mut reader = past_snapshot(&hub).await;
-    for n in 0..300 {
+    // Beyond the log, and beyond what the view keeps.
+    for n in 0..super::view::RECENT_OUTPUTS as u64 + 10 {
         batch(&hub, 10 + n, vec![upsert(1, n as i64)]);
     }
     assert!(matches!(
@@ -756,4 +761,113 @@ async fn readers_at_one_head_share_a_small_snapshot_and_a_large_one_is_let_go_on
         before,
         "nothing holds a large snapshot once its reader has streamed it"
     );
+}
+
+#[tokio::test]
+async fn a_far_behind_reader_conflates_a_slice_at_a_time_to_the_exact_net_change() {
+    use rand::{Rng as _, SeedableRng as _};
+    let keys = 20_000;
+    let hub = hub_of(keys);
+    for seed in 0..3u64 {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut reader = Reader::open(hub.clone(), Filter::always(), None, true)
+            .await
+            .unwrap();
+        let mut client: std::collections::BTreeMap<i64, i64> = std::collections::BTreeMap::new();
+        let apply = |client: &mut std::collections::BTreeMap<i64, i64>, event: &Event| {
+            let id = id_of(event);
+            let score = match event.row.as_ref().map(|r| r.get(1)) {
+                Some(Value::Int(score)) => *score,
+                _ => 0,
+            };
+            match event.kind {
+                EventKind::Insert => assert!(client.insert(id, score).is_none(), "INSERT of {id}"),
+                EventKind::Update => assert!(client.insert(id, score).is_some(), "UPDATE of {id}"),
+                EventKind::Delete => assert!(client.remove(&id).is_some(), "DELETE of {id}"),
+                EventKind::SnapshotEnd | EventKind::Reset => {}
+            }
+        };
+        loop {
+            let event = reader.next().await.unwrap();
+            apply(&mut client, &event);
+            if event.kind == EventKind::SnapshotEnd {
+                break;
+            }
+        }
+        // Far more changes, over more keys, than one conflation step scans: inserts, updates
+        // and deletes, several per batch, some keys changed many times.
+        let position = hub.lock().position.0;
+        for n in 0..super::consumer::CONFLATE_AFTER as u64 + 100 {
+            let changes = (0..5)
+                .map(|_| {
+                    let id = if rng.random_bool(0.2) {
+                        rng.random_range(1..=50)
+                    } else {
+                        rng.random_range(1..=keys + 100)
+                    };
+                    if rng.random_bool(0.1) {
+                        delete(id)
+                    } else {
+                        upsert(id, rng.random_range(0..1_000))
+                    }
+                })
+                .collect();
+            batch(&hub, position + 1 + n, changes);
+        }
+        let first = reader.next().await.unwrap();
+        assert!(
+            reader.queued() < super::consumer::CONFLATE_SCAN,
+            "one step queues at most a slice's changes, not the whole backlog"
+        );
+        apply(&mut client, &first);
+        let mut events = 1;
+        let mut cursors = usize::from(first.cursor.is_some());
+        while cursors == 0 {
+            let event = reader.next().await.unwrap();
+            cursors += usize::from(event.cursor.is_some());
+            events += 1;
+            apply(&mut client, &event);
+        }
+        no_more(&mut reader);
+        let cache: std::collections::BTreeMap<i64, i64> = hub
+            .lock()
+            .cache
+            .values()
+            .map(|row| match (row.get(0), row.get(1)) {
+                (Value::Int(id), Value::Int(score)) => (*id, *score),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(client, cache, "seed {seed}: the client holds the table");
+        assert!(
+            events <= keys as usize + 100,
+            "at most one event per key: {events}"
+        );
+        assert!(hub.metrics().conflated.get() > 0);
+    }
+}
+
+#[test]
+fn a_long_chain_of_linked_batches_drops_without_recursion() {
+    let batch = |seq| {
+        Arc::new(AppliedBatch {
+            seq,
+            position: Position(seq),
+            changes: vec![RowChange::Insert(Arc::new(row(1, 1)))],
+            applied_at: std::time::Instant::now(),
+            prev: vec![seq - 1].into(),
+            next: vec![std::sync::OnceLock::new()].into(),
+        })
+    };
+    // Each batch held only by its predecessor's link, as when a reader holds an old batch
+    // after the log dropped the ones after it.
+    let first = batch(1);
+    let mut last = first.clone();
+    for seq in 2..=1_000_000 {
+        let next = batch(seq);
+        last.next[0].set((next.clone(), 0)).unwrap();
+        last = next;
+    }
+    drop(last);
+    drop(first);
 }

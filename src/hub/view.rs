@@ -19,7 +19,7 @@ use crate::filter::{EqKey, Filter, eq_key};
 use crate::value::Row;
 
 /// Batches of output a view keeps for readers a little behind, and the most items across them.
-const RECENT_OUTPUTS: usize = 256;
+pub(super) const RECENT_OUTPUTS: usize = 16_384;
 const RECENT_ITEMS: usize = 65_536;
 
 /// What the hub needs of a view, whatever its encoding.
