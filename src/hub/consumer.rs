@@ -1,7 +1,7 @@
 //! Reading a hub: snapshot at a batch boundary, then the following batches through a filter.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::view::{Chunk, Snapshot, View, ViewState};
@@ -528,7 +528,11 @@ impl<E: Encoder> Reader<E> {
         for batch in &slice {
             let end = (index + CONFLATE_SCAN - scanned).min(batch.changes.len());
             for i in index..end {
-                if batch.prev[i] > conflation.from {
+                if batch
+                    .prev
+                    .get(i)
+                    .is_some_and(|&prev| prev > conflation.from)
+                {
                     continue;
                 }
                 let (last, j) = last_through(batch, i, conflation.through);
@@ -676,7 +680,7 @@ fn marker(kind: EventKind, cursor: Option<Cursor>, position: Position) -> Event 
 /// links from it.
 fn last_through(batch: &AppliedBatch, i: usize, through: u64) -> (&AppliedBatch, usize) {
     let (mut batch, mut i) = (batch, i);
-    while let Some((next, j)) = batch.next[i].get() {
+    while let Some((next, j)) = batch.next.get(i).and_then(OnceLock::get) {
         if next.seq > through {
             break;
         }

@@ -56,10 +56,11 @@ pub struct AppliedBatch {
     pub applied_at: Instant,
     /// Per change: the sequence number of the batch with the same key's previous change, when
     /// that was logged after the first snapshot (0: none). A change is its key's first after
-    /// a cursor `c` exactly when this is at most `c`.
+    /// a cursor `c` exactly when this is at most `c`. Empty for the first snapshot (every
+    /// key's first change, with no next change linked to it: no reader starts before it).
     pub(crate) prev: Box<[u64]>,
-    /// Per change: the same key's next change, set when it is applied. A conflating reader
-    /// follows these by reference: no reference counts touched on the way.
+    /// Per change: the same key's next change, set when it is applied (empty like `prev`). A
+    /// conflating reader follows these by reference: no reference counts touched on the way.
     pub(crate) next: Box<[OnceLock<Link>]>,
 }
 
@@ -554,18 +555,25 @@ impl Hub {
             state.rate.add(second, keyed.len() as u64);
             state.head += 1;
             let link = !first_snapshot;
-            let prev = keyed
-                .iter()
-                .map(|(key, _)| match state.last_change.get(key) {
-                    Some((seq, _)) if link => *seq,
-                    _ => 0,
-                })
-                .collect();
+            // An unlinked batch has no links at all (a large first snapshot would otherwise
+            // carry 32 bytes of them per row).
+            let prev = if link {
+                keyed
+                    .iter()
+                    .map(|(key, _)| state.last_change.get(key).map_or(0, |(seq, _)| *seq))
+                    .collect()
+            } else {
+                Box::default()
+            };
             let (keys, changes): (Vec<Key>, Vec<RowChange>) = keyed.into_iter().unzip();
             let batch = Arc::new(AppliedBatch {
                 seq: state.head,
                 position,
-                next: changes.iter().map(|_| OnceLock::new()).collect(),
+                next: if link {
+                    changes.iter().map(|_| OnceLock::new()).collect()
+                } else {
+                    Box::default()
+                },
                 prev,
                 changes,
                 applied_at: Instant::now(),
