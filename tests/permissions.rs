@@ -398,6 +398,13 @@ async fn hidden_columns_sources_and_operations_fail_validation_however_asked() {
     f.stop().await;
 }
 
+/// A WebSocket connection initialised with a token of bob's, as a user.
+async fn as_bob(addr: SocketAddr) -> Ws {
+    let bob = token(Some("bob"), "user", 300);
+    let payload = json!({ "Authorization": format!("Bearer {bob}") });
+    Ws::connect_with(addr, "graphql-transport-ws", payload).await
+}
+
 /// The next payload of subscription `id` as its `orders` update.
 async fn next_update(ws: &mut Ws) -> Value {
     let payload = ws.next_payload("1").await;
@@ -409,14 +416,7 @@ async fn next_update(ws: &mut Ws) -> Value {
 async fn subscriptions_see_rows_enter_and_leave_the_row_filter_and_never_hidden_changes() {
     let f = Fixture::start().await;
     let addr = f.addr();
-    let mut ws = Ws::open(addr, "graphql-transport-ws").await;
-    let bob = token(Some("bob"), "user", 300);
-    ws.send(json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {bob}") } }))
-        .await;
-    assert_eq!(
-        ws.recv_skipping_keepalives().await.unwrap()["type"],
-        "connection_ack"
-    );
+    let mut ws = as_bob(addr).await;
     // bob tries to widen his filter to alice's rows: his own row only.
     ws.subscribe(
         "1",
@@ -475,6 +475,51 @@ async fn subscriptions_see_rows_enter_and_leave_the_row_filter_and_never_hidden_
         .unwrap();
     let both = next_update(&mut ws).await;
     assert_eq!(both["fields"], json!(["cost"]), "{both}");
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn batched_subscriptions_keep_the_row_filter_and_never_show_hidden_columns() {
+    let f = Fixture::start().await;
+    let mut ws = as_bob(f.addr()).await;
+    // A hidden column does not exist in the batch's updates either.
+    ws.subscribe(
+        "0",
+        "subscription { orders_batches { updates { data { id secret } } } }",
+    )
+    .await;
+    let refused = ws.recv_skipping_keepalives().await.unwrap();
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(
+        refused["payload"][0]["extensions"]["code"], "GRAPHQL_VALIDATION_FAILED",
+        "{refused}"
+    );
+    ws.subscribe(
+        "1",
+        r#"subscription { orders_batches(where: {_or: [{owner: {_eq: "alice"}}, {id: {_gt: 0}}]}, snapshot_end: true, max_ms: 0) { updates { operation fields data { id owner item } } } }"#,
+    )
+    .await;
+    let window = |payload: Value| payload["data"]["orders_batches"]["updates"].clone();
+    assert_eq!(
+        window(ws.next_payload("1").await),
+        json!([
+            {"operation": "INSERT", "fields": ["id", "owner", "item", "cost"], "data": {"id": 4, "owner": "bob", "item": "fig"}},
+            {"operation": "SNAPSHOT_END", "fields": [], "data": null}
+        ])
+    );
+    // Another user's row, then a hidden column of his: nothing; the next window holds only
+    // the change he may see.
+    for statement in [
+        "INSERT INTO orders VALUES (5, 'alice', 'kiwi', 1, 's5')",
+        "UPDATE orders SET secret = 'changed' WHERE id = 4",
+        "UPDATE orders SET item = 'date', secret = 'again' WHERE id = 4",
+    ] {
+        f.sql.batch_execute(statement).await.unwrap();
+    }
+    assert_eq!(
+        window(ws.next_payload("1").await),
+        json!([{"operation": "UPDATE", "fields": ["item"], "data": {"id": 4, "owner": null, "item": "date"}}])
+    );
     f.stop().await;
 }
 
