@@ -719,12 +719,12 @@ async fn run_operation(
         Encoding::Batches(encoder, window) => Reader::open_encoded(
             plan.hub,
             plan.filter,
-            encoder.clone(),
+            encoder,
             plan.after,
             plan.snapshot_end,
         )
         .await
-        .map(|reader| Step::ReadBatches(reader, encoder, window)),
+        .map(|reader| Step::ReadBatches(reader, window)),
     };
     let step = match opened {
         Ok(step) => step,
@@ -751,7 +751,7 @@ async fn run_operation(
 enum Step {
     Read(Reader<JsonEncoder>),
     /// A batched subscription: one frame per window.
-    ReadBatches(Reader<BatchEncoder>, Arc<BatchEncoder>, Window),
+    ReadBatches(Reader<BatchEncoder>, Window),
     /// The reader ended with an error (already sent): send `complete`.
     Complete,
     Done,
@@ -797,13 +797,13 @@ impl Subscription {
                     ended_frame(&self.id, self.data_kind, &self.root, &err)
                 }
             },
-            Step::ReadBatches(mut reader, encoder, window) => {
+            Step::ReadBatches(mut reader, window) => {
                 match reader.next_window(window).await {
                     Ok(items) => {
                         // A window's delay is that of its oldest change.
                         let applied = items.iter().filter_map(|(_, at)| *at).min();
-                        let body = encoder.payload(items.iter().map(|(item, _)| item));
-                        self.step = Step::ReadBatches(reader, encoder, window);
+                        let body = reader.encoder().payload(items.iter().map(|(item, _)| item));
+                        self.step = Step::ReadBatches(reader, window);
                         self.frame(&body, applied)
                     }
                     Err(err) => {

@@ -367,6 +367,11 @@ impl<E: Encoder> Reader<E> {
         }
     }
 
+    /// How this reader's items are encoded.
+    pub fn encoder(&self) -> &Arc<E> {
+        &self.view.encoder
+    }
+
     /// Items queued and not yet handed out.
     #[cfg(test)]
     pub(super) fn queued(&self) -> usize {
@@ -537,8 +542,8 @@ impl<E: Encoder> Reader<E> {
                 }
                 let (last, j) = last_through(batch, i, conflation.through);
                 let net = diff(
-                    batch.changes[i].before(),
-                    last.changes[j].after(),
+                    batch.changes[i].rows().0.cloned(),
+                    last.changes[j].rows().1.cloned(),
                     &self.hub.source,
                 );
                 merged.extend(net);

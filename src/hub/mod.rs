@@ -91,28 +91,12 @@ fn take_links(batch: &mut AppliedBatch, owned: &mut Vec<AppliedBatch>) {
 }
 
 impl RowChange {
-    /// The row before the change (`None` for an insert).
-    pub(crate) fn before(&self) -> Option<Arc<Row>> {
+    /// The row before and the row after the change (`None` before an insert, after a delete).
+    pub(crate) fn rows(&self) -> (Option<&Arc<Row>>, Option<&Arc<Row>>) {
         match self {
-            RowChange::Insert(_) => None,
-            RowChange::Update { old, .. } | RowChange::Delete(old) => Some(old.clone()),
-        }
-    }
-
-    /// The row after the change (`None` for a delete).
-    pub(crate) fn after(&self) -> Option<Arc<Row>> {
-        match self {
-            RowChange::Delete(_) => None,
-            RowChange::Insert(new) | RowChange::Update { new, .. } => Some(new.clone()),
-        }
-    }
-
-    /// A row with the change's key.
-    fn keyed_row(&self) -> &Row {
-        match self {
-            RowChange::Insert(row)
-            | RowChange::Delete(row)
-            | RowChange::Update { new: row, .. } => row,
+            RowChange::Insert(new) => (None, Some(new)),
+            RowChange::Update { old, new, .. } => (Some(old), Some(new)),
+            RowChange::Delete(old) => (Some(old), None),
         }
     }
 }
@@ -600,7 +584,11 @@ impl Hub {
                 if let Some(old) = state.log.pop_front() {
                     state.logged_changes -= old.changes.len();
                     for (i, change) in old.changes.iter().enumerate() {
-                        let key = change.keyed_row().key(&self.source.primary_key);
+                        let (before, after) = change.rows();
+                        let Some(row) = after.or(before) else {
+                            continue;
+                        };
+                        let key = row.key(&self.source.primary_key);
                         if state.last_change.get(&key) == Some(&(old.seq, i as u32)) {
                             state.last_change.remove(&key);
                         }

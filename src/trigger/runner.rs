@@ -609,11 +609,7 @@ fn apply_batch(
     };
     let source = first.trigger.source.clone();
     for change in changes {
-        let (old, new) = match change {
-            RowChange::Insert(new) => (None, Some(new)),
-            RowChange::Update { old, new, .. } => (Some(old), Some(new)),
-            RowChange::Delete(old) => (Some(old), None),
-        };
+        let (old, new) = change.rows();
         let Some(any) = new.or(old) else { continue };
         let stamp = Stamp { position, at };
         let key = payload::key_json(&source, any);
