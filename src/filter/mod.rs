@@ -230,7 +230,7 @@ pub fn eq_key(value: &crate::value::Value) -> Option<EqKey> {
     use crate::value::Value;
     match value {
         Value::Int(i) => Some(EqKey::Int(*i)),
-        Value::Text(t) => Some(EqKey::Text(t.as_ref().into())),
+        Value::Text(t) => Some(EqKey::Text(t.as_str().into())),
         Value::Bool(b) => Some(EqKey::Bool(*b)),
         Value::Enum(o) => Some(EqKey::Enum(*o)),
         Value::Null | Value::Float(_) => None,

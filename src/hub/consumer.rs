@@ -94,7 +94,7 @@ pub enum EventKind {
 #[derive(Debug, Clone)]
 pub struct Event {
     pub kind: EventKind,
-    pub row: Option<Arc<Row>>,
+    pub row: Option<Row>,
     /// Columns this event carries (`None`: all). UPDATE carries the key and changed columns.
     pub columns: Option<Arc<[usize]>>,
     /// Set on the last event of each batch: resume after it with this cursor.
@@ -627,7 +627,7 @@ pub(super) fn filter_changes(
     position: Position,
     cursor: Cursor,
 ) -> Vec<Event> {
-    let event = |kind, row: &Arc<Row>, columns| Event {
+    let event = |kind, row: &Row, columns| Event {
         kind,
         row: Some(row.clone()),
         columns,

@@ -32,15 +32,15 @@ use view::{Full, View, ViewSet};
 /// One row-level change, as a consumer sees it before filtering.
 #[derive(Debug, Clone)]
 pub enum RowChange {
-    Insert(Arc<Row>),
+    Insert(Row),
     /// `changed` lists the indices of the columns whose values differ.
     Update {
-        old: Arc<Row>,
-        new: Arc<Row>,
+        old: Row,
+        new: Row,
         changed: Arc<[usize]>,
     },
     /// Carries the last known row.
-    Delete(Arc<Row>),
+    Delete(Row),
 }
 
 /// A feed event applied to the cache: the net change per key, in first-touched order.
@@ -92,7 +92,7 @@ fn take_links(batch: &mut AppliedBatch, owned: &mut Vec<AppliedBatch>) {
 
 impl RowChange {
     /// The row before and the row after the change (`None` before an insert, after a delete).
-    pub(crate) fn rows(&self) -> (Option<&Arc<Row>>, Option<&Arc<Row>>) {
+    pub(crate) fn rows(&self) -> (Option<&Row>, Option<&Row>) {
         match self {
             RowChange::Insert(new) => (None, Some(new)),
             RowChange::Update { old, new, .. } => (Some(old), Some(new)),
@@ -153,7 +153,7 @@ type ViewIndex = HashMap<(String, String), std::sync::Weak<dyn std::any::Any + S
 
 struct State {
     /// The current rows, in key order (so a query without `order_by` stops at its limit).
-    cache: BTreeMap<Key, Arc<Row>>,
+    cache: BTreeMap<Key, Row>,
     /// Live views (weak: a view goes with its last reader), by the equality they require.
     views: ViewSet,
     view_index: ViewIndex,
@@ -227,7 +227,7 @@ pub struct LogRead {
     /// Every batch after the consumer's sequence number, through `head`.
     pub batches: Vec<Arc<AppliedBatch>>,
     /// The rows at `head`, when asked for.
-    pub rows: Option<Vec<Arc<Row>>>,
+    pub rows: Option<Vec<Row>>,
 }
 
 /// Why a log read has nothing to give.
@@ -371,7 +371,7 @@ impl Hub {
         (column == *key_column).then(|| {
             Key(Box::new([match value {
                 EqKey::Int(i) => Value::Int(i),
-                EqKey::Text(t) => Value::Text(Arc::from(t)),
+                EqKey::Text(t) => Value::Text(t.as_ref().into()),
                 EqKey::Bool(b) => Value::Bool(b),
                 EqKey::Enum(o) => Value::Enum(o),
             }]))
@@ -386,7 +386,7 @@ impl Hub {
         filter: &crate::filter::Filter,
         first: usize,
         pick: Pick<'_>,
-    ) -> Option<Vec<Arc<Row>>> {
+    ) -> Option<Vec<Row>> {
         let only = self.only_key(filter);
         let state = self.lock();
         if !state.status.is_synced() {
@@ -434,7 +434,7 @@ impl Hub {
     }
 
     /// Current rows (a consistent copy of the cache), or `None` before the first snapshot.
-    pub fn rows(&self) -> Option<Vec<Arc<Row>>> {
+    pub fn rows(&self) -> Option<Vec<Row>> {
         let state = self.lock();
         state
             .status
@@ -463,13 +463,16 @@ impl Hub {
     fn apply_snapshot(&self, position: Position, rows: Vec<Row>) {
         let key_columns = self.source.primary_key.clone();
         let mut state = self.lock();
-        let first = state.head == 0;
+        if state.head == 0 {
+            self.apply_first_snapshot(&mut state, position, rows);
+            return;
+        }
         let mut tracker = Tracker::default();
         let mut seen = std::collections::HashSet::with_capacity(rows.len());
         for row in rows {
             let key = row.key(&key_columns);
             seen.insert(key.clone());
-            tracker.set(&mut state.cache, key, Some(Arc::new(row)));
+            tracker.set(&mut state.cache, key, Some(row));
         }
         let gone: Vec<Key> = state
             .cache
@@ -480,7 +483,37 @@ impl Hub {
         for key in gone {
             tracker.set(&mut state.cache, key, None);
         }
-        self.commit(&mut state, position, tracker, first);
+        let keyed = tracker.finish(&state.cache, &self.source);
+        self.commit(&mut state, position, keyed);
+        self.metrics.snapshots.inc();
+    }
+
+    /// The hub's first rows, built in bulk: the cache's nodes filled in key order (one by
+    /// one they would be about half full), with no per-key bookkeeping. Every key's first
+    /// change, so nothing links to them, and no reader starts before them: the batch goes to
+    /// the views that wait for it but not into the log (for a large source it would hold
+    /// 40 bytes a row for as long as no later change pushes it out).
+    fn apply_first_snapshot(&self, state: &mut State, position: Position, rows: Vec<Row>) {
+        let key_columns = &self.source.primary_key;
+        let mut keyed: Vec<(Key, Row)> = rows
+            .into_iter()
+            .map(|row| (row.key(key_columns), row))
+            .collect();
+        // Stable, then the last row of a key wins, as it would applied one by one.
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut unique: Vec<(Key, Row)> = Vec::with_capacity(keyed.len());
+        for (key, row) in keyed {
+            match unique.last_mut() {
+                Some(last) if last.0 == key => last.1 = row,
+                _ => unique.push((key, row)),
+            }
+        }
+        let changes: Vec<RowChange> = unique
+            .iter()
+            .map(|(_, row)| RowChange::Insert(row.clone()))
+            .collect();
+        state.cache = unique.into_iter().collect();
+        self.publish(state, position, changes, None);
         self.metrics.snapshots.inc();
     }
 
@@ -504,7 +537,7 @@ impl Hub {
                         }
                         (None, _) => row,
                     };
-                    tracker.set(&mut state.cache, key, Some(Arc::new(row)));
+                    tracker.set(&mut state.cache, key, Some(row));
                 }
                 Change::Delete { key } => tracker.set(&mut state.cache, key, None),
                 Change::Truncate => {
@@ -516,56 +549,51 @@ impl Hub {
             }
         }
         self.metrics.rows_received.add(received as u64);
-        self.commit(&mut state, position, tracker, false);
+        let keyed = tracker.finish(&state.cache, &self.source);
+        self.commit(&mut state, position, keyed);
     }
 
-    /// Turns the tracked before/after states into an [`AppliedBatch`], logs it and wakes readers.
-    /// Logs and publishes what `tracker` changed; `first_snapshot`: the hub's first rows,
-    /// every key's first change (no reader starts before them, so they are not linked, and a
-    /// large source's keys are not indexed for them).
-    fn commit(
+    /// Publishes the net changes of one feed event, each linked to its key's previous logged
+    /// change, and logs them.
+    fn commit(&self, state: &mut State, position: Position, keyed: Vec<(Key, RowChange)>) {
+        let prev = keyed
+            .iter()
+            .map(|(key, _)| state.last_change.get(key).map_or(0, |(seq, _)| *seq))
+            .collect();
+        let (keys, changes): (Vec<Key>, Vec<RowChange>) = keyed.into_iter().unzip();
+        self.publish(state, position, changes, Some((prev, keys)));
+    }
+
+    /// Applies `changes` as the next batch: the views evaluate it and readers wake. `links`:
+    /// each change's previous logged change and its key, for a batch that goes into the log;
+    /// `None` for the first snapshot, which stays out of it.
+    fn publish(
         &self,
         state: &mut State,
         position: Position,
-        tracker: Tracker,
-        first_snapshot: bool,
+        changes: Vec<RowChange>,
+        links: Option<(Box<[u64]>, Vec<Key>)>,
     ) {
-        let keyed = tracker.finish(&state.cache, &self.source);
         // Never backwards (a RisingWave snapshot is stamped with the clock, its next epochs
         // may be a little older).
         state.position = state.position.max(position);
-        if !keyed.is_empty() {
+        if !changes.is_empty() {
             let second = self.born.elapsed().as_secs();
-            state.rate.add(second, keyed.len() as u64);
+            state.rate.add(second, changes.len() as u64);
             state.head += 1;
-            let link = !first_snapshot;
-            // An unlinked batch has no links at all (a large first snapshot would otherwise
-            // carry 32 bytes of them per row).
-            let prev = if link {
-                keyed
-                    .iter()
-                    .map(|(key, _)| state.last_change.get(key).map_or(0, |(seq, _)| *seq))
-                    .collect()
-            } else {
-                Box::default()
-            };
-            let (keys, changes): (Vec<Key>, Vec<RowChange>) = keyed.into_iter().unzip();
+            let (prev, keys) = links.unzip();
             let batch = Arc::new(AppliedBatch {
                 seq: state.head,
                 position,
-                next: if link {
+                next: if keys.is_some() {
                     changes.iter().map(|_| OnceLock::new()).collect()
                 } else {
                     Box::default()
                 },
-                prev,
+                prev: prev.unwrap_or_default(),
                 changes,
                 applied_at: Instant::now(),
             });
-            if link {
-                link_changes(state, &batch, keys);
-            }
-            state.logged_changes += batch.changes.len();
             self.metrics.batches.inc();
             self.metrics.rows_published.add(batch.changes.len() as u64);
             let cursor = Cursor {
@@ -577,23 +605,9 @@ impl Hub {
             // After the views: a reader that sees this head knows that every view a batch
             // through it concerned has its output (see `Reader::take_view_output`).
             self.head_tx.send_replace(batch.seq);
-            state.log.push_back(batch);
-            while state.log.len() > self.limits.max_batches
-                || (state.logged_changes > self.limits.max_changes && state.log.len() > 1)
-            {
-                if let Some(old) = state.log.pop_front() {
-                    state.logged_changes -= old.changes.len();
-                    for (i, change) in old.changes.iter().enumerate() {
-                        let (before, after) = change.rows();
-                        let Some(row) = after.or(before) else {
-                            continue;
-                        };
-                        let key = row.key(&self.source.primary_key);
-                        if state.last_change.get(&key) == Some(&(old.seq, i as u32)) {
-                            state.last_change.remove(&key);
-                        }
-                    }
-                }
+            if let Some(keys) = keys {
+                link_changes(state, &batch, keys);
+                self.log(state, batch);
             }
         }
         if state.status != HubStatus::Live {
@@ -603,6 +617,30 @@ impl Hub {
         self.metrics.cached_rows.set(state.cache.len() as i64);
         if let Ok(now) = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
             self.metrics.last_batch_unix_ms.set(now.as_millis() as i64);
+        }
+    }
+
+    /// Appends a batch to the log and trims the log to its limits.
+    fn log(&self, state: &mut State, batch: Arc<AppliedBatch>) {
+        state.logged_changes += batch.changes.len();
+        state.log.push_back(batch);
+        while state.log.len() > self.limits.max_batches
+            || (state.logged_changes > self.limits.max_changes && state.log.len() > 1)
+        {
+            let Some(old) = state.log.pop_front() else {
+                break;
+            };
+            state.logged_changes -= old.changes.len();
+            for (i, change) in old.changes.iter().enumerate() {
+                let (before, after) = change.rows();
+                let Some(row) = after.or(before) else {
+                    continue;
+                };
+                let key = row.key(&self.source.primary_key);
+                if state.last_change.get(&key) == Some(&(old.seq, i as u32)) {
+                    state.last_change.remove(&key);
+                }
+            }
         }
     }
 }
@@ -636,15 +674,15 @@ pub enum Pick<'a> {
 /// the scan goes, holding at most twice `first` rows, and copying only rows smaller than the
 /// largest kept so far — linear in the rows for a small `first`, with no full copy or sort.
 fn smallest<'r>(
-    rows: impl Iterator<Item = &'r Arc<Row>>,
+    rows: impl Iterator<Item = &'r Row>,
     first: usize,
     order: &(dyn Fn(&Row, &Row) -> std::cmp::Ordering + Sync),
-) -> Vec<Arc<Row>> {
+) -> Vec<Row> {
     let bound = first.saturating_mul(2).max(64);
-    let mut kept: Vec<Arc<Row>> = Vec::new();
+    let mut kept: Vec<Row> = Vec::new();
     // The largest of the `first` kept at the last selection: nothing at or above it can be
     // among the smallest.
-    let mut worst: Option<Arc<Row>> = None;
+    let mut worst: Option<Row> = None;
     for row in rows {
         if worst
             .as_ref()
@@ -671,11 +709,11 @@ fn smallest<'r>(
 #[derive(Default)]
 struct Tracker {
     order: Vec<Key>,
-    before: HashMap<Key, Option<Arc<Row>>>,
+    before: HashMap<Key, Option<Row>>,
 }
 
 impl Tracker {
-    fn set(&mut self, cache: &mut BTreeMap<Key, Arc<Row>>, key: Key, row: Option<Arc<Row>>) {
+    fn set(&mut self, cache: &mut BTreeMap<Key, Row>, key: Key, row: Option<Row>) {
         let previous = match row {
             Some(row) => cache.insert(key.clone(), row),
             None => cache.remove(&key),
@@ -687,11 +725,7 @@ impl Tracker {
     }
 
     /// The net change per key touched, in first-touched order.
-    fn finish(
-        mut self,
-        cache: &BTreeMap<Key, Arc<Row>>,
-        source: &SourceDef,
-    ) -> Vec<(Key, RowChange)> {
+    fn finish(mut self, cache: &BTreeMap<Key, Row>, source: &SourceDef) -> Vec<(Key, RowChange)> {
         let mut changes = Vec::with_capacity(self.order.len());
         for key in self.order {
             let before = self.before.remove(&key).flatten();
@@ -706,8 +740,8 @@ impl Tracker {
 
 /// The change that takes a key from `before` to `after`, if any.
 pub(crate) fn diff(
-    before: Option<Arc<Row>>,
-    after: Option<Arc<Row>>,
+    before: Option<Row>,
+    after: Option<Row>,
     source: &SourceDef,
 ) -> Option<RowChange> {
     match (before, after) {

@@ -245,6 +245,29 @@ async fn a_reader_behind_the_whole_log_is_told_to_resubscribe() {
 }
 
 #[tokio::test]
+async fn the_first_snapshot_keeps_a_keys_last_row_and_only_the_cache_holds_its_rows() {
+    let hub = Hub::new(source(), HubLimits::default(), Arc::default());
+    hub.apply(FeedEvent::Snapshot {
+        position: Position(1),
+        rows: vec![row(2, 20), row(1, 10), row(2, 21)],
+    });
+    assert_eq!(hub.rows().unwrap(), [row(1, 10), row(2, 21)]);
+    {
+        // No batch in the log holds the first snapshot's rows: for a large source they would
+        // be held twice, by the cache and by the log, until later changes pushed them out.
+        let state = hub.lock();
+        assert!(state.log.is_empty());
+        assert!(state.cache.values().all(|row| row.holders() == 1));
+    }
+    // What follows is logged and read as usual, from the snapshot's cursor on.
+    let mut reader = past_snapshot(&hub).await;
+    batch(&hub, 2, vec![upsert(1, 11)]);
+    assert_eq!(take(&mut reader, 1).await, [(EventKind::Update, 1, 11)]);
+    let read = hub.read_log(1, false).unwrap();
+    assert_eq!(read.batches.iter().map(|b| b.seq).collect::<Vec<_>>(), [2]);
+}
+
+#[tokio::test]
 async fn a_new_snapshot_publishes_only_the_difference() {
     let hub = hub(HubLimits::default());
     let mut reader = past_snapshot(&hub).await;
@@ -510,10 +533,7 @@ fn an_equality_on_the_key_is_a_lookup_with_the_same_answer_as_a_scan() {
     let rows = |f: serde_json::Value| {
         let mut rows: Vec<Row> = hub
             .rows_matching(&filter(f), usize::MAX, super::Pick::KeyOrder)
-            .unwrap()
-            .iter()
-            .map(|r| (**r).clone())
-            .collect();
+            .unwrap();
         rows.sort_by_key(|r| match r.get(0) {
             Value::Int(i) => *i,
             _ => 0,
@@ -572,7 +592,7 @@ fn key_order_stops_at_the_first_rows_and_a_pick_by_order_finds_the_smallest() {
             .collect(),
     });
     let all = filter(serde_json::json!({}));
-    let id = |r: &Arc<Row>| match r.get(0) {
+    let id = |r: &Row| match r.get(0) {
         Value::Int(i) => *i,
         _ => unreachable!(),
     };
@@ -602,10 +622,7 @@ fn key_order_stops_at_the_first_rows_and_a_pick_by_order_finds_the_smallest() {
     for first in [1, 25, 64, 200, 499, 500, 800] {
         let mut picked: Vec<Row> = hub
             .rows_matching(&all, first, super::Pick::By(&by_score_desc))
-            .unwrap()
-            .iter()
-            .map(|r| (**r).clone())
-            .collect();
+            .unwrap();
         picked.sort_by(by_score_desc);
         assert_eq!(picked, everything[..first.min(500)], "first {first}");
     }
@@ -744,7 +761,7 @@ async fn readers_at_one_head_share_a_small_snapshot_and_a_large_one_is_let_go_on
     let held = |hub: &Hub| {
         let state = hub.lock();
         let first = state.cache.values().next().unwrap();
-        Arc::strong_count(first)
+        first.holders()
     };
     let before = held(&hub);
     let mut reader = Reader::open(hub.clone(), Filter::always(), None, true)
@@ -853,7 +870,7 @@ fn a_long_chain_of_linked_batches_drops_without_recursion() {
         Arc::new(AppliedBatch {
             seq,
             position: Position(seq),
-            changes: vec![RowChange::Insert(Arc::new(row(1, 1)))],
+            changes: vec![RowChange::Insert(row(1, 1))],
             applied_at: std::time::Instant::now(),
             prev: vec![seq - 1].into(),
             next: vec![std::sync::OnceLock::new()].into(),

@@ -44,7 +44,7 @@ pub(super) const KEEP_ENCODED_UP_TO: usize = 65_536;
 pub(super) struct Snapshot<T> {
     pub head: u64,
     pub position: Position,
-    rows: Arc<[Arc<Row>]>,
+    rows: Arc<[Row]>,
     chunks: Box<[Mutex<Weak<Chunk<T>>>]>,
     /// The chunks encoded so far when the snapshot is small enough to keep them.
     kept: Mutex<Vec<Arc<Chunk<T>>>>,
@@ -54,11 +54,11 @@ pub(super) struct Snapshot<T> {
 pub(super) struct Chunk<T> {
     pub items: Vec<T>,
     /// The last matching row (the last item's).
-    pub last: Option<Arc<Row>>,
+    pub last: Option<Row>,
 }
 
 impl<T> Snapshot<T> {
-    pub(super) fn new(head: u64, position: Position, rows: Arc<[Arc<Row>]>) -> Snapshot<T> {
+    pub(super) fn new(head: u64, position: Position, rows: Arc<[Row]>) -> Snapshot<T> {
         Snapshot {
             head,
             position,
@@ -147,7 +147,7 @@ impl<E: Encoder> View<E> {
         &self,
         head: u64,
         position: Position,
-        at_head: impl FnOnce() -> Arc<[Arc<Row>]>,
+        at_head: impl FnOnce() -> Arc<[Row]>,
     ) -> Arc<Snapshot<E::Item>> {
         let mut state = self.lock();
         if state.kept_snapshot.as_ref().is_some_and(|s| s.head < head) {

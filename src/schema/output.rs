@@ -11,12 +11,12 @@ use crate::value::{Row, Value};
 
 /// A row as one GraphQL object: all columns, or only `columns` (an UPDATE's key and changes).
 pub struct RowView {
-    row: Arc<Row>,
+    row: Row,
     columns: Option<Arc<[usize]>>,
 }
 
 impl RowView {
-    pub fn new(row: Arc<Row>, columns: Option<Arc<[usize]>>) -> RowView {
+    pub fn new(row: Row, columns: Option<Arc<[usize]>>) -> RowView {
         RowView { row, columns }
     }
 
@@ -185,12 +185,12 @@ pub(super) fn is_key_order(source: &SourceDef, terms: &[OrderTerm]) -> bool {
 pub(super) fn window(
     source: &SourceDef,
     terms: &[OrderTerm],
-    mut rows: Vec<Arc<Row>>,
+    mut rows: Vec<Row>,
     offset: usize,
     limit: usize,
-) -> Vec<Arc<Row>> {
+) -> Vec<Row> {
     let order = comparator(source, terms);
-    let compare = |a: &Arc<Row>, b: &Arc<Row>| order(a, b);
+    let compare = |a: &Row, b: &Row| order(a, b);
     let end = offset.saturating_add(limit);
     if end == 0 || offset >= rows.len() {
         return Vec::new();
@@ -247,10 +247,10 @@ mod tests {
             nulls_first: bool,
         ) {
             let source = source();
-            let rows: Vec<Arc<Row>> = values
+            let rows: Vec<Row> = values
                 .iter()
                 .enumerate()
-                .map(|(i, v)| Arc::new(Row::new(vec![Value::Int(i as i64), v.map_or(Value::Null, Value::Int)])))
+                .map(|(i, v)| Row::new(vec![Value::Int(i as i64), v.map_or(Value::Null, Value::Int)]))
                 .collect();
             let terms = [(1, descending, nulls_first)];
             let full = window(&source, &terms, rows.clone(), 0, usize::MAX);

@@ -444,17 +444,12 @@ fn creation<'a>(trigger: &Trigger, read: &'a LogRead) -> Since<'a> {
 }
 
 /// The rows before `batches` were applied to `rows`: the batches undone, newest first.
-fn rows_before(
-    source: &SourceDef,
-    rows: &[Arc<Row>],
-    batches: &[&Arc<AppliedBatch>],
-) -> Vec<Arc<Row>> {
+fn rows_before(source: &SourceDef, rows: &[Row], batches: &[&Arc<AppliedBatch>]) -> Vec<Row> {
     if batches.is_empty() {
         return rows.to_vec();
     }
     let key = |row: &Row| payload::key_json(source, row).to_string();
-    let mut by_key: HashMap<String, Arc<Row>> =
-        rows.iter().map(|row| (key(row), row.clone())).collect();
+    let mut by_key: HashMap<String, Row> = rows.iter().map(|row| (key(row), row.clone())).collect();
     for batch in batches.iter().rev() {
         for change in batch.changes.iter().rev() {
             match change {
@@ -614,7 +609,7 @@ fn apply_batch(
         let stamp = Stamp { position, at };
         let key = payload::key_json(&source, any);
         let key_string = key.to_string();
-        let candidates = index.candidates(&key_string, old.map(|r| &**r), new.map(|r| &**r));
+        let candidates = index.candidates(&key_string, old, new);
         // Each distinct condition once per change.
         let mut fired: Vec<(usize, bool)> = Vec::new();
         for i in candidates {
@@ -624,7 +619,7 @@ fn apply_batch(
             let inside = state.inside.contains_key(&key_string);
             let Some(row) = new else {
                 if inside {
-                    let old_json = old.map(|r| render(r));
+                    let old_json = old.map(&render);
                     state.clear(writes, &key, &key_string, old_json, None, stamp);
                     index.left(&key_string, i);
                 }
@@ -661,7 +656,7 @@ fn apply_batch(
                     continue;
                 }
                 let new_json = render(row);
-                let old_json = old.map(|r| render(r));
+                let old_json = old.map(&render);
                 state.transition(
                     writes,
                     EventType::Fire,
@@ -736,7 +731,7 @@ impl Stored {
 fn establish(
     trigger: Arc<Trigger>,
     stored: Stored,
-    rows: &[Arc<Row>],
+    rows: &[Row],
     stamp: Stamp<'_>,
     writes: &mut Writes,
 ) -> State {
@@ -1106,15 +1101,11 @@ mod tests {
             seed ^= seed << 17;
             (seed % n) as i64
         };
-        let mut table: HashMap<i64, Arc<Row>> = HashMap::new();
+        let mut table: HashMap<i64, Row> = HashMap::new();
         let (mut fast_writes, mut slow_writes) = (Writes::default(), Writes::default());
         for step in 0..3000u64 {
             let id = next(12);
-            let row = Arc::new(Row::new(vec![
-                V::Int(id),
-                V::Int(next(4)),
-                V::Int(next(100)),
-            ]));
+            let row = Row::new(vec![V::Int(id), V::Int(next(4)), V::Int(next(100))]);
             let change = match (table.get(&id).cloned(), next(10)) {
                 (Some(old), 0) => {
                     table.remove(&id);

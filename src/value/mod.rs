@@ -6,7 +6,9 @@
 //! This module does no I/O.
 
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+
+use arcstr::ArcStr;
+use triomphe::ThinArc;
 
 use crate::config::ColumnType;
 
@@ -21,7 +23,7 @@ pub enum Value {
     /// Every textual type: `String`, `UUID`, `Timestamp`, `Date`, `Time`, `JSON`, `Array`,
     /// `Numeric` (decimal text, every digit kept) and `JSONValue` (JSON text). Also an enum
     /// label that is not one of the enum's declared values.
-    Text(Arc<str>),
+    Text(ArcStr),
     /// A declared enum label, by ordinal (its position in `schema.yaml`).
     Enum(u32),
 }
@@ -103,39 +105,64 @@ impl Hash for Value {
     }
 }
 
-/// A full row: one value per configured column, in configuration order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Row(pub Box<[Value]>);
+/// A full row: one value per configured column, in configuration order. One allocation (a
+/// reference count, the length and the values) behind one word, shared by cloning: the cache,
+/// the log and every snapshot hold the same row.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Row(ThinArc<(), Value>);
 
 impl Row {
     pub fn new(values: Vec<Value>) -> Row {
-        Row(values.into_boxed_slice())
+        Row(ThinArc::from_header_and_iter((), values.into_iter()))
     }
 
     pub fn get(&self, column: usize) -> &Value {
-        &self.0[column]
+        &self.0.slice[column]
     }
 
     pub fn values(&self) -> &[Value] {
-        &self.0
+        &self.0.slice
+    }
+
+    /// Whether both are the same row (one allocation), not only equal ones.
+    pub fn ptr_eq(a: &Row, b: &Row) -> bool {
+        std::ptr::eq(a.0.ptr(), b.0.ptr())
+    }
+
+    /// How many references to this row there are (tests: who holds on to rows).
+    #[cfg(test)]
+    pub(crate) fn holders(&self) -> usize {
+        ThinArc::strong_count(&self.0)
     }
 
     /// This row with the columns `unchanged` marks taken from `old` (PostgreSQL sends an
     /// unchanged TOASTed value as "same as before").
     #[must_use]
-    pub fn with_unchanged_from(self, unchanged: &[bool], old: &Row) -> Row {
-        let mut values = self.0.into_vec();
-        for (i, value) in values.iter_mut().enumerate() {
-            if unchanged.get(i).copied().unwrap_or(false) {
-                *value = old.get(i).clone();
-            }
-        }
-        Row::new(values)
+    pub fn with_unchanged_from(&self, unchanged: &[bool], old: &Row) -> Row {
+        Row::new(
+            self.values()
+                .iter()
+                .enumerate()
+                .map(|(i, value)| {
+                    if unchanged.get(i).copied().unwrap_or(false) {
+                        old.get(i).clone()
+                    } else {
+                        value.clone()
+                    }
+                })
+                .collect(),
+        )
     }
 
     /// The primary key of this row, given the key's column indices.
     pub fn key(&self, key_columns: &[usize]) -> Key {
-        Key(key_columns.iter().map(|&i| self.0[i].clone()).collect())
+        Key(key_columns.iter().map(|&i| self.get(i).clone()).collect())
+    }
+}
+
+impl std::fmt::Debug for Row {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Row").field(&self.values()).finish()
     }
 }
 
@@ -196,6 +223,7 @@ fn parse_float(text: &str) -> Option<f64> {
 mod tests {
     use super::*;
     use crate::config::EnumDef;
+    use std::sync::Arc;
 
     #[test]
     fn integers_are_exact_at_the_extremes() {
@@ -240,6 +268,18 @@ mod tests {
             parse_text(&ColumnType::Numeric, text),
             Ok(Value::Text(text.into()))
         );
+    }
+
+    #[test]
+    fn values_and_rows_are_compact() {
+        // Every cached row holds one value per column and is held by the cache, the log and
+        // snapshots: a word more in either is megabytes for a large source.
+        assert_eq!(std::mem::size_of::<Value>(), 16);
+        assert_eq!(std::mem::size_of::<Row>(), 8);
+        let row = Row::new(vec![Value::Int(1), Value::Text("a".into())]);
+        assert!(Row::ptr_eq(&row, &row.clone()));
+        assert!(!Row::ptr_eq(&row, &Row::new(row.values().to_vec())));
+        assert_eq!(row, Row::new(row.values().to_vec()));
     }
 
     #[test]
