@@ -4075,7 +4075,7 @@ async fn start_clients(
     tally: &Arc<Tally>,
     stop: &CancellationToken,
 ) -> anyhow::Result<Vec<JoinHandle<anyhow::Result<()>>>> {
-    let tasks = (0..clients)
+    let mut tasks: Vec<JoinHandle<anyhow::Result<()>>> = (0..clients)
         .map(|_| {
             tokio::spawn(saturation_client(
                 addr,
@@ -4087,11 +4087,21 @@ async fn start_clients(
         .collect();
     let started = Instant::now();
     while tally.live.load(Relaxed) < clients {
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(120),
-            "only {} of {clients} clients got their snapshot",
-            tally.live.load(Relaxed)
-        );
+        if started.elapsed() > Duration::from_secs(120) {
+            let mut failed = Vec::new();
+            for task in tasks.iter_mut().filter(|t| t.is_finished()).take(3) {
+                failed.push(format!(
+                    "{:#}",
+                    task.await?
+                        .err()
+                        .unwrap_or_else(|| anyhow::anyhow!("ended"))
+                ));
+            }
+            bail!(
+                "only {} of {clients} clients got their snapshot; clients that failed: {failed:?}",
+                tally.live.load(Relaxed)
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(tasks)

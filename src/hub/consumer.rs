@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::view::{Chunk, Snapshot, View, ViewState};
+use super::view::{Block, Chunk, Snapshot, View, ViewState};
 use super::{AppliedBatch, Hub, HubStatus, RowChange, diff};
 use crate::change::Position;
 use crate::filter::Filter;
@@ -491,29 +491,42 @@ impl<E: Encoder> Reader<E> {
         start < state.recent.len()
     }
 
-    /// Queues the next slice of the net change per key from the cursor to the head the
-    /// conflation started at, scanning at most `CONFLATE_SCAN` changes of the log (each key's
-    /// first change after the cursor is followed along its links to its last through that
-    /// head: no hashing, nothing held per key). `true` if anything was queued or is left.
+    /// Queues the next slice of the net change per key from the cursor to the end of the
+    /// block of the log it is in (or to the head, in the block still open), scanning at most
+    /// `CONFLATE_SCAN` changes of the log (each key's first change after the cursor is followed
+    /// along its links to its last through that end: no hashing, nothing held per key); from
+    /// a block's end on, takes the view's conflation of whole blocks. `true` if anything was
+    /// queued or is left.
     fn conflate_step(&mut self) -> Result<bool, CursorError> {
+        if self.conflation.is_none() && self.take_block() {
+            return Ok(true);
+        }
         let behind = || CursorError::Behind {
             name: self.hub.source.name.clone(),
         };
-        let (conflation, slice) = {
+        let (conflation, slice, head) = {
             let state = self.hub.lock();
+            let oldest = state.log.front().map_or(state.head + 1, |b| b.seq);
             let conflation = match self.conflation.take() {
                 Some(conflation) => conflation,
                 None if self.seq >= state.head => return Ok(false),
-                None => Conflation {
-                    from: self.seq,
-                    through: state.head,
-                    position: state.position,
-                    applied_at: state.log.back().map(|b| b.applied_at),
-                    seq: self.seq + 1,
-                    index: 0,
-                },
+                None if self.seq + 1 < oldest => return Err(behind()),
+                None => {
+                    let end = state
+                        .block_ends
+                        .range(state.block_ends.partition_point(|&e| e <= self.seq)..)
+                        .next()
+                        .map(|&end| &state.log[(end - oldest) as usize]);
+                    Conflation {
+                        from: self.seq,
+                        through: end.map_or(state.head, |b| b.seq),
+                        position: end.map_or(state.position, |b| b.position),
+                        applied_at: end.or(state.log.back()).map(|b| b.applied_at),
+                        seq: self.seq + 1,
+                        index: 0,
+                    }
+                }
             };
-            let oldest = state.log.front().map_or(state.head + 1, |b| b.seq);
             if conflation.seq < oldest {
                 return Err(behind());
             }
@@ -526,35 +539,15 @@ impl<E: Encoder> Reader<E> {
                 budget = budget.saturating_sub(batch.changes.len());
                 slice.push(batch.clone());
             }
-            (conflation, slice)
+            (conflation, slice, state.head)
         };
-        let (mut seq, mut index, mut scanned) = (conflation.seq, conflation.index, 0);
-        let mut merged = Vec::new();
-        for batch in &slice {
-            let end = (index + CONFLATE_SCAN - scanned).min(batch.changes.len());
-            for i in index..end {
-                if batch
-                    .prev
-                    .get(i)
-                    .is_some_and(|&prev| prev > conflation.from)
-                {
-                    continue;
-                }
-                let (last, j) = last_through(batch, i, conflation.through);
-                let net = diff(
-                    batch.changes[i].rows().0.cloned(),
-                    last.changes[j].rows().1.cloned(),
-                    &self.hub.source,
-                );
-                merged.extend(net);
-            }
-            scanned += end - index;
-            if end < batch.changes.len() {
-                index = end;
-                break;
-            }
-            (seq, index) = (batch.seq + 1, 0);
-        }
+        let (merged, (seq, index), scanned) = merge_net(
+            &slice,
+            &self.hub.source,
+            (conflation.from, conflation.through),
+            (conflation.seq, conflation.index),
+            CONFLATE_SCAN,
+        );
         self.hub
             .metrics
             .conflated
@@ -587,8 +580,122 @@ impl<E: Encoder> Reader<E> {
         let at = conflation.applied_at;
         self.pending
             .extend(events.iter().map(|e| (self.view.encoder.encode(e), at)));
-        Ok(!events.is_empty() || !done)
+        // A conflation to a block's end leaves what follows it.
+        Ok(!events.is_empty() || !done || conflation.through < head)
     }
+
+    /// When the cursor is a block's end and the block after it is complete, queues the view's
+    /// conflation of that block: made once, by the first reader to reach it, and shared by the
+    /// others, who only clone its encoded items (far past saturation, the readers' work does
+    /// not grow with how far behind they are). `false`: the cursor is inside a block, or the
+    /// block after it is still open or out of the log.
+    fn take_block(&mut self) -> bool {
+        let from = self.seq;
+        if let Some(block) = self.view.made_block_after(from) {
+            self.queue_block(&block);
+            return true;
+        }
+        let batches: Vec<Arc<AppliedBatch>> = {
+            let state = self.hub.lock();
+            let oldest = state.log.front().map_or(state.head + 1, |b| b.seq);
+            let at = state.block_ends.partition_point(|&end| end < from);
+            match (state.block_ends.get(at), state.block_ends.get(at + 1)) {
+                (Some(&start), Some(&end)) if start == from && from + 1 >= oldest => state
+                    .log
+                    .range((from + 1 - oldest) as usize..=(end - oldest) as usize)
+                    .cloned()
+                    .collect(),
+                _ => return false,
+            }
+        };
+        let Some(last) = batches.last() else {
+            return false;
+        };
+        // A block is made in one go: one that a large transaction made far longer than a step
+        // is read a step at a time by each reader instead.
+        if batches.iter().map(|b| b.changes.len()).sum::<usize>() > 2 * CONFLATE_SCAN {
+            return false;
+        }
+        let (hub, view) = (&self.hub, &self.view);
+        let block = view.block_after(from, || {
+            let (merged, _, scanned) = merge_net(
+                &batches,
+                &hub.source,
+                (from, last.seq),
+                (from + 1, 0),
+                usize::MAX,
+            );
+            let cursor = Cursor {
+                epoch: hub.epoch,
+                seq: last.seq,
+            };
+            let events = filter_changes(
+                &view.filter,
+                view.encoder.visible(),
+                &merged,
+                last.position,
+                cursor,
+            );
+            Block {
+                items: events.iter().map(|e| view.encoder.encode(e)).collect(),
+                through: last.seq,
+                applied_at: Some(last.applied_at),
+                conflated: (scanned - merged.len()) as u64,
+            }
+        });
+        self.queue_block(&block);
+        true
+    }
+
+    fn queue_block(&mut self, block: &Block<E::Item>) {
+        self.hub.metrics.conflated.add(block.conflated);
+        self.pending.extend(
+            block
+                .items
+                .iter()
+                .map(|item| (item.clone(), block.applied_at)),
+        );
+        self.seq = block.through;
+    }
+}
+
+/// The net change per key over `(from, through]` of the changes in `slice` from `start` (a
+/// batch's sequence number and an index in it) on, at most `budget` of them: each key's first
+/// change after `from` followed along its links to its last through `through`. Returns the
+/// net changes, where the scan stopped and how many changes it scanned.
+fn merge_net(
+    slice: &[Arc<AppliedBatch>],
+    source: &crate::config::SourceDef,
+    (from, through): (u64, u64),
+    start: (u64, usize),
+    budget: usize,
+) -> (Vec<RowChange>, (u64, usize), usize) {
+    let ((mut seq, mut index), mut scanned) = (start, 0);
+    let mut merged = Vec::new();
+    for batch in slice {
+        let end = index
+            .saturating_add(budget - scanned)
+            .min(batch.changes.len());
+        for i in index..end {
+            if batch.prev.get(i).is_some_and(|&prev| prev > from) {
+                continue;
+            }
+            let (last, j) = last_through(batch, i, through);
+            let net = diff(
+                batch.changes[i].rows().0.cloned(),
+                last.changes[j].rows().1.cloned(),
+                source,
+            );
+            merged.extend(net);
+        }
+        scanned += end - index;
+        if end < batch.changes.len() {
+            index = end;
+            break;
+        }
+        (seq, index) = (batch.seq + 1, 0);
+    }
+    (merged, (seq, index), scanned)
 }
 
 async fn wait_until_synced(hub: &Hub) -> Result<(), CursorError> {

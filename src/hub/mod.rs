@@ -163,6 +163,12 @@ struct State {
     /// the log holds a change of since the first snapshot: how a change finds its key's
     /// previous one to link them.
     last_change: HashMap<Key, (u64, u32)>,
+    /// The batches that end a block of the log, oldest first: each block holds at least
+    /// `CONFLATE_SCAN` changes and is the same for every reader, so that readers far behind
+    /// conflate it once per view (see `Reader::take_block`).
+    block_ends: VecDeque<u64>,
+    /// Changes logged since the last block's end.
+    block_changes: usize,
     /// Sequence number of the last applied batch (0 before the first).
     head: u64,
     position: Position,
@@ -252,6 +258,8 @@ impl Hub {
                 log: VecDeque::new(),
                 logged_changes: 0,
                 last_change: HashMap::new(),
+                block_ends: VecDeque::new(),
+                block_changes: 0,
                 head: 0,
                 position: Position::default(),
                 status: HubStatus::Starting,
@@ -623,6 +631,11 @@ impl Hub {
     /// Appends a batch to the log and trims the log to its limits.
     fn log(&self, state: &mut State, batch: Arc<AppliedBatch>) {
         state.logged_changes += batch.changes.len();
+        state.block_changes += batch.changes.len();
+        if state.block_changes >= consumer::CONFLATE_SCAN {
+            state.block_ends.push_back(batch.seq);
+            state.block_changes = 0;
+        }
         state.log.push_back(batch);
         while state.log.len() > self.limits.max_batches
             || (state.logged_changes > self.limits.max_changes && state.log.len() > 1)
@@ -641,6 +654,15 @@ impl Hub {
                     state.last_change.remove(&key);
                 }
             }
+        }
+        // A block end is where a block after it starts: kept while that block is in the log.
+        let oldest = state.log.front().map_or(state.head + 1, |b| b.seq);
+        while state
+            .block_ends
+            .front()
+            .is_some_and(|&end| end + 1 < oldest)
+        {
+            state.block_ends.pop_front();
         }
     }
 }

@@ -7,7 +7,7 @@
 //! behind fall back to the hub's log.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Instant;
 
 use tokio::sync::watch;
@@ -111,6 +111,25 @@ pub(crate) struct View<E: Encoder> {
     state: Mutex<ViewState<E::Item>>,
     /// The sequence number of the last batch that produced output.
     output_tx: watch::Sender<u64>,
+    /// The view's conflations of recent blocks of the log, by the cursor each starts after:
+    /// made by the first far-behind reader that reaches a block, shared by the others.
+    blocks: Mutex<VecDeque<(u64, BlockCell<E::Item>)>>,
+}
+
+type BlockCell<T> = Arc<OnceLock<Arc<Block<T>>>>;
+
+/// Blocks of conflated output a view keeps for readers coming after the first.
+const KEPT_BLOCKS: usize = 16;
+
+/// The net change per key over one block of the log, through the view, encoded.
+pub(super) struct Block<T> {
+    pub items: Vec<T>,
+    /// The cursor after it: the sequence number of the block's last batch.
+    pub through: u64,
+    /// When the hub applied that batch.
+    pub applied_at: Option<Instant>,
+    /// Changes the block merged away (a reader that takes it counts them as conflated).
+    pub conflated: u64,
 }
 
 impl<E: Encoder> View<E> {
@@ -127,7 +146,45 @@ impl<E: Encoder> View<E> {
                 kept_snapshot: None,
             }),
             output_tx: watch::channel(head).0,
+            blocks: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// The view's conflation of the block after `from` if a reader has made it: a reader that
+    /// finds it needs nothing from the hub's log.
+    pub(super) fn made_block_after(&self, from: u64) -> Option<Arc<Block<E::Item>>> {
+        let blocks = self
+            .blocks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (_, cell) = blocks.iter().find(|(start, _)| *start == from)?;
+        cell.get().cloned()
+    }
+
+    /// The view's conflation of the block after `from`, made by `make` unless a reader made it
+    /// already (a reader making it meanwhile is waited for: the work is done once).
+    pub(super) fn block_after(
+        &self,
+        from: u64,
+        make: impl FnOnce() -> Block<E::Item>,
+    ) -> Arc<Block<E::Item>> {
+        let cell = {
+            let mut blocks = self
+                .blocks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((_, cell)) = blocks.iter().find(|(start, _)| *start == from) {
+                cell.clone()
+            } else {
+                let cell = Arc::new(OnceLock::new());
+                if blocks.len() == KEPT_BLOCKS {
+                    blocks.pop_front();
+                }
+                blocks.push_back((from, cell.clone()));
+                cell
+            }
+        };
+        cell.get_or_init(|| Arc::new(make())).clone()
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, ViewState<E::Item>> {
