@@ -159,19 +159,33 @@ pub fn check_variables(variables: &Variables, limits: &GraphqlLimits) -> Result<
 }
 
 /// How big the lists of a schema are, for the cost estimate: a field's `limit`, `first` or
-/// `last` argument when it has one, else the field's default list size, else 1.
+/// `last` argument when it has one, else the field's default list size, else 1. A batched
+/// subscription (`S_batches`) counts each result at its window, `max_rows`.
 #[derive(Debug, Clone, Default)]
 pub struct CostModel {
     /// List fields and the number of items they return when no size is given.
     pub default_sizes: HashMap<String, u64>,
+    /// Subscription fields whose every result is a window of up to `max_rows` updates: the
+    /// window when none is given and the largest the field accepts (a larger one is the
+    /// field's to refuse, with its own message).
+    pub windows: HashMap<String, (u64, u64)>,
 }
 
 impl CostModel {
     fn list_size(&self, field: &Field, variables: &Variables, defaults: bool) -> u64 {
+        let window = self.windows.get(field.name.node.as_str());
+        let size_argument = if window.is_some() {
+            "max_rows"
+        } else {
+            "limit"
+        };
         let given = field
             .arguments
             .iter()
-            .find(|(name, _)| matches!(name.node.as_str(), "limit" | "first" | "last"))
+            .find(|(name, _)| {
+                let name = name.node.as_str();
+                name == size_argument || matches!(name, "first" | "last")
+            })
             .and_then(|(_, value)| {
                 // The size is a literal or a variable; anything else is validation's to refuse.
                 let value = value
@@ -183,6 +197,9 @@ impl CostModel {
                     _ => None,
                 }
             });
+        if let Some(&(default, max)) = window {
+            return given.filter(|&rows| rows <= max).unwrap_or(default).max(1);
+        }
         given
             .or_else(|| {
                 defaults
@@ -370,6 +387,9 @@ mod tests {
         let document = async_graphql::parser::parse_query(query).expect("parses");
         let model = CostModel {
             default_sizes: [("trades".to_owned(), 100)].into_iter().collect(),
+            windows: [("trades_batches".to_owned(), (1_000, 100_000))]
+                .into_iter()
+                .collect(),
         };
         check_operations(&document, variables, &model, limits)
     }
@@ -542,6 +562,32 @@ mod tests {
             ),
             Err(DocumentError::Cost { max: 2_500 })
         );
+    }
+
+    #[test]
+    fn a_batched_subscription_counts_a_window_of_updates() {
+        let no = Variables::default();
+        let limits = GraphqlLimits {
+            max_cost: 5_001,
+            ..limits()
+        };
+        let window = |args: &str| {
+            let query = format!(
+                "subscription {{ trades_batches{args} {{ updates {{ data {{ id price }} }} cursor }} }}"
+            );
+            check_with(&query, &no, &limits)
+        };
+        // `updates` (1 + 1 + 2) and `cursor` (1): 5 a row, 1 + 5 × 1,000 by default.
+        assert_eq!(window(""), Ok(()));
+        assert_eq!(window("(max_rows: 999)"), Ok(()));
+        assert_eq!(
+            window("(max_rows: 2000)"),
+            Err(DocumentError::Cost { max: 5_001 })
+        );
+        // Out of the field's range: the field refuses it, saying why.
+        assert_eq!(window("(max_rows: 100001)"), Ok(()));
+        // A `limit` argument is not a window's size.
+        assert_eq!(window("(limit: 1)"), Ok(()));
     }
 
     #[test]

@@ -486,8 +486,23 @@ pub fn cost_model(config: &Config, limits: &GraphqlLimits) -> CostModel {
         sizes.insert(source.name.clone(), limits.query_default_limit as u64);
         sizes.insert(names::source_dead_letters_query_field(&source.name), 100);
     }
+    let windows = config
+        .sources
+        .iter()
+        .map(|source| {
+            let window = (
+                DEFAULT_BATCH_ROWS.unsigned_abs(),
+                MAX_BATCH_ROWS.unsigned_abs(),
+            );
+            (
+                names::source_batches_subscription_field(&source.name),
+                window,
+            )
+        })
+        .collect();
     CostModel {
         default_sizes: sizes,
+        windows,
     }
 }
 
