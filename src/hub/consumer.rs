@@ -639,7 +639,7 @@ impl<E: Encoder> Reader<E> {
             Block {
                 items: events.iter().map(|e| view.encoder.encode(e)).collect(),
                 through: last.seq,
-                applied_at: Some(last.applied_at),
+                applied_at: last.applied_at,
                 conflated: (scanned - merged.len()) as u64,
             }
         });
@@ -653,7 +653,7 @@ impl<E: Encoder> Reader<E> {
             block
                 .items
                 .iter()
-                .map(|item| (item.clone(), block.applied_at)),
+                .map(|item| (item.clone(), Some(block.applied_at))),
         );
         self.seq = block.through;
     }

@@ -127,7 +127,7 @@ pub(super) struct Block<T> {
     /// The cursor after it: the sequence number of the block's last batch.
     pub through: u64,
     /// When the hub applied that batch.
-    pub applied_at: Option<Instant>,
+    pub applied_at: Instant,
     /// Changes the block merged away (a reader that takes it counts them as conflated).
     pub conflated: u64,
 }

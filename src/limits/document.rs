@@ -40,7 +40,7 @@ pub enum DocumentError {
     #[error("fragment {name} spreads itself (directly or through other fragments)")]
     FragmentCycle { name: String },
     #[error(
-        "the operation could return more than {max} values (each list counted at its `limit` or `first`, or their default); the limit is set by --graphql-max-cost: ask for fewer rows or fields"
+        "the operation could return more than {max} values (each list counted at its `limit` or `first`, a batched subscription at its `max_rows`, or their default); the limit is set by --graphql-max-cost: ask for fewer rows or fields"
     )]
     Cost { max: u64 },
 }
